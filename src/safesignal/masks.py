@@ -1,0 +1,134 @@
+"""Attention-mask rules for `[CLS]` slots, as pure tensor functions.
+
+Everything here returns a boolean `allowed[b, i, j]` ("query row i may read key j") or turns
+one into the 4-D additive float mask transformers accepts as-is on every backend. The rule
+behind all of it: no token may influence the logits of an earlier row, directly or through a
+`[CLS]` slot.
+
+Sequence layout (left padded, one row of the batch):
+
+    [pad ... pad] [CLS slot A] [prompt tokens ...] [response tokens ...] [CLS slot B]
+
+Slot A (position id 0) reads itself and the query tokens. Slot B (position id 0, optional)
+reads itself, the query and a window of response tokens ending at `window_end`; without a
+window it is a dead slot that reads only itself. Ordinary rows are causal over ordinary
+tokens; rows from `reader_start` (the last prompt row) up to `window_end` read slot A, rows
+after `window_end` read slot B instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NO_SLOT = -1
+
+
+def _slot_onehot(index: torch.Tensor, length: int) -> torch.Tensor:
+    """(B,) slot indices (NO_SLOT for none) -> (B, L) boolean one-hot."""
+    positions = torch.arange(length, device=index.device)
+    return positions[None, :] == index[:, None]
+
+
+def sft_allowed(
+    attention_mask: torch.Tensor,
+    query_mask: torch.Tensor,
+    slot_a: torch.Tensor,
+    reader_start: torch.Tensor,
+    slot_b: torch.Tensor | None = None,
+    window_mask: torch.Tensor | None = None,
+    window_end: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The SFT mask (DESIGN.md §SFT mask) as a (B, L, L) boolean tensor.
+
+    attention_mask: (B, L) 1 for real tokens and slots, 0 for padding.
+    query_mask:     (B, L) True on the query tokens slot A reads.
+    slot_a:         (B,) index of slot A.
+    reader_start:   (B,) first ordinary row that reads `[CLS]` (the last prompt row).
+    slot_b:         (B,) index of slot B or NO_SLOT.
+    window_mask:    (B, L) response tokens slot B reads; all False makes B a dead slot.
+    window_end:     (B,) last window index; rows after it read B instead of A.
+    """
+    batch, length = attention_mask.shape
+    device = attention_mask.device
+    real = attention_mask.bool()
+    if slot_b is None:
+        slot_b = torch.full((batch,), NO_SLOT, dtype=torch.long, device=device)
+    if window_mask is None:
+        window_mask = torch.zeros_like(real)
+    b_live = (slot_b != NO_SLOT) & window_mask.any(dim=1)
+    if window_end is None or not b_live.any():
+        window_end = torch.full((batch,), length, dtype=torch.long, device=device)
+    window_end = torch.where(b_live, window_end, torch.full_like(window_end, length))
+
+    onehot_a = _slot_onehot(slot_a, length)
+    onehot_b = _slot_onehot(slot_b, length)
+    is_slot = onehot_a | onehot_b
+    ordinary = real & ~is_slot
+
+    rows = torch.arange(length, device=device)
+    causal = rows[:, None] >= rows[None, :]
+    allowed = causal[None] & ordinary[:, :, None] & ordinary[:, None, :]
+
+    reads_a = ordinary & (rows[None] >= reader_start[:, None]) & (rows[None] <= window_end[:, None])
+    reads_b = ordinary & (rows[None] > window_end[:, None]) & b_live[:, None]
+    allowed |= reads_a[:, :, None] & onehot_a[:, None, :]
+    allowed |= reads_b[:, :, None] & onehot_b[:, None, :]
+
+    query = query_mask.bool() & ordinary
+    allowed |= onehot_a[:, :, None] & query[:, None, :]
+    window = window_mask.bool() & ordinary & b_live[:, None]
+    allowed |= onehot_b[:, :, None] & (query | window)[:, None, :]
+    return _with_self_attention(allowed)
+
+
+def pretrain_allowed(attention_mask: torch.Tensor, slot_a: torch.Tensor) -> torch.Tensor:
+    """The pretraining mask: `[CLS]` reads every real token, no row reads `[CLS]`.
+
+    The LM computation is then exactly that of the model without `[CLS]`.
+    """
+    length = attention_mask.shape[1]
+    real = attention_mask.bool()
+    onehot_a = _slot_onehot(slot_a, length)
+    ordinary = real & ~onehot_a
+    rows = torch.arange(length, device=attention_mask.device)
+    causal = rows[:, None] >= rows[None, :]
+    allowed = causal[None] & ordinary[:, :, None] & ordinary[:, None, :]
+    allowed |= onehot_a[:, :, None] & ordinary[:, None, :]
+    return _with_self_attention(allowed)
+
+
+def causal_allowed(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Plain causal attention over real tokens (no `[CLS]`): the plain-SFT baseline."""
+    length = attention_mask.shape[1]
+    real = attention_mask.bool()
+    rows = torch.arange(length, device=attention_mask.device)
+    causal = rows[:, None] >= rows[None, :]
+    return _with_self_attention(causal[None] & real[:, :, None] & real[:, None, :])
+
+
+def _with_self_attention(allowed: torch.Tensor) -> torch.Tensor:
+    # Every row, padding included, reads at least itself: no softmax over an empty set, no NaN.
+    length = allowed.shape[-1]
+    return allowed | torch.eye(length, dtype=torch.bool, device=allowed.device)[None]
+
+
+def to_additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, Q, K) boolean -> (B, 1, Q, K) additive mask: 0 where allowed, finfo.min elsewhere.
+
+    Always float: eager attention adds a boolean mask as 0/1 and silently stops masking.
+    """
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, blocked)[:, None]
+
+
+def position_ids_for(attention_mask: torch.Tensor, slot_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Position ids: `[CLS]` slots get 0, ordinary real tokens count 1, 2, ... after slot A.
+
+    Without slots (plain SFT) real tokens count from 0. Padding gets 0 (it is masked out).
+    """
+    real = attention_mask.long()
+    if slot_mask is None:
+        return (real.cumsum(-1) - 1).clamp(min=0) * real
+    ordinary = real * (~slot_mask.bool()).long()
+    return ordinary.cumsum(-1) * ordinary
