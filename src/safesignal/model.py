@@ -43,6 +43,7 @@ class SafeSignalConfig:
     cls_token_id: int | None = None
     hidden_size: int | None = None
     mask_mode: str = "sft"
+    objective: str = "cls"  # "sft" for plain-SFT baselines: the head is untrained, do not use it
     cls_reads_response_window: bool = True
     adapter: str | None = None  # "lora" when the weights are a peft adapter
     base_model: dict | None = None  # {"kind": "home", "path": ...} or {"kind": "registry", "name": ...}
@@ -224,13 +225,14 @@ class SafetyModel(nn.Module):
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            self._write_checkpoint(staging)
+            self.write_checkpoint_files(staging)
             _replace_directory(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def _write_checkpoint(self, directory: Path) -> None:
+    def write_checkpoint_files(self, directory: Path) -> None:
+        """Write every checkpoint file into an existing directory (not atomic on its own)."""
         if self.config.adapter:
             if self.config.base_model is None:
                 raise ValueError(
@@ -305,7 +307,37 @@ class SafetyModel(nn.Module):
         sm._load_head(head_path)
         return sm.to(device) if device is not None else sm
 
+    def load_weights_from(self, directory: str | os.PathLike) -> None:
+        """Load the trainable weights of a checkpoint written by this model's configuration.
+
+        Used to resume training: full fine-tuning loads every model tensor, LoRA loads the
+        adapter; both load the `[CLS]` row and head.
+        """
+        directory = Path(directory)
+        if self.config.adapter:
+            from peft import set_peft_model_state_dict
+
+            adapter = directory / "adapter_model.safetensors"
+            if not adapter.is_file():
+                raise FileNotFoundError(f"{adapter}: LoRA checkpoint without its adapter weights")
+            set_peft_model_state_dict(self.model, load_file(str(adapter)))
+        else:
+            files = sorted(directory.glob("model*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"{directory}: no model*.safetensors weights")
+            state = {}
+            for f in files:
+                state.update(load_file(str(f)))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if unexpected:
+                raise ValueError(f"{directory}: unexpected tensors {sorted(unexpected)[:5]}")
+            if set(missing) - _tied_parameter_names(self.model):
+                raise ValueError(f"{directory}: missing tensors {sorted(set(missing))[:5]}")
+        self._load_head(directory / HEAD_FILE)
+
     def _load_head(self, head_path: Path) -> None:
+        if not head_path.is_file():
+            raise FileNotFoundError(f"{head_path}: safety head file not found")
         tensors = load_file(str(head_path))
         expected = {
             "head.weight": tuple(self.head.weight.shape),
@@ -324,6 +356,16 @@ class SafetyModel(nn.Module):
             self.head.weight.copy_(tensors["head.weight"])
             self.head.bias.copy_(tensors["head.bias"])
             self.cls_embedding.copy_(tensors["cls_embedding"])
+
+
+def _tied_parameter_names(module: nn.Module) -> set[str]:
+    """Names under which a parameter appears a second time (tied weights are saved once)."""
+    seen, tied = {}, set()
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.update({name, seen[id(param)]})
+        seen[id(param)] = name
+    return tied
 
 
 def _prompt_only(messages: list[dict]) -> list[dict]:
