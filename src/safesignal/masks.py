@@ -77,7 +77,8 @@ def sft_allowed(
     query = query_mask.bool() & ordinary
     allowed |= onehot_a[:, :, None] & query[:, None, :]
     window = window_mask.bool() & ordinary & b_live[:, None]
-    allowed |= onehot_b[:, :, None] & (query | window)[:, None, :]
+    live_b = onehot_b & b_live[:, None]  # a dead slot B reads only itself
+    allowed |= live_b[:, :, None] & (query | window)[:, None, :]
     return _with_self_attention(allowed)
 
 

@@ -137,14 +137,14 @@ class SafetyModel(nn.Module):
     def hidden_states(
         self,
         input_ids: torch.Tensor,
-        attention_mask_4d: torch.Tensor,
+        attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         cache=None,
     ):
         """Final-norm hidden states of the decoder stack; `cache` (a DynamicCache) is updated in place."""
         out = self.base.get_decoder()(
             inputs_embeds=self.embed(input_ids),
-            attention_mask=attention_mask_4d,
+            attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=cache is not None,
@@ -168,7 +168,12 @@ class SafetyModel(nn.Module):
     def forward_batch(self, batch: dict) -> torch.Tensor:
         """Hidden states for a collated batch (see `batching.collate`), its masks built here."""
         ids = batch["input_ids"]
-        mask = to_additive(allowed_for(batch), self.dtype)
+        if batch["mask_mode"] == "causal":
+            # No [CLS]: hand transformers the 2-D padding mask so plain SFT takes the exact
+            # path (and sdpa fast paths) it would take without safesignal.
+            mask = batch["attention_mask"]
+        else:
+            mask = to_additive(allowed_for(batch), self.dtype)
         return self.hidden_states(ids, mask, positions_for(batch))
 
     def forward(self, **batch) -> torch.Tensor:
@@ -241,7 +246,9 @@ class SafetyModel(nn.Module):
                 )
             for peft_config in self.model.peft_config.values():
                 peft_config.base_model_name_or_path = _describe_base(self.config.base_model)
-            self.model.save_pretrained(directory)
+            # The embedding matrices are never changed ([CLS] lives in cls_embedding), so the
+            # adapter never needs them; "auto" would look the base name up on the Hub.
+            self.model.save_pretrained(directory, save_embedding_layers=False)
         else:
             self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)

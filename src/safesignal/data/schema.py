@@ -76,8 +76,8 @@ def parse_record(obj, where: str, *, require_response: bool = True) -> Record:
         messages = obj["messages"]
         try:
             validate_messages(messages, where="messages")
-        except ValueError as err:
-            fail("messages", str(err).removeprefix("messages: "))
+        except ValueError as err:  # already phrased as "messages[k].field: problem"
+            raise DataError([f"{where}: {err}"]) from None
         messages = [dict(role=m["role"], content=m["content"]) for m in messages]
         response = ""
         if messages[-1]["role"] == "assistant":

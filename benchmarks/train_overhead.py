@@ -1,0 +1,134 @@
+"""Time per optimiser step: joint [CLS] training vs plain SFT on the same model and batches.
+
+SmolLM2-135M geometry (random init unless --model points at a converted checkpoint),
+sequence lengths 128 and 512, a warm-up step each, then interleaved repeats (SFT, CLS, SFT,
+CLS, ...) so drift hits both alike; medians per mode. Both modes run through the same trainer
+loss (`train.joint_loss`); plain SFT has no [CLS] slot and uses transformers' own 2-D mask path.
+
+    python benchmarks/train_overhead.py [--repeats 5] [--lengths 128 512]
+
+The last line is a JSON object; `cls_vs_sft_step_time_ratio` is the worse of the lengths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+
+import torch
+
+from safesignal.batching import WindowSampler, collate
+from safesignal.formatting import EncodedExample
+from safesignal.model import SafetyModel
+from safesignal.tiny import build_tiny_tokenizer
+from safesignal.train import joint_loss
+
+
+def smollm2_135m_geometry(layers: int):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+def make_examples(batch: int, length: int, vocab: int, forbidden: int, seed: int) -> list[EncodedExample]:
+    """Prompt = first quarter, response = the rest; labels alternate."""
+    rng = random.Random(seed)
+    examples = []
+    prompt = max(4, length // 4)
+    for row in range(batch):
+        ids = [rng.randrange(vocab) for _ in range(length)]
+        ids = [i if i != forbidden else i + 1 for i in ids]
+        query = [2 <= i < prompt - 2 for i in range(length)]
+        examples.append(EncodedExample(ids, query, prompt, prompt, label=row % 2))
+    return examples
+
+
+def optimiser_step(model, optimizer, batch, weight) -> None:
+    losses = joint_loss(model, batch, weight)
+    losses["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="converted checkpoint dir (default: random SmolLM2-135M geometry)")
+    parser.add_argument("--layers", type=int, default=30, help="decoder layers of the random model")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--batch", type=int, nargs="+", default=[4, 2], help="batch size per length")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.model:
+        sm = SafetyModel.from_pretrained(args.model, attn_implementation="sdpa")
+    else:
+        sm = SafetyModel(smollm2_135m_geometry(args.layers), build_tiny_tokenizer())
+    sm.train()
+    optimizer = torch.optim.AdamW([p for p in sm.parameters() if p.requires_grad], lr=1e-5)
+    vocab = sm.base.get_input_embeddings().num_embeddings
+    sampler = WindowSampler(max_length=21, dead_fraction=0.0)  # a live slot B: the costlier case
+
+    per_length = {}
+    for length, batch_size in zip(args.lengths, args.batch * len(args.lengths)):
+        examples = make_examples(batch_size, length, vocab, sm.cls_token_id, seed=length)
+        pad = sm.tokenizer.pad_token_id
+        batches = {
+            "sft": collate(examples, cls_token_id=None, pad_token_id=pad),
+            "cls": collate(
+                examples,
+                cls_token_id=sm.cls_token_id,
+                pad_token_id=pad,
+                window_sampler=sampler,
+                rng=random.Random(0),
+            ),
+        }
+        times = {"sft": [], "cls": []}
+        for mode in ("sft", "cls"):  # warm-up
+            optimiser_step(sm, optimizer, batches[mode], 0.1)
+        for _ in range(args.repeats):
+            for mode in ("sft", "cls"):
+                start = time.perf_counter()
+                optimiser_step(sm, optimizer, batches[mode], 0.1)
+                times[mode].append(time.perf_counter() - start)
+        sft, cls = statistics.median(times["sft"]), statistics.median(times["cls"])
+        per_length[str(length)] = {
+            "batch": batch_size,
+            "sft_step_s": round(sft, 4),
+            "cls_step_s": round(cls, 4),
+            "ratio": round(cls / sft, 4),
+        }
+        print(f"length {length:4d} batch {batch_size}: sft {sft:.3f}s  cls {cls:.3f}s  ratio {cls / sft:.3f}")
+
+    summary = {
+        "benchmark": "train_overhead",
+        "cls_vs_sft_step_time_ratio": max(v["ratio"] for v in per_length.values()),
+        "per_length": per_length,
+        "model": args.model or f"random SmolLM2-135M geometry ({args.layers} layers)",
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Joint loss, trainer, checkpoints and resume, config loading, CLI."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from safesignal import SafetyModel
+from safesignal.batching import WindowSampler, collate
+from safesignal.cli import main as cli_main
+from safesignal.config import load_config
+from safesignal.data.dataset import encode_records
+from safesignal.data.schema import read_jsonl
+from safesignal.tiny import build_tiny
+from safesignal.train import SafetyTrainingConfig, classifier_metrics, joint_loss, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_YAML = REPO / "configs" / "tiny.yaml"
+TOY_TRAIN = REPO / "configs" / "data" / "toy_train.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Training needs autograd: override conftest's inference-only default."""
+    with torch.enable_grad():
+        yield
+
+
+@pytest.fixture()
+def toy_examples():
+    torch.manual_seed(0)
+    model, tok = build_tiny("llama")
+    sm = SafetyModel(model, tok)
+    examples = encode_records(read_jsonl(TOY_TRAIN), sm.formatter)
+    return sm, examples
+
+
+def toy_batch(sm, examples, rng, size=16):
+    picked = rng.sample(examples, size)
+    return collate(
+        picked,
+        cls_token_id=sm.cls_token_id,
+        pad_token_id=sm.tokenizer.pad_token_id,
+        window_sampler=WindowSampler(),
+        rng=rng,
+    )
+
+
+def test_learnable_toy_task_drives_both_losses_down(toy_examples):
+    sm, examples = toy_examples
+    sm.train()
+    optimizer = torch.optim.AdamW(sm.parameters(), lr=3e-3)
+    rng = random.Random(0)
+    fixed = toy_batch(sm, examples, random.Random(1), size=32)
+    with torch.no_grad():
+        before = joint_loss(sm, fixed, 1.0)
+    for _ in range(40):
+        losses = joint_loss(sm, toy_batch(sm, examples, rng), 1.0)
+        losses["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        after = joint_loss(sm, fixed, 1.0)
+    assert after["lm_loss"] < 0.6 * before["lm_loss"]
+    assert after["cls_loss"] < 0.3 * before["cls_loss"]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_head_gradient_is_zero_exactly_when_lambda_is_zero(toy_examples, weight):
+    sm, examples = toy_examples
+    losses = joint_loss(sm, toy_batch(sm, examples, random.Random(0)), weight)
+    losses["loss"].backward()
+    head_grad = sm.head.weight.grad.abs().sum().item()
+    if weight == 0.0:
+        assert head_grad == 0.0 and sm.head.bias.grad.abs().sum().item() == 0.0
+        # the [CLS] row still learns through the LM rows that read it
+        assert sm.cls_embedding.grad.abs().sum().item() > 0
+    else:
+        assert head_grad > 0
+
+
+def test_sft_objective_has_no_cls_slot_and_no_cls_loss(toy_examples):
+    sm, examples = toy_examples
+    batch = collate(examples[:4], cls_token_id=None, pad_token_id=sm.tokenizer.pad_token_id)
+    assert not (batch["input_ids"] == sm.cls_token_id).any()
+    losses = joint_loss(sm, batch, 1.0)
+    assert "cls_loss" not in losses and torch.isfinite(losses["loss"])
+
+
+def test_classifier_metrics_counts():
+    m = classifier_metrics([0.9, 0.8, 0.2, 0.6, 0.1], [1, 0, 1, 1, 0])
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+
+
+def tiny_config(tmp_path, *overrides):
+    base = ["--output_dir", str(tmp_path / "run"), "--disable_tqdm", "true", "--logging_steps", "1000"]
+    return load_config(SafetyTrainingConfig, TINY_YAML, base + list(overrides))
+
+
+def test_config_yaml_overrides_and_relative_data_paths(tmp_path):
+    config = tiny_config(tmp_path, "--cls_loss_weight", "0.25", "--lora_target_modules", "q_proj", "v_proj")
+    assert config.cls_loss_weight == 0.25
+    assert config.lora_target_modules == ["q_proj", "v_proj"]
+    assert Path(config.train_file).resolve() == TOY_TRAIN
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train_file: x.jsonl\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown field\(s\) \['learning_rat'\]"):
+        load_config(SafetyTrainingConfig, bad)
+    with pytest.raises(ValueError, match="objective"):
+        tiny_config(tmp_path, "--objective", "dpo")
+
+
+def test_tiny_recipe_writes_a_loadable_checkpoint_that_classifies(tmp_path):
+    config = tiny_config(tmp_path)
+    final = train(config)
+    sm = SafetyModel.from_pretrained(final)
+    benign = sm.classify("How do I make tea?")
+    malicious = sm.classify("Tell me how to forge a passport.")
+    assert malicious > 0.5 > benign
+    metrics = json.loads((final / "eval_metrics.json").read_text())
+    assert metrics["eval_f1"] >= 0.9
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert names >= {"final"} and not any(n.endswith(".partial") for n in names)
+    for ckpt in (tmp_path / "run").glob("checkpoint-*"):
+        assert not list(ckpt.glob("*.pt")) + list(ckpt.glob("*.bin")) + list(ckpt.glob("*.pth"))
+
+
+def _weights(directory):
+    return {**load_file(str(directory / "model.safetensors")), **load_file(str(directory / "safety_head.safetensors"))}
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    common = ["--cls_reads_response_window", "false", "--eval_strategy", "no", "--save_strategy", "steps"]
+    common += ["--save_steps", "4", "--max_steps", "8", "--save_total_limit", "5"]
+    straight = train(tiny_config(tmp_path / "a", *common))
+
+    # Interrupted: a crash while writing the second checkpoint, then --resume.
+    import safesignal.train as train_module
+
+    real_save_state = train_module.save_state
+    calls = {"n": 0}
+
+    def crash_on_second_checkpoint(state, directory, name):
+        if name == "optimizer":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt("simulated crash mid-save")
+        return real_save_state(state, directory, name)
+
+    train_module.save_state = crash_on_second_checkpoint
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_config(tmp_path / "b", *common))
+    finally:
+        train_module.save_state = real_save_state
+    run = tmp_path / "b" / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4"]  # no half-written checkpoint-8
+    resumed = train(tiny_config(tmp_path / "b", *common), resume=True)
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_lora_and_sft_objectives_train_and_load(tmp_path):
+    lora = train(
+        tiny_config(
+            tmp_path / "lora",
+            "--use_lora",
+            "true",
+            "--lora_r",
+            "4",
+            "--num_train_epochs",
+            "1",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+        )
+    )
+    assert (lora / "adapter_model.safetensors").is_file() and not (lora / "model.safetensors").exists()
+    meta = json.loads((lora / "safesignal.json").read_text())
+    assert meta["adapter"] == "lora" and meta["base_model"] == {"kind": "registry", "name": "tiny-llama"}
+    assert 0.0 <= SafetyModel.from_pretrained(lora).classify("hello") <= 1.0
+
+    sft = train(
+        tiny_config(tmp_path / "sft", "--objective", "sft", "--num_train_epochs", "1", "--save_strategy", "no")
+    )
+    assert json.loads((sft / "safesignal.json").read_text())["objective"] == "sft"
+    assert "eval_f1" not in json.loads((sft / "eval_metrics.json").read_text())
+
+
+def test_cli_train_and_classify(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = cli_main(
+        ["train", "--config", str(TINY_YAML), "--output_dir", str(out), "--num_train_epochs", "1"]
+        + ["--save_strategy", "no", "--disable_tqdm", "true"]
+    )
+    assert code == 0 and (out / "final" / "safesignal.json").is_file()
+    capsys.readouterr()
+    assert cli_main(["classify", "--model", str(out / "final"), "How do I make tea?"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(line) == {"prompt", "p_malicious", "label"}
+    assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
