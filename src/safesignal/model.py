@@ -74,6 +74,8 @@ class SafeSignalConfig:
                 raise ValueError(f"{path}: field {required!r} must be an integer, got {raw.get(required)!r}")
         if raw.get("mask_mode", "sft") not in ("sft", "pretrain"):
             raise ValueError(f"{path}: field 'mask_mode' must be 'sft' or 'pretrain', got {raw['mask_mode']!r}")
+        if raw.get("adapter") not in (None, "lora"):
+            raise ValueError(f"{path}: field 'adapter' must be null or 'lora', got {raw['adapter']!r}")
         return cls(**raw)
 
     def save(self, path: Path) -> None:

@@ -1,0 +1,345 @@
+"""Checkpoints: round trips (full fine-tuning and LoRA), atomic replacement, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from conftest import ARCHS, CONVERSATION, CONVERSATIONS, RESPONSE, encode_batch, make_safety_model
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from safesignal import model as model_module
+from safesignal.formatting import PLAIN_CHAT_TEMPLATE
+from safesignal.model import CHECKPOINT_CONFIG, HEAD_FILE, SafetyModel
+from safesignal.tiny import build_tiny
+
+pytestmark = pytest.mark.usefixtures("no_grad")
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(path))
+    return path
+
+
+def _perturb(sm: SafetyModel, seed: int = 0) -> None:
+    """Move the head and the [CLS] row away from their defaults so a lost tensor shows."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sm.head.weight.add_(torch.randn(sm.head.weight.shape, generator=gen))
+        sm.head.bias.fill_(0.25)
+        sm.cls_embedding.add_(torch.randn(sm.cls_embedding.shape, generator=gen))
+
+
+def _outputs(sm: SafetyModel):
+    batch, _ = encode_batch(sm, CONVERSATIONS + [(CONVERSATION, RESPONSE, 1)], slot_b=True)
+    hidden = sm.forward_batch(batch)
+    return sm.lm_logits(hidden), torch.tensor(sm.classify_batch([m for m, _, _ in CONVERSATIONS]))
+
+
+def _assert_same(a: SafetyModel, b: SafetyModel, atol: float = 1e-6) -> None:
+    (lm_a, p_a), (lm_b, p_b) = _outputs(a), _outputs(b)
+    torch.testing.assert_close(lm_b, lm_a, atol=atol, rtol=0)
+    torch.testing.assert_close(p_b, p_a, atol=atol, rtol=0)
+
+
+def _assert_no_pickle(directory) -> None:
+    offenders = [p.name for p in directory.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+    assert offenders == []
+
+
+def _saved_config(directory) -> dict:
+    return json.loads((directory / CHECKPOINT_CONFIG).read_text())
+
+
+def _save_base_under_home(home, arch, attn="sdpa"):
+    model, tokenizer = build_tiny(arch, attn_implementation=attn)
+    base_dir = home / "models" / "tiny"
+    model.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    return base_dir
+
+
+def _forbid_hub(monkeypatch):
+    """Fail if saving tries to look the base model up on the Hugging Face Hub (offline machines)."""
+    import peft.utils.save_and_load as peft_save
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"checkpoint saving tried to reach the Hub: {args}")
+
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", no_hub)
+
+
+# ====================================================================== round trips
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_finetune_round_trip(arch, attn, home):
+    sm = make_safety_model(arch, attn)
+    _perturb(sm)
+    with torch.no_grad():  # a "fine-tuned" LM weight, so the model files matter too
+        sm.base.get_output_embeddings().weight.mul_(1.5)
+    out = home / "runs" / "full"
+    sm.save_pretrained(out)
+
+    loaded = SafetyModel.from_pretrained(out, attn_implementation=attn)
+    assert loaded.cls_token_id == sm.cls_token_id
+    assert loaded.tokenizer.chat_template == sm.tokenizer.chat_template
+    torch.testing.assert_close(loaded.cls_embedding, sm.cls_embedding, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.head.weight, sm.head.weight, atol=0, rtol=0)
+    _assert_same(sm, loaded)
+    _assert_no_pickle(out)
+    config = _saved_config(out)
+    assert config["adapter"] is None
+    assert config["cls_token_id"] == sm.cls_token_id
+    assert config["hidden_size"] == 64
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_round_trip_is_relative_to_home(arch, home, tmp_path, monkeypatch):
+    base_dir = _save_base_under_home(home, arch)
+    sm = SafetyModel.from_pretrained(base_dir)
+    assert sm.config.base_model == {"kind": "home", "path": "models/tiny"}
+    _perturb(sm)
+    base_outputs = _outputs(sm)
+
+    sm.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    sm.eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        lora_b = [p for n, p in sm.model.named_parameters() if "lora_B" in n]
+        assert len(lora_b) == 2 * 2  # q_proj and v_proj in both layers
+        for p in lora_b:
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    # the adapter matters: LM logits move away from the base
+    assert (_outputs(sm)[0] - base_outputs[0]).abs().max() > 1e-3
+
+    out = home / "runs" / "lora"
+    _forbid_hub(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sm.save_pretrained(out)
+    assert not [w for w in caught if "config file" in str(w.message)]
+
+    config = _saved_config(out)
+    assert config["adapter"] == "lora"
+    assert config["base_model"] == {"kind": "home", "path": "models/tiny"}
+    assert not str(config["base_model"]["path"]).startswith("/")
+    assert str(home) not in (out / CHECKPOINT_CONFIG).read_text()
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert str(home) not in adapter_cfg["base_model_name_or_path"]
+    _assert_no_pickle(out)
+    # only adapter tensors: no copy of the base weights or the embedding matrix
+    assert not list(out.glob("model*.safetensors"))
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert names and all("lora_" in n for n in names)
+    assert not any("embed_tokens" in n or "lm_head" in n for n in names)
+    head = load_file(str(out / HEAD_FILE))
+    assert set(head) == {"head.weight", "head.bias", "cls_embedding"}
+
+    loaded = SafetyModel.from_pretrained(out)
+    assert loaded.config.adapter == "lora"
+    _assert_same(sm, loaded)
+
+    # the checkpoint moves with its home
+    moved = tmp_path / "moved-home"
+    shutil.move(str(home), str(moved))
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(moved))
+    relocated = SafetyModel.from_pretrained(moved / "runs" / "lora")
+    _assert_same(sm, relocated)
+
+
+def test_lora_round_trip_with_registry_base(home, monkeypatch):
+    sm = SafetyModel.from_pretrained("tiny-qwen2")
+    assert sm.config.base_model == {"kind": "registry", "name": "tiny-qwen2"}
+    sm.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    sm.eval()
+    _perturb(sm)
+    with torch.no_grad():
+        for name, p in sm.model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.05)
+    out = home / "runs" / "lora-registry"
+    _forbid_hub(monkeypatch)  # "tiny-qwen2" is a valid Hub repo id: never look it up
+    sm.save_pretrained(out)
+    assert _saved_config(out)["base_model"] == {"kind": "registry", "name": "tiny-qwen2"}
+    _assert_same(sm, SafetyModel.from_pretrained(out))
+
+
+def test_lora_checkpoint_without_base_fails_clearly(home):
+    base_dir = _save_base_under_home(home, "llama")
+    sm = SafetyModel.from_pretrained(base_dir)
+    sm.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    out = home / "runs" / "lora"
+    sm.save_pretrained(out)
+    shutil.rmtree(base_dir)
+    with pytest.raises(FileNotFoundError, match="models/tiny"):
+        SafetyModel.from_pretrained(out)
+
+
+def test_save_replaces_existing_checkpoint_atomically(home):
+    sm = make_safety_model("llama", "sdpa")
+    out = home / "runs" / "ckpt"
+    sm.save_pretrained(out)
+    first_bias = load_file(str(out / HEAD_FILE))["head.bias"].clone()
+    (out / "stale.txt").write_text("from an older run")
+
+    _perturb(sm)
+    sm.save_pretrained(out)
+    assert not (out / "stale.txt").exists()  # replaced as a whole, not merged
+    new_bias = load_file(str(out / HEAD_FILE))["head.bias"]
+    assert not torch.equal(first_bias, new_bias)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"]  # no temp or backup dirs
+    _assert_same(sm, SafetyModel.from_pretrained(out))
+
+
+def test_failed_save_keeps_the_old_checkpoint(home, monkeypatch):
+    sm = make_safety_model("llama", "sdpa")
+    out = home / "runs" / "ckpt"
+    sm.save_pretrained(out)
+    before = sorted(p.name for p in out.iterdir())
+    good = SafetyModel.from_pretrained(out)
+
+    def broken_save_file(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model_module, "save_file", broken_save_file)
+    _perturb(sm)
+    with pytest.raises(OSError, match="disk full"):
+        sm.save_pretrained(out)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"]
+    monkeypatch.undo()
+    _assert_same(good, SafetyModel.from_pretrained(out))
+
+
+# ====================================================================== errors
+@pytest.fixture
+def checkpoint(home):
+    sm = make_safety_model("llama", "sdpa")
+    out = home / "runs" / "ckpt"
+    sm.save_pretrained(out)
+    return out
+
+
+def test_missing_head_file(checkpoint):
+    (checkpoint / HEAD_FILE).unlink()
+    with pytest.raises(FileNotFoundError) as err:
+        SafetyModel.from_pretrained(checkpoint)
+    assert str(checkpoint / HEAD_FILE) in str(err.value)
+
+
+@pytest.mark.parametrize("tensor", ["head.weight", "cls_embedding"])
+def test_head_tensor_with_wrong_shape(checkpoint, tensor):
+    tensors = load_file(str(checkpoint / HEAD_FILE))
+    tensors[tensor] = torch.zeros(*tensors[tensor].shape[:-1], 32)
+    save_file(tensors, str(checkpoint / HEAD_FILE))
+    with pytest.raises(ValueError) as err:
+        SafetyModel.from_pretrained(checkpoint)
+    message = str(err.value)
+    assert HEAD_FILE in message and repr(tensor) in message and "32" in message
+
+
+def test_head_tensor_missing(checkpoint):
+    tensors = load_file(str(checkpoint / HEAD_FILE))
+    del tensors["head.bias"]
+    save_file(tensors, str(checkpoint / HEAD_FILE))
+    with pytest.raises(ValueError, match="head.bias"):
+        SafetyModel.from_pretrained(checkpoint)
+
+
+def test_cls_id_disagrees_with_tokenizer(checkpoint):
+    config = _saved_config(checkpoint)
+    config["cls_token_id"] -= 1
+    (checkpoint / CHECKPOINT_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cls_token_id"):
+        SafetyModel.from_pretrained(checkpoint)
+
+
+def test_cls_token_missing_from_tokenizer(checkpoint):
+    """safesignal.json names a token the tokenizer does not know (it maps to no / another id)."""
+    config = _saved_config(checkpoint)
+    config["cls_token"] = "<|not-a-token|>"
+    (checkpoint / CHECKPOINT_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not-a-token"):
+        SafetyModel.from_pretrained(checkpoint)
+
+
+def test_tokenizer_with_another_cls_token():
+    model, tokenizer = build_tiny("llama")
+    tokenizer.add_special_tokens({"cls_token": "<cls>"})
+    with pytest.raises(ValueError, match="<cls>"):
+        SafetyModel(model, tokenizer)
+
+
+def test_tokenizer_already_with_our_cls_token_keeps_its_id():
+    model, tokenizer = build_tiny("llama")
+    tokenizer.add_special_tokens({"cls_token": "[CLS]"})
+    expected = tokenizer.convert_tokens_to_ids("[CLS]")
+    sm = SafetyModel(model, tokenizer)
+    assert sm.cls_token_id == expected
+    assert len(sm.tokenizer) == expected + 1
+
+
+def test_missing_chat_template_falls_back_and_is_saved(home):
+    model, tokenizer = build_tiny("llama")
+    tokenizer.chat_template = None
+    with pytest.warns(UserWarning, match="no chat template"):
+        sm = SafetyModel(model, tokenizer)
+    assert sm.tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
+    assert sm.config.chat_template_fallback
+    prompt = sm.formatter.render_prompt([{"role": "user", "content": "Hi there"}])
+    assert prompt.endswith("### User:\nHi there\n\n### Assistant:\n")
+    p = sm.classify("Hi there")
+
+    out = home / "runs" / "plain"
+    sm.save_pretrained(out)
+    assert _saved_config(out)["chat_template_fallback"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the template was saved: no second warning
+        loaded = SafetyModel.from_pretrained(out)
+    assert loaded.tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
+    assert loaded.config.chat_template_fallback
+    assert loaded.classify("Hi there") == pytest.approx(p, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("mask_mode", "bidirectional"),
+        ("cls_token_id", "7"),
+        ("hidden_size", None),
+        ("format", "something-else"),
+        ("format_version", 99),
+        ("surprise", 1),
+        ("adapter", "qlora"),
+    ],
+)
+def test_bad_config_field_is_named(checkpoint, field, value):
+    config = _saved_config(checkpoint)
+    config[field] = value
+    (checkpoint / CHECKPOINT_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=field):
+        SafetyModel.from_pretrained(checkpoint)
+
+
+def test_hidden_size_mismatch(checkpoint):
+    config = _saved_config(checkpoint)
+    config["hidden_size"] = 128
+    (checkpoint / CHECKPOINT_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="hidden_size"):
+        SafetyModel.from_pretrained(checkpoint)
+
+
+def test_invalid_json(checkpoint):
+    (checkpoint / CHECKPOINT_CONFIG).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        SafetyModel.from_pretrained(checkpoint)
