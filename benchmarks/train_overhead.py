@@ -5,7 +5,7 @@ sequence lengths 128 and 512, a warm-up step each, then interleaved repeats (SFT
 CLS, ...) so drift hits both alike; medians per mode. Both modes run through the same trainer
 loss (`train.joint_loss`); plain SFT has no [CLS] slot and uses transformers' own 2-D mask path.
 
-    python benchmarks/train_overhead.py [--repeats 5] [--lengths 128 512]
+    python benchmarks/train_overhead.py [--repeats 11] [--lengths 128 512]
 
 The last line is a JSON object; `cls_vs_sft_step_time_ratio` is the worse of the lengths.
 """
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30, help="decoder layers of the random model")
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--batch", type=int, nargs="+", default=[4, 2], help="batch size per length")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -110,13 +110,20 @@ def main() -> None:
                 optimiser_step(sm, optimizer, batches[mode], 0.1)
                 times[mode].append(time.perf_counter() - start)
         sft, cls = statistics.median(times["sft"]), statistics.median(times["cls"])
+        # Ratio of each interleaved pair: its spread shows how far to trust the median.
+        pair_ratios = sorted(c / s for s, c in zip(times["sft"], times["cls"]))
+        quartiles = statistics.quantiles(pair_ratios, n=4) if len(pair_ratios) > 1 else pair_ratios * 3
         per_length[str(length)] = {
             "batch": batch_size,
             "sft_step_s": round(sft, 4),
             "cls_step_s": round(cls, 4),
             "ratio": round(cls / sft, 4),
+            "pair_ratio_iqr": [round(quartiles[0], 4), round(quartiles[2], 4)],
         }
-        print(f"length {length:4d} batch {batch_size}: sft {sft:.3f}s  cls {cls:.3f}s  ratio {cls / sft:.3f}")
+        print(
+            f"length {length:4d} batch {batch_size}: sft {sft:.3f}s  cls {cls:.3f}s  ratio {cls / sft:.3f} "
+            f"(pairwise IQR {quartiles[0]:.3f}-{quartiles[2]:.3f})"
+        )
 
     summary = {
         "benchmark": "train_overhead",

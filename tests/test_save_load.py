@@ -221,6 +221,29 @@ def test_failed_save_keeps_the_old_checkpoint(home, monkeypatch):
     _assert_same(good, SafetyModel.from_pretrained(out))
 
 
+def test_crash_between_the_two_renames_is_recovered_on_load(home, monkeypatch):
+    sm = make_safety_model("llama", "sdpa")
+    out = home / "runs" / "ckpt"
+    sm.save_pretrained(out)
+    good = SafetyModel.from_pretrained(out)
+    real_replace = model_module.os.replace
+
+    def crash_on_second_rename(src, dst):
+        if str(dst) == str(out):
+            raise KeyboardInterrupt("power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(model_module.os, "replace", crash_on_second_rename)
+    _perturb(sm)
+    with pytest.raises(KeyboardInterrupt):
+        sm.save_pretrained(out)
+    monkeypatch.undo()
+    assert not out.exists()  # the good copy sits at .ckpt.old
+    with pytest.warns(UserWarning, match="interrupted save"):
+        restored = SafetyModel.from_pretrained(out)
+    _assert_same(good, restored)
+
+
 # ====================================================================== errors
 @pytest.fixture
 def checkpoint(home):

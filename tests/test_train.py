@@ -135,8 +135,9 @@ def _weights(directory):
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    common = ["--cls_reads_response_window", "false", "--eval_strategy", "no", "--save_strategy", "steps"]
-    common += ["--save_steps", "4", "--max_steps", "8", "--save_total_limit", "5"]
+    # windows on: the resumed run must also draw the same slot-B windows
+    common = ["--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "steps"]
+    common += ["--save_steps", "7", "--max_steps", "14", "--save_total_limit", "5"]
     straight = train(tiny_config(tmp_path / "a", *common))
 
     # Interrupted: a crash while writing the second checkpoint, then --resume.
@@ -159,7 +160,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     finally:
         train_module.save_state = real_save_state
     run = tmp_path / "b" / "run"
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4"]  # no half-written checkpoint-8
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-7"]  # no half-written checkpoint-14
     resumed = train(tiny_config(tmp_path / "b", *common), resume=True)
 
     a, b = _weights(straight), _weights(resumed)

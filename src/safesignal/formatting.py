@@ -41,6 +41,7 @@ class EncodedExample:
     prompt_length: int
     supervised_from: int
     label: int | None = None
+    sample_key: int | None = None  # position in its dataset: seeds per-example randomness
 
     @property
     def response_length(self) -> int:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -280,6 +281,7 @@ class SafetyModel(nn.Module):
         from .registry import load_base
 
         directory = Path(path)
+        _recover_interrupted_save(directory)
         config_path = directory / CHECKPOINT_CONFIG
         if not config_path.is_file():
             model, tokenizer, reference = load_base(str(path), dtype=dtype, attn_implementation=attn_implementation)
@@ -410,16 +412,29 @@ def _describe_base(reference: dict) -> str:
     return reference.get("name") or f"$SAFESIGNAL_HOME/{reference['path']}"
 
 
+def _backup_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
 def _replace_directory(staging: Path, target: Path) -> None:
-    """Swap `staging` into `target`; the old directory is removed only after the swap."""
+    """Swap `staging` into `target`; the old directory is removed only after the swap.
+
+    Between the two renames the good copy lives at `.<name>.old`; `_recover_interrupted_save`
+    puts it back if a crash lands exactly there.
+    """
+    backup = _backup_path(target)
     if target.exists():
-        backup = target.with_name(f".{target.name}.old")
         shutil.rmtree(backup, ignore_errors=True)
         os.replace(target, backup)
-        os.replace(staging, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+    os.replace(staging, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _recover_interrupted_save(target: Path) -> None:
+    backup = _backup_path(target)
+    if not target.exists() and (backup / CHECKPOINT_CONFIG).is_file():
+        warnings.warn(f"{target}: restoring the checkpoint left at {backup} by an interrupted save", stacklevel=3)
+        os.replace(backup, target)
 
 
 __all__ = ["SafetyModel", "SafeSignalConfig"]

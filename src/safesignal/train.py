@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .batching import IGNORE_INDEX, WindowSampler, collate
@@ -83,22 +83,38 @@ class SafetyTrainingConfig(TrainingArguments):
 
 
 class SafetyCollator:
-    """Collates encoded examples; samples slot-B windows from its own seeded RNG."""
+    """Collates encoded examples.
+
+    Slot-B windows are drawn from an RNG seeded by (seed, epoch, the batch's dataset
+    positions), not from a running stream, so a resumed run draws exactly the windows the
+    uninterrupted run would have, however many batches the data loader prefetched or skipped.
+    """
 
     def __init__(self, cls_token_id, pad_token_id, mask_mode="sft", window_sampler=None, seed=0):
         self.cls_token_id, self.pad_token_id = cls_token_id, pad_token_id
         self.mask_mode, self.window_sampler = mask_mode, window_sampler
-        self.rng = random.Random(seed)
+        self.seed, self.epoch = seed, 0
 
     def __call__(self, examples):
+        keys = [e.sample_key for e in examples]
         return collate(
             examples,
             cls_token_id=self.cls_token_id,
             pad_token_id=self.pad_token_id,
             mask_mode=self.mask_mode,
             window_sampler=self.window_sampler,
-            rng=self.rng,
+            rng=random.Random(f"{self.seed}/{self.epoch}/{keys}"),
         )
+
+
+class _EpochToCollator(TrainerCallback):
+    """Tells the collator which epoch it is collating for (new windows every epoch)."""
+
+    def __init__(self, collator: SafetyCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
 
 
 def joint_loss(model: SafetyModel, batch: dict, cls_loss_weight: float) -> dict[str, torch.Tensor]:
@@ -336,7 +352,14 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False) -> Path:
         sampler,
         seed=config.seed,
     )
-    trainer = SafetyTrainer(model, config, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator)
+    trainer = SafetyTrainer(
+        model,
+        config,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collator,
+        callbacks=[_EpochToCollator(collator)],
+    )
     counts = train_set.label_counts()
     steps_per_epoch = math.ceil(len(train_set) / (config.per_device_train_batch_size * config.gradient_accumulation_steps))
     print(

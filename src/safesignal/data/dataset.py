@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import torch
 
@@ -49,7 +50,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> EncodedExample:
-        return self.examples[self.indices[i]]
+        return replace(self.examples[self.indices[i]], sample_key=i)
 
     def label_counts(self) -> dict[int, int]:
         return dict(Counter(self.examples[i].label for i in self.indices))
