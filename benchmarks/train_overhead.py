@@ -2,7 +2,7 @@
 
 SmolLM2-135M geometry (random init unless --model points at a converted checkpoint),
 sequence lengths 128 and 512, a warm-up step each, then interleaved repeats (SFT, CLS, SFT,
-CLS, ...) so drift hits both alike; medians per mode. Both modes run through the same trainer
+CLS, CLS, SFT, ...) so drift and order effects hit both alike; medians per mode. Both modes run through the same trainer
 loss (`train.joint_loss`); plain SFT has no [CLS] slot and uses transformers' own 2-D mask path.
 
     python benchmarks/train_overhead.py [--repeats 11] [--lengths 128 512]
@@ -17,7 +17,10 @@ import json
 import platform
 import random
 import statistics
+import sys
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[4, 2], help="batch size per length")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", help="also write the summary JSON here (e.g. results/bench/train_overhead.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,8 +108,9 @@ def main() -> None:
         times = {"sft": [], "cls": []}
         for mode in ("sft", "cls"):  # warm-up
             optimiser_step(sm, optimizer, batches[mode], 0.1)
-        for _ in range(args.repeats):
-            for mode in ("sft", "cls"):
+        for repeat in range(args.repeats):
+            # Alternate which mode goes first, so allocator and cache state favour neither.
+            for mode in ("sft", "cls") if repeat % 2 == 0 else ("cls", "sft"):
                 start = time.perf_counter()
                 optimiser_step(sm, optimizer, batches[mode], 0.1)
                 times[mode].append(time.perf_counter() - start)
@@ -134,6 +139,10 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
     }
+    if args.out:
+        record = dict(summary, command="python " + " ".join(sys.argv), created=datetime.now(timezone.utc).isoformat())
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(summary))
 
 

@@ -158,6 +158,25 @@ def test_float_mask_is_applied_on_both_backends(arch):
     torch.testing.assert_close(h_eager, h_sdpa, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_registered_attention_matches_transformers_sdpa(arch):
+    """SafetyModel swaps `sdpa` for `safesignal_sdpa` (no repeat_kv on CPU): same numbers."""
+    from safesignal import attention
+
+    sm = make_safety_model(arch, "sdpa")
+    assert sm.base.config._attn_implementation == attention.NAME
+    batch, *_ = _sft_batch_with_window(sm)
+    mask = to_additive(allowed_for(batch), torch.float32)
+    pos = positions_for(batch)
+    ours = sm.hidden_states(batch["input_ids"], mask, pos)
+    sm.base.set_attn_implementation("sdpa")
+    try:
+        theirs = sm.hidden_states(batch["input_ids"], mask, pos)
+    finally:
+        sm.base.set_attn_implementation(attention.NAME)
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+
+
 # ====================================================================== the governing rule
 def _perturbed_forward(sm, batch, positions):
     """One forward over copies of a one-row batch, copy k with token positions[k] replaced."""

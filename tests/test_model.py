@@ -159,3 +159,12 @@ def test_tied_embeddings_mask_cls_logit():
     batch, _ = encode_batch(sm, CONVERSATIONS[:1])
     logits = sm.lm_logits(sm.forward_batch(batch))
     assert (logits[..., sm.cls_token_id] == torch.finfo(logits.dtype).min).all()
+
+
+def test_literal_cls_string_in_user_text_is_plain_text():
+    """Only safesignal places [CLS]: typing the token string gets ordinary tokens, not the slot."""
+    sm = make_safety_model("llama", "sdpa")
+    ex = sm.formatter.encode([{"role": "user", "content": "ignore this [CLS] please"}], "ok")
+    assert sm.cls_token_id not in ex.input_ids
+    query = sm.tokenizer.decode([t for t, q in zip(ex.input_ids, ex.query_mask) if q])
+    assert query == "ignore this [CLS] please"

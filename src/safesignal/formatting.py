@@ -111,8 +111,7 @@ class PromptFormatter:
         query_spans = _user_content_spans(prompt_text, messages)
         eos = self.tokenizer.eos_token if (add_eos and response and self.tokenizer.eos_token) else ""
         text = prompt_text + response + eos
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        ids, offsets = self._tokenize(text)
 
         prompt_end = len(prompt_text)
         # A token belongs to the response once it starts at or after the prompt's end; BPE
@@ -136,6 +135,31 @@ class PromptFormatter:
             ids, query_mask = ids[: self.max_length], query_mask[: self.max_length]
             supervised_from = min(supervised_from, self.max_length)
         return EncodedExample(ids, query_mask, prompt_length, supervised_from, label)
+
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and character offsets; a literal `[CLS]` in the text stays plain text.
+
+        Only safesignal places `[CLS]` slots: a user who types the token string must not get
+        the safety token's embedding, so those matches are re-tokenised as ordinary text.
+        """
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        cls_id = self.tokenizer.cls_token_id
+        if cls_id is None or cls_id not in ids:
+            return ids, offsets
+        out_ids, out_offsets = [], []
+        for token, (start, end) in zip(ids, offsets):
+            if token != cls_id:
+                out_ids.append(token)
+                out_offsets.append((start, end))
+                continue
+            plain = self.tokenizer(
+                text[start:end], add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+            )
+            out_ids += plain["input_ids"]
+            out_offsets += [(start + a, start + b) for a, b in plain["offset_mapping"]]
+        return out_ids, out_offsets
 
 
 def _user_content_spans(text: str, messages: list[dict]) -> list[tuple[int, int]]:

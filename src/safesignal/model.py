@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import attention
 from .batching import allowed_for, collate, positions_for
 from .formatting import PromptFormatter, ensure_chat_template
 from .masks import to_additive
@@ -101,6 +102,10 @@ class SafetyModel(nn.Module):
         if self.config.hidden_size not in (None, hidden):
             raise ValueError(f"hidden_size {self.config.hidden_size} does not match the model's {hidden}")
         self.config.hidden_size = hidden
+
+        if getattr(model.config, "_attn_implementation", None) == "sdpa":
+            # Same kernels, minus a key/value copy for masked grouped-query attention on CPU.
+            model.set_attn_implementation(attention.NAME)
 
         embeddings = model.get_input_embeddings().weight
         self.cls_embedding = nn.Parameter(embeddings.detach().mean(dim=0).clone())

@@ -1,0 +1,79 @@
+"""Regenerate the README's result blocks from the committed files under results/.
+
+Each block sits between `<!-- NAME -->` and `<!-- /NAME -->` markers; the text between them is
+replaced by the rendering of the matching results file. Numbers in the README are therefore
+never typed by hand; `tests/test_readme.py` fails when a block is stale.
+
+    python scripts/update_readme.py          # rewrite README.md in place
+    python scripts/update_readme.py --check  # exit 1 if README.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def render_train_overhead(data: dict) -> str:
+    lines = [
+        "| sequence length | batch | plain SFT step (s) | joint [CLS] step (s) | ratio (medians) | pairwise ratio IQR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for length, row in data["per_length"].items():
+        low, high = row["pair_ratio_iqr"]
+        lines.append(
+            f"| {length} | {row['batch']} | {row['sft_step_s']:.3f} | {row['cls_step_s']:.3f} | "
+            f"{row['ratio']:.3f} | {low:.3f}–{high:.3f} |"
+        )
+    lines += [
+        "",
+        f"`cls_vs_sft_step_time_ratio` (worse length): **{data['cls_vs_sft_step_time_ratio']:.3f}** (goal ≤ 1.05). "
+        f"{data['model']}, {data['repeats']} interleaved repeats, {data['threads']} CPU threads ({data['machine']}); "
+        f"`{data['command']}`, {data['created'][:10]}.",
+    ]
+    return "\n".join(lines)
+
+
+BLOCKS = {"bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead)}
+
+
+def rendered_readme(text: str) -> str:
+    for name, (path, render) in BLOCKS.items():
+        source = ROOT / path
+        if not source.is_file():
+            continue
+        body = render(json.loads(source.read_text()))
+        replacement = f"<!-- {name} -->\n{body}\n<!-- /{name} -->"
+        closed = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+        bare = re.compile(rf"<!-- {re.escape(name)} -->")  # first rendering: the opening marker only
+        text, count = closed.subn(lambda _: replacement, text, count=1)
+        if count == 0:
+            text, count = bare.subn(lambda _: replacement, text, count=1)
+        if count == 0:
+            raise SystemExit(f"README.md: marker <!-- {name} --> not found")
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    readme = ROOT / "README.md"
+    current = readme.read_text()
+    updated = rendered_readme(current)
+    if args.check:
+        if updated != current:
+            print("README.md is out of date: run python scripts/update_readme.py", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

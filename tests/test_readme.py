@@ -1,0 +1,28 @@
+"""README numbers come from committed results files, never typed by hand."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_updater():
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_result_blocks_match_the_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    assert load_updater().rendered_readme(readme) == readme, "run python scripts/update_readme.py"
+
+
+def test_readme_opens_with_exactly_two_setup_commands():
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    assert len(first_block) == 2
+    assert first_block[1] == "pip install -e '.[dev]' && python -m pytest"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -q -e '.[dev]'" in ci and "python -m pytest" in ci
