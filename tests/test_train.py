@@ -22,13 +22,6 @@ TINY_YAML = REPO / "configs" / "tiny.yaml"
 TOY_TRAIN = REPO / "configs" / "data" / "toy_train.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    """Training needs autograd: override conftest's inference-only default."""
-    with torch.enable_grad():
-        yield
-
-
 @pytest.fixture()
 def toy_examples():
     torch.manual_seed(0)
