@@ -5,7 +5,7 @@ sequence lengths 128 and 512, a warm-up step each, then interleaved repeats (SFT
 CLS, CLS, SFT, ...) so drift and order effects hit both alike; medians per mode. Both modes run through the same trainer
 loss (`train.joint_loss`); plain SFT has no [CLS] slot and uses transformers' own 2-D mask path.
 
-    python benchmarks/train_overhead.py [--repeats 11] [--lengths 128 512]
+    python benchmarks/train_overhead.py [--repeats 25] [--lengths 128 512]
 
 The last line is a JSON object; `cls_vs_sft_step_time_ratio` is the worse of the lengths.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30, help="decoder layers of the random model")
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--batch", type=int, nargs="+", default=[4, 2], help="batch size per length")
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", help="also write the summary JSON here (e.g. results/bench/train_overhead.json)")
     args = parser.parse_args()
@@ -140,7 +141,10 @@ def main() -> None:
         "machine": platform.machine(),
     }
     if args.out:
-        record = dict(summary, command="python " + " ".join(sys.argv), created=datetime.now(timezone.utc).isoformat())
+        # Allocator settings change CPU timings a lot (page-fault churn): record any that are set.
+        env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+        command = (env + " " if env else "") + "python " + " ".join(sys.argv)
+        record = dict(summary, command=command, created=datetime.now(timezone.utc).isoformat())
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(summary))

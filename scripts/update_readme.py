@@ -39,7 +39,10 @@ def render_train_overhead(data: dict) -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead)}
+BLOCKS = {
+    "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
+    "bench:train_overhead_malloc_tuned": ("results/bench/train_overhead_malloc_tuned.json", render_train_overhead),
+}
 
 
 def rendered_readme(text: str) -> str:

@@ -188,6 +188,8 @@ def test_lora_and_sft_objectives_train_and_load(tmp_path):
     )
     assert json.loads((sft / "safesignal.json").read_text())["objective"] == "sft"
     assert "eval_f1" not in json.loads((sft / "eval_metrics.json").read_text())
+    with pytest.raises(ValueError, match="plain-SFT baseline"):
+        SafetyModel.from_pretrained(sft).classify("hello")
 
 
 def test_cli_train_and_classify(tmp_path, capsys):

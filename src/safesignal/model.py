@@ -191,6 +191,11 @@ class SafetyModel(nn.Module):
     @torch.inference_mode()
     def classify_batch(self, conversations: list[list[dict]]) -> list[float]:
         """P(malicious) for each conversation, from one batched forward over the prompts."""
+        if self.config.objective != "cls":
+            raise ValueError(
+                f"this model was trained with objective {self.config.objective!r} (a plain-SFT baseline): "
+                "its safety head is untrained, so it cannot classify"
+            )
         if not conversations:
             return []
         examples = [self.formatter.encode(_prompt_only(m)) for m in conversations]
@@ -198,7 +203,7 @@ class SafetyModel(nn.Module):
             examples,
             cls_token_id=self.cls_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
-            mask_mode="sft",
+            mask_mode=self.config.mask_mode,
             with_labels=False,
         )
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
