@@ -218,6 +218,34 @@ class SafetyModel(nn.Module):
             messages = [{"role": "user", "content": messages}]
         return self.classify_batch([messages])[0]
 
+    # ------------------------------------------------------------------ generation
+    def generate_batch(
+        self,
+        conversations: list[list[dict] | str],
+        *,
+        policy=None,
+        max_new_tokens: int = 256,
+        prefills: list[str | None] | None = None,
+        stop: list[str] | None = None,
+        **sampling,
+    ):
+        """Strategic decoding for a batch (one forward per step); returns GenerationResults.
+
+        `sampling`: do_sample, temperature, top_p, top_k, repetition_penalty, seed.
+        """
+        from .decode import Sampling, StrategicDecoder
+        from .policy import SafetyPolicy
+
+        if self.config.objective != "cls":
+            raise ValueError("strategic decoding needs a [CLS]-trained model (this one is a plain-SFT baseline)")
+        conversations = [[{"role": "user", "content": c}] if isinstance(c, str) else c for c in conversations]
+        decoder = StrategicDecoder(self, policy or SafetyPolicy(), Sampling(**sampling))
+        return decoder.generate(conversations, max_new_tokens=max_new_tokens, prefills=prefills, stop=stop)
+
+    def generate(self, messages: list[dict] | str, *, prefill: str | None = None, **kwargs):
+        """Strategic decoding for one conversation; see `generate_batch`."""
+        return self.generate_batch([messages], prefills=[prefill], **kwargs)[0]
+
     # ------------------------------------------------------------------ LoRA
     def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):
         """Wrap the LM in a peft LoRA adapter; `[CLS]` row and head stay fully trainable."""

@@ -1,0 +1,92 @@
+"""SafetyPolicy: every knob of strategic decoding (DESIGN.md §Decoding), as a dataclass + YAML."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+SCHEDULES = ("first", "periodic", "each", "annealing")
+
+
+@dataclass
+class SafetyPolicy:
+    """How generation re-reads the safety head and what it does on a malicious verdict.
+
+    Windows (response-token indices, 1-based; prefill text counts as response):
+    Rule 1 (initially malicious, injection off): query + first r1 response tokens.
+    Rule 2 (benign): query + last r2 response tokens.
+    Rule 3 (suspected transition at S): query + [S - r2, min(now, S + r3)].
+    """
+
+    threshold: float = 0.5
+    tau: int = 3
+    r1: int = 10
+    r2: int = 10
+    r3: int = 10
+    schedule: str = "annealing"
+    period: int = 10  # for schedule="periodic"
+    annealing_dense_steps: int = 8  # check every step up to here ...
+    annealing_first_gap: int = 2  # ... then at gaps 2, 4, 8, ... (steps 10, 14, 22, 38, 70, 134)
+    annealing_stop: int = 256  # ... and never after this step
+    window_includes_query: bool = True
+    strategic_attention: bool = True  # generated tokens read the refreshed [CLS] state
+    strategic_decoding: bool = True  # inject the refusal on a malicious verdict
+    refusal_prefix: str = "Sorry, I cannot fulfill your request because"
+    injection_separator: str = "\n\n"
+    refusal_max_new_tokens: int | None = None  # budget after an injection (default: max_new_tokens)
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: {self.schedule!r} is not one of {SCHEDULES}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold: must be in (0, 1), got {self.threshold}")
+        for name in ("tau", "r1", "r2", "period", "annealing_first_gap"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
+        if self.r3 < 0:
+            raise ValueError(f"r3: must be ≥ 0, got {self.r3}")
+
+    def checks_at(self, step: int) -> bool:
+        """Whether the schedule re-checks at generation step `step` (1-based) in the benign state."""
+        if self.schedule == "each":
+            return True
+        if self.schedule == "first":
+            return False  # the only check is the one after the prefill pass
+        if self.schedule == "periodic":
+            return step % self.period == 0
+        return step in self.annealing_steps()
+
+    def annealing_steps(self) -> frozenset[int]:
+        steps = set(range(1, min(self.annealing_dense_steps, self.annealing_stop) + 1))
+        at, gap = self.annealing_dense_steps, self.annealing_first_gap
+        while at + gap <= self.annealing_stop:
+            at += gap
+            steps.add(at)
+            gap *= 2
+        return frozenset(steps)
+
+    @classmethod
+    def paper(cls, **overrides) -> "SafetyPolicy":
+        """The official code's evaluation settings: r = (5, 15, 10), its refusal string (typo kept)."""
+        settings = dict(r1=5, r2=15, r3=10, refusal_prefix="Sorry, I can't fullfill your request because",
+                        injection_separator="\n")
+        settings.update(overrides)
+        return cls(**settings)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "SafetyPolicy":
+        path = Path(path)
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of policy fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown SafetyPolicy field(s) {unknown}")
+        data.update(overrides)
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
