@@ -109,7 +109,8 @@ class StrategicDecoder:
         self.policy = policy
         self.sampling = sampling or Sampling()
         self.tokenizer = model.tokenizer
-        self.model_calls = 0
+        self.model_calls = 0  # forwards issued: 1 prefill pass + 1 per step, whatever the batch size
+        self.steps = 0
         eos = {self.tokenizer.eos_token_id}
         config_eos = getattr(model.base.generation_config, "eos_token_id", None)
         eos |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
@@ -141,6 +142,7 @@ class StrategicDecoder:
                 self._accept_token(row, row_logits)
         while any(r.state != "done" for r in rows):
             self._step(rows)
+            self.steps += 1
         return [self._finish(r) for r in rows]
 
     # ------------------------------------------------------------------ prefill pass
