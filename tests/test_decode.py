@@ -319,3 +319,39 @@ def test_stop_strings_end_generation():
     stopped = sm.generate(PROMPTS[0], max_new_tokens=12, stop=[piece])
     assert stopped.finish_reason == "stop" and piece in stopped.text
     assert len(stopped.token_ids) <= 4
+
+
+def test_stream_releases_early_never_retracts_and_matches_generate():
+    sm = peaked(make_safety_model("llama", "sdpa"))
+    script_head(sm, [-5, -5, -5, 5, 5, 5] + [-5] * 60)
+    policy = SafetyPolicy(schedule="each", tau=3)
+    pieces, events, first_delta_step = [], [], None
+    decoder_steps = []
+    for delta in sm.stream(PROMPTS[0], policy=policy, max_new_tokens=16):
+        if delta.text and first_delta_step is None:
+            first_delta_step = len(events)
+        pieces.append(delta.text)
+        events += delta.events
+        if delta.done:
+            result = delta.result
+        decoder_steps.append(len(events))
+    assert result.intervened and result.tokens_before_intervention == 2
+    assert "".join(pieces) == result.text  # nothing retracted: deltas add up to the final text
+    assert first_delta_step is not None and first_delta_step < len(events)  # text arrived before the end
+    assert [e.step for e in events] == [e.step for e in result.events]
+    # the token that started the confirmation (step 3) was never released before the rollback
+    released_before_injection = "".join(pieces).split("\n\n" + PREFIX)[0]
+    assert released_before_injection == sm.tokenizer.decode(result.token_ids[:2])
+
+
+def test_stream_first_delta_comes_before_the_last_token_is_computed():
+    sm = force_head(make_safety_model("llama", "sdpa"), -30.0)
+    decoder = StrategicDecoder(sm, SafetyPolicy())
+    stream = decoder.stream([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=10)
+    for chunk in stream:
+        if chunk.deltas[0]:
+            steps_at_first_delta = decoder.steps
+            break
+    rest = list(stream)
+    assert rest[-1].results is not None
+    assert steps_at_first_delta < decoder.steps

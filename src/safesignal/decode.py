@@ -78,6 +78,26 @@ class GenerationResult:
 
 
 @dataclass
+class StreamChunk:
+    """What one step released, per row: text delta, new safety events, whether the row is done."""
+
+    deltas: list[str]
+    events: list[list[SafetyEvent]]
+    done: list[bool]
+    results: list[GenerationResult] | None = None
+
+
+@dataclass
+class StreamDelta:
+    """One streamed piece for a single conversation (`SafetyModel.stream`)."""
+
+    text: str
+    events: list[SafetyEvent]
+    done: bool = False
+    result: GenerationResult | None = None
+
+
+@dataclass
 class _Row:
     """Per-row decoding state."""
 
@@ -95,6 +115,8 @@ class _Row:
     pending_is_injection: bool = False
     position_of: dict[int, int] = field(default_factory=dict)  # response index -> position id
     result: GenerationResult | None = None
+    emitted: str = ""  # text already streamed
+    events_sent: int = 0
 
     @property
     def checking(self) -> bool:
@@ -117,15 +139,28 @@ class StrategicDecoder:
         self.eos_ids = {e for e in eos if e is not None}
 
     # ------------------------------------------------------------------ public
-    @torch.inference_mode()
-    def generate(
+    def generate(self, conversations: list[list[dict]], **kwargs) -> list[GenerationResult]:
+        """Run to completion; see `stream` for the arguments."""
+        results = None
+        for chunk in self.stream(conversations, **kwargs):
+            if chunk.results is not None:
+                results = chunk.results
+        return results
+
+    def stream(
         self,
         conversations: list[list[dict]],
         *,
         max_new_tokens: int = 256,
         prefills: list[str | None] | None = None,
         stop: list[str] | None = None,
-    ) -> list[GenerationResult]:
+    ):
+        """Yield a `StreamChunk` after the prefill pass and after every step.
+
+        A token is released only once the verdict of its step is known and never while a
+        confirmation is pending, so a rollback never retracts released text. The deltas of a
+        row concatenate to its final `text`; the last chunk carries the results.
+        """
         prefills = prefills or [None] * len(conversations)
         if len(prefills) != len(conversations):
             raise ValueError("prefills: need one entry (or None) per conversation")
@@ -136,14 +171,35 @@ class StrategicDecoder:
         self.generator = generator
         self.stop = list(stop or [])
         self.max_new_tokens = max_new_tokens
-        rows, logits = self._prefill(conversations, prefills, max_new_tokens)
-        for row, row_logits in zip(rows, logits):
-            if row.state != "injected":
-                self._accept_token(row, row_logits)
+        with torch.inference_mode():
+            rows, logits = self._prefill(conversations, prefills, max_new_tokens)
+            for row, row_logits in zip(rows, logits):
+                if row.state != "injected":
+                    self._accept_token(row, row_logits)
+        yield self._chunk(rows)
         while any(r.state != "done" for r in rows):
-            self._step(rows)
+            with torch.inference_mode():
+                self._step(rows)
             self.steps += 1
-        return [self._finish(r) for r in rows]
+            yield self._chunk(rows)
+        chunk = self._chunk(rows)
+        chunk.results = [self._finish(r) for r in rows]
+        yield chunk
+
+    def _chunk(self, rows: list[_Row]) -> "StreamChunk":
+        deltas, events = [], []
+        for row in rows:
+            releasable = row.transition - 1 if row.state == "confirming" else len(row.response)
+            text = self.tokenizer.decode(row.response[:releasable], skip_special_tokens=True)
+            if row.state != "done" and text.endswith("\ufffd"):
+                text = text[:-1]  # an incomplete UTF-8 sequence: wait for its next token
+            # Released text only grows: the token at S is held from its own step, and a
+            # rollback drops only tokens from S on.
+            deltas.append(text[len(row.emitted) :] if text.startswith(row.emitted) else "")
+            row.emitted = text if text.startswith(row.emitted) else row.emitted
+            events.append(row.result.events[row.events_sent :])
+            row.events_sent = len(row.result.events)
+        return StreamChunk(deltas, events, [r.state == "done" for r in rows])
 
     # ------------------------------------------------------------------ prefill pass
     def _prefill(self, conversations, prefills, max_new_tokens):

@@ -233,18 +233,45 @@ class SafetyModel(nn.Module):
 
         `sampling`: do_sample, temperature, top_p, top_k, repetition_penalty, seed.
         """
+        decoder, conversations = self._decoder(conversations, policy, sampling)
+        return decoder.generate(conversations, max_new_tokens=max_new_tokens, prefills=prefills, stop=stop)
+
+    def generate(self, messages: list[dict] | str, *, prefill: str | None = None, **kwargs):
+        """Strategic decoding for one conversation; see `generate_batch`."""
+        return self.generate_batch([messages], prefills=[prefill], **kwargs)[0]
+
+    def stream(
+        self,
+        messages: list[dict] | str,
+        *,
+        policy=None,
+        max_new_tokens: int = 256,
+        prefill: str | None = None,
+        stop: list[str] | None = None,
+        **sampling,
+    ):
+        """Yield `StreamDelta`s (text delta, new safety events) as decoding releases them.
+
+        Text is released only once its step's verdict is known and never while a suspected
+        transition awaits confirmation, so nothing released is ever retracted. The last delta
+        has `done=True` and the full `GenerationResult`.
+        """
+        from .decode import StreamDelta
+
+        decoder, conversations = self._decoder([messages], policy, sampling)
+        for chunk in decoder.stream(conversations, max_new_tokens=max_new_tokens, prefills=[prefill], stop=stop):
+            result = chunk.results[0] if chunk.results else None
+            if chunk.deltas[0] or chunk.events[0] or result is not None:
+                yield StreamDelta(chunk.deltas[0], chunk.events[0], result is not None, result)
+
+    def _decoder(self, conversations, policy, sampling):
         from .decode import Sampling, StrategicDecoder
         from .policy import SafetyPolicy
 
         if self.config.objective != "cls":
             raise ValueError("strategic decoding needs a [CLS]-trained model (this one is a plain-SFT baseline)")
         conversations = [[{"role": "user", "content": c}] if isinstance(c, str) else c for c in conversations]
-        decoder = StrategicDecoder(self, policy or SafetyPolicy(), Sampling(**sampling))
-        return decoder.generate(conversations, max_new_tokens=max_new_tokens, prefills=prefills, stop=stop)
-
-    def generate(self, messages: list[dict] | str, *, prefill: str | None = None, **kwargs):
-        """Strategic decoding for one conversation; see `generate_batch`."""
-        return self.generate_batch([messages], prefills=[prefill], **kwargs)[0]
+        return StrategicDecoder(self, policy or SafetyPolicy(), Sampling(**sampling)), conversations
 
     # ------------------------------------------------------------------ LoRA
     def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):
