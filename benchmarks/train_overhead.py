@@ -13,41 +13,17 @@ The last line is a JSON object; `cls_vs_sft_step_time_ratio` is the worse of the
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import statistics
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
 from safesignal.batching import WindowSampler, collate
 from safesignal.formatting import EncodedExample
-from safesignal.model import SafetyModel
-from safesignal.tiny import build_tiny_tokenizer
 from safesignal.train import joint_loss
 
-
-def smollm2_135m_geometry(layers: int):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=8192,
-        rope_theta=100000.0,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+from common import benchmark_model, machine, write_record
 
 
 def make_examples(batch: int, length: int, vocab: int, forbidden: int, seed: int) -> list[EncodedExample]:
@@ -83,10 +59,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    if args.model:
-        sm = SafetyModel.from_pretrained(args.model, attn_implementation="sdpa")
-    else:
-        sm = SafetyModel(smollm2_135m_geometry(args.layers), build_tiny_tokenizer())
+    sm = benchmark_model(args.model, args.layers)
     sm.train()
     optimizer = torch.optim.AdamW([p for p in sm.parameters() if p.requires_grad], lr=1e-5)
     vocab = sm.base.get_input_embeddings().num_embeddings
@@ -137,18 +110,9 @@ def main() -> None:
         "per_length": per_length,
         "model": args.model or f"random SmolLM2-135M geometry ({args.layers} layers)",
         "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
+        **machine(),
     }
-    if args.out:
-        # Allocator settings change CPU timings a lot (page-fault churn): record any that are set.
-        env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
-        command = (env + " " if env else "") + "python " + " ".join(sys.argv)
-        record = dict(summary, command=command, created=datetime.now(timezone.utc).isoformat())
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(summary))
-
+    write_record(summary, args.out)
 
 if __name__ == "__main__":
     main()

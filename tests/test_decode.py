@@ -355,3 +355,19 @@ def test_stream_first_delta_comes_before_the_last_token_is_computed():
     rest = list(stream)
     assert rest[-1].results is not None
     assert steps_at_first_delta < decoder.steps
+
+
+def test_steps_without_a_check_carry_no_cls_column():
+    sm = force_head(make_safety_model("llama", "sdpa"), -30.0)
+    decoder = StrategicDecoder(sm, SafetyPolicy())  # annealing: every step to 8, then 10, 14, ...
+    widths = []
+    original = decoder._forward
+
+    def spy(ids, allowed, positions):
+        widths.append(ids.shape[1])
+        return original(ids, allowed, positions)
+
+    decoder._forward = spy
+    decoder.generate([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=16, ignore_eos=True)
+    steps = widths[1:]  # after the prefill pass; step t feeds generated token t
+    assert [w for w in steps] == [2 if t in SafetyPolicy().annealing_steps() else 1 for t in range(1, 16)]

@@ -141,29 +141,41 @@ class StrategicDecoder:
     # ------------------------------------------------------------------ public
     def generate(self, conversations: list[list[dict]], **kwargs) -> list[GenerationResult]:
         """Run to completion; see `stream` for the arguments."""
-        results = None
-        for chunk in self.stream(conversations, **kwargs):
-            if chunk.results is not None:
-                results = chunk.results
-        return results
+        rows = None
+        for rows in self._run(conversations, **kwargs):
+            pass
+        return [self._finish(r) for r in rows]
 
-    def stream(
+    def stream(self, conversations: list[list[dict]], **kwargs):
+        """Yield a `StreamChunk` after the prefill pass and after every step.
+
+        Arguments: max_new_tokens, prefills (one per conversation or None), stop strings,
+        ignore_eos. A token is released only once the verdict of its step is known and never
+        while a confirmation is pending, so a rollback never retracts released text. The
+        deltas of a row concatenate to its final `text`; the last chunk carries the results.
+        """
+        rows = None
+        for rows in self._run(conversations, **kwargs):
+            yield self._chunk(rows)
+        chunk = self._chunk(rows)
+        chunk.results = [self._finish(r) for r in rows]
+        yield chunk
+
+    def _run(
         self,
         conversations: list[list[dict]],
         *,
         max_new_tokens: int = 256,
         prefills: list[str | None] | None = None,
         stop: list[str] | None = None,
+        ignore_eos: bool = False,
     ):
-        """Yield a `StreamChunk` after the prefill pass and after every step.
-
-        A token is released only once the verdict of its step is known and never while a
-        confirmation is pending, so a rollback never retracts released text. The deltas of a
-        row concatenate to its final `text`; the last chunk carries the results.
-        """
+        """The decode loop: yields the rows after the prefill pass and after every step."""
         prefills = prefills or [None] * len(conversations)
         if len(prefills) != len(conversations):
             raise ValueError("prefills: need one entry (or None) per conversation")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be ≥ 1, got {max_new_tokens}")
         self._check_sliding_window(conversations, max_new_tokens)
         generator = None
         if self.sampling.seed is not None:
@@ -171,20 +183,18 @@ class StrategicDecoder:
         self.generator = generator
         self.stop = list(stop or [])
         self.max_new_tokens = max_new_tokens
+        self.ignore_eos = ignore_eos  # fixed-length runs (benchmarks)
         with torch.inference_mode():
             rows, logits = self._prefill(conversations, prefills, max_new_tokens)
             for row, row_logits in zip(rows, logits):
                 if row.state != "injected":
                     self._accept_token(row, row_logits)
-        yield self._chunk(rows)
+        yield rows
         while any(r.state != "done" for r in rows):
             with torch.inference_mode():
                 self._step(rows)
             self.steps += 1
-            yield self._chunk(rows)
-        chunk = self._chunk(rows)
-        chunk.results = [self._finish(r) for r in rows]
-        yield chunk
+            yield rows
 
     def _chunk(self, rows: list[_Row]) -> "StreamChunk":
         deltas, events = [], []
@@ -297,7 +307,9 @@ class StrategicDecoder:
         checks = [self._check_window(r) if r.state != "done" and not r.pending_is_injection else None
                   for r in rows]
         feeds = [r.pending if r.state != "done" else [] for r in rows]
-        width = max(len(f) for f in feeds) + 1
+        # A step where no row checks carries no [CLS] column at all (annealing's later steps).
+        any_check = any(c is not None for c in checks)
+        width = max(len(f) for f in feeds) + any_check
         past = self.kind.shape[1]
 
         ids = torch.full((size, width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -311,7 +323,8 @@ class StrategicDecoder:
                 row.position_of[index] = row.position
                 ids[i, k], kind[i, k], resp[i, k], positions[i, k] = token, TOKEN, index, row.position
                 row.position += 1
-            ids[i, width - 1] = sm.cls_token_id
+            if any_check:
+                ids[i, width - 1] = sm.cls_token_id
             if checks[i] is not None:
                 kind[i, width - 1] = CLS
         device = sm.device
@@ -454,7 +467,7 @@ class StrategicDecoder:
         the response without being fed: no step, so no check, follows it.
         """
         token = self._sample(row, logits)
-        if token in self.eos_ids:
+        if token in self.eos_ids and not self.ignore_eos:
             reason = "eos"
         else:
             row.generated += 1

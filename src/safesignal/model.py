@@ -227,6 +227,7 @@ class SafetyModel(nn.Module):
         max_new_tokens: int = 256,
         prefills: list[str | None] | None = None,
         stop: list[str] | None = None,
+        ignore_eos: bool = False,
         **sampling,
     ):
         """Strategic decoding for a batch (one forward per step); returns GenerationResults.
@@ -234,7 +235,9 @@ class SafetyModel(nn.Module):
         `sampling`: do_sample, temperature, top_p, top_k, repetition_penalty, seed.
         """
         decoder, conversations = self._decoder(conversations, policy, sampling)
-        return decoder.generate(conversations, max_new_tokens=max_new_tokens, prefills=prefills, stop=stop)
+        return decoder.generate(
+            conversations, max_new_tokens=max_new_tokens, prefills=prefills, stop=stop, ignore_eos=ignore_eos
+        )
 
     def generate(self, messages: list[dict] | str, *, prefill: str | None = None, **kwargs):
         """Strategic decoding for one conversation; see `generate_batch`."""

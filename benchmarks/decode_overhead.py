@@ -1,0 +1,134 @@
+"""Wall-clock cost of strategic decoding vs plain `generate` on the same model and prompts.
+
+SmolLM2-135M geometry (random init unless --model gives a converted checkpoint). The baseline
+is transformers' `generate` (greedy, KV cache, stock sdpa). safesignal runs its own decode loop
+with each check schedule; the head is forced benign so every run checks on its schedule and
+none ends early in an injection (the common, benign case; a confirmation adds every-step
+checks, an injection stops them). EOS is ignored so every run makes exactly the asked number
+of tokens. Warm-up, then interleaved repeats (plain, annealing, periodic, each, rotated each
+repeat), medians. Also reports model calls per generated token.
+
+    python benchmarks/decode_overhead.py [--repeats 3] [--out results/bench/decode_overhead.json]
+
+The last line is a JSON object with `annealing_ratio`, `periodic10_ratio`, `each_ratio` (256
+new tokens, batch 1) and the same at batch 8 (`*_b8`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from safesignal.decode import StrategicDecoder
+from safesignal.policy import SafetyPolicy
+
+from common import benchmark_model, machine, write_record
+
+PROMPTS = [
+    "Explain how a refrigerator keeps food cold.",
+    "Write a short story about a lighthouse keeper.",
+    "What are the main causes of inflation?",
+    "Describe the water cycle for a ten-year-old.",
+    "How do vaccines train the immune system?",
+    "Give three tips for learning a new language.",
+    "Summarise the plot of a heist movie you invent.",
+    "Why is the sky blue during the day?",
+]
+SCHEDULES = {"annealing": SafetyPolicy(), "periodic10": SafetyPolicy(schedule="periodic"),
+             "each": SafetyPolicy(schedule="each")}
+
+
+def plain_generate(sm, prompts: list[str], new_tokens: int) -> tuple[float, int]:
+    """transformers' generate on the same model, stock sdpa, left padded like ours."""
+    tok = sm.tokenizer
+    encoded = [sm.formatter.encode([{"role": "user", "content": p}]).input_ids for p in prompts]
+    width = max(len(e) for e in encoded)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    calls = {"n": 0}
+    handle = sm.base.get_decoder().register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    sm.base.set_attn_implementation("sdpa")
+    try:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                   do_sample=False, pad_token_id=tok.pad_token_id)
+        elapsed = time.perf_counter() - start
+    finally:
+        sm.base.set_attn_implementation("safesignal_sdpa")
+        handle.remove()
+    assert out.shape[1] - width == new_tokens
+    return elapsed, calls["n"]
+
+
+def strategic_generate(sm, prompts: list[str], new_tokens: int, policy: SafetyPolicy) -> tuple[float, int]:
+    decoder = StrategicDecoder(sm, policy)
+    start = time.perf_counter()
+    results = decoder.generate([[{"role": "user", "content": p}] for p in prompts], max_new_tokens=new_tokens,
+                               ignore_eos=True)
+    elapsed = time.perf_counter() - start
+    assert all(len(r.token_ids) == new_tokens and not r.intervened for r in results)
+    return elapsed, decoder.model_calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="converted checkpoint dir (default: random SmolLM2-135M geometry)")
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    sm = benchmark_model(args.model, args.layers).eval()
+    with torch.no_grad():  # benign verdicts throughout: checks run on schedule, nothing injects
+        sm.head.weight.zero_()
+        sm.head.bias.fill_(-20.0)
+
+    runners = {"plain": lambda p, n: plain_generate(sm, p, n)}
+    for name, policy in SCHEDULES.items():
+        runners[name] = lambda p, n, policy=policy: strategic_generate(sm, p, n, policy)
+
+    table = {}
+    for batch in args.batches:
+        prompts = PROMPTS[:batch] if batch <= len(PROMPTS) else (PROMPTS * batch)[:batch]
+        for new_tokens in args.new_tokens:
+            for run in runners.values():  # warm-up
+                run(prompts, min(new_tokens, 8))
+            times = {name: [] for name in runners}
+            calls = {}
+            order = list(runners)
+            for repeat in range(args.repeats):
+                rotated = order[repeat % len(order):] + order[: repeat % len(order)]
+                for name in rotated:
+                    elapsed, n_calls = runners[name](prompts, new_tokens)
+                    times[name].append(elapsed)
+                    calls[name] = n_calls
+            plain = statistics.median(times["plain"])
+            key = f"b{batch}_n{new_tokens}"
+            table[key] = {"plain_s": round(plain, 4)}
+            for name in SCHEDULES:
+                ratio = statistics.median(times[name]) / plain
+                table[key][f"{name}_ratio"] = round(ratio, 4)
+            table[key]["calls_per_token"] = {name: round(c / new_tokens, 4) for name, c in calls.items()}
+            print(f"batch {batch} new {new_tokens}: plain {plain:.2f}s  " + "  ".join(
+                f"{name} ×{table[key][f'{name}_ratio']:.3f}" for name in SCHEDULES))
+
+    summary = {"benchmark": "decode_overhead"}
+    longest = max(args.new_tokens)
+    for batch, suffix in ((1, ""), (8, "_b8")):
+        key = f"b{batch}_n{longest}"
+        if key in table:
+            for name in SCHEDULES:
+                summary[f"{name}_ratio{suffix}"] = table[key][f"{name}_ratio"]
+    summary.update(per_setting=table, model=args.model or f"random SmolLM2-135M geometry ({args.layers} layers)",
+                   repeats=args.repeats, **machine())
+    write_record(summary, args.out)
+
+
+if __name__ == "__main__":
+    main()
