@@ -39,7 +39,28 @@ def render_train_overhead(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_decode_overhead(data: dict) -> str:
+    lines = [
+        "| batch | new tokens | plain generate (s) | annealing | periodic(10) | each | model calls per token (plain / annealing) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, row in data["per_setting"].items():
+        batch, tokens = key[1:].split("_n")
+        calls = row["calls_per_token"]
+        lines.append(
+            f"| {batch} | {tokens} | {row['plain_s']:.2f} | ×{row['annealing_ratio']:.3f} | "
+            f"×{row['periodic10_ratio']:.3f} | ×{row['each_ratio']:.3f} | {calls['plain']:.2f} / {calls['annealing']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Wall-clock ratios to plain `generate` (medians of {data['repeats']} interleaved repeats); "
+        f"{data['model']}, {data['threads']} CPU threads ({data['machine']}); `{data['command']}`, {data['created'][:10]}.",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
     "bench:train_overhead_malloc_tuned": ("results/bench/train_overhead_malloc_tuned.json", render_train_overhead),
 }

@@ -371,3 +371,31 @@ def test_steps_without_a_check_carry_no_cls_column():
     decoder.generate([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=16, ignore_eos=True)
     steps = widths[1:]  # after the prefill pass; step t feeds generated token t
     assert [w for w in steps] == [2 if t in SafetyPolicy().annealing_steps() else 1 for t in range(1, 16)]
+
+
+def test_rolling_back_one_row_leaves_the_other_rows_unchanged():
+    sm = peaked(make_safety_model("llama", "sdpa"))
+    calls = {"n": 0}
+
+    def scripted(hidden):  # row 0 turns malicious at steps 2 and 3 (τ = 2); rows 1 and 2 stay benign
+        calls["n"] += 1
+        n = hidden.shape[0]
+        if n == 3 and calls["n"] in (3, 4):
+            return torch.tensor([5.0, -5.0, -5.0])
+        return torch.full((n,), -5.0)
+
+    sm.cls_logits = scripted
+    policy = SafetyPolicy(schedule="each", tau=2)
+    batch = sm.generate_batch(PROMPTS, policy=policy, max_new_tokens=10, ignore_eos=True)
+    assert batch[0].intervened and batch[0].tokens_before_intervention == 1
+    sm.cls_logits = lambda hidden: torch.full((hidden.shape[0],), -5.0)
+    for prompt, together in zip(PROMPTS[1:], batch[1:]):
+        alone = sm.generate(prompt, policy=policy, max_new_tokens=10, ignore_eos=True)
+        assert not together.intervened and alone.token_ids == together.token_ids
+
+
+def test_a_sliding_window_shorter_than_the_sequence_is_rejected():
+    sm = make_safety_model("mistral", "sdpa")
+    sm.base.config.sliding_window = 24
+    with pytest.raises(ValueError, match="sliding_window 24"):
+        sm.generate(PROMPTS[0], max_new_tokens=8)

@@ -204,3 +204,25 @@ def test_cli_train_and_classify(tmp_path, capsys):
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(line) == {"prompt", "p_malicious", "label"}
     assert cli_main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_cli_generate_and_chat(tmp_path, capsys, monkeypatch):
+    import io
+
+    out = tmp_path / "cli"
+    assert cli_main(["train", "--config", str(TINY_YAML), "--output_dir", str(out), "--num_train_epochs", "1",
+                     "--save_strategy", "no", "--disable_tqdm", "true"]) == 0
+    capsys.readouterr()
+    model = str(out / "final")
+    code = cli_main(["generate", "--model", model, "--max_new_tokens", "6", "--tau", "2", "--schedule", "each",
+                     "--prompt", "How do I make tea?", "--prompt", "Tell me how to forge a passport."])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2 and all({"text", "intervened", "events"} <= set(line) for line in lines)
+    assert all(e["rule"] in ("query", "rule2", "rule3") for line in lines for e in line["events"])
+    assert cli_main(["generate", "--model", model, "--tau", "0", "--prompt", "x"]) == 2  # bad policy field value
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("How do I make tea?\n\n"))
+    assert cli_main(["chat", "--model", model, "--max_new_tokens", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "assistant> " in captured.out and "p=" in captured.err

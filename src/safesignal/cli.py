@@ -31,6 +31,99 @@ def _cmd_classify(args, overrides: list[str]) -> int:
     return 0
 
 
+def _load_policy(args, overrides: list[str]):
+    """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field)."""
+    from .config import load_config
+    from .policy import SafetyPolicy
+
+    return load_config(SafetyPolicy, args.config, overrides)
+
+
+def _sampling(args) -> dict:
+    return {
+        "do_sample": args.temperature > 0,
+        "temperature": args.temperature if args.temperature > 0 else 1.0,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
+
+
+def _event_summary(event) -> dict:
+    return {"step": event.step, "p": round(event.probability, 4), "label": event.label,
+            "window": event.window, "rule": event.rule}
+
+
+def _cmd_generate(args, overrides: list[str]) -> int:
+    from .model import SafetyModel
+
+    policy = _load_policy(args, overrides)
+    model = SafetyModel.from_pretrained(args.model)
+    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    results = model.generate_batch(
+        prompts,
+        policy=policy,
+        max_new_tokens=args.max_new_tokens,
+        prefills=[args.prefill] * len(prompts),
+        **_sampling(args),
+    )
+    for prompt, r in zip(prompts, results):
+        record = {
+            "prompt": prompt[:80],
+            "text": r.text,
+            "intervened": r.intervened,
+            "tokens_before_intervention": r.tokens_before_intervention,
+            "finish_reason": r.finish_reason,
+            "events": [_event_summary(e) for e in r.events],
+        }
+        if r.error:
+            record["error"] = r.error
+        print(json.dumps(record))
+    return 0
+
+
+def _cmd_chat(args, overrides: list[str]) -> int:
+    """Interactive chat with a live safety indicator on stderr (one line per check)."""
+    from .model import SafetyModel
+
+    policy = _load_policy(args, overrides)
+    model = SafetyModel.from_pretrained(args.model)
+    history: list[dict] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    print("safesignal chat — empty line or Ctrl-D to quit", file=sys.stderr)
+    for line in sys.stdin:
+        user = line.strip()
+        if not user:
+            break
+        history.append({"role": "user", "content": user})
+        print("assistant> ", end="", flush=True)
+        result = None
+        for delta in model.stream(history, policy=policy, max_new_tokens=args.max_new_tokens, **_sampling(args)):
+            for event in delta.events:
+                mark = "!!" if event.label == "malicious" else "ok"
+                print(f"\n  [{mark} p={event.probability:.2f} step {event.step} {event.rule}]", file=sys.stderr, flush=True)
+            print(delta.text, end="", flush=True)
+            result = delta.result or result
+        print()
+        if result.intervened:
+            print(f"  [refusal injected after {result.tokens_before_intervention} generated tokens]", file=sys.stderr)
+        history.append({"role": "assistant", "content": result.text})
+    return 0
+
+
+def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    parser.add_argument("--config", help="SafetyPolicy YAML; any policy field can also be given as --field value")
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--repetition_penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safesignal", description=__doc__, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--threshold", type=float, default=0.5)
     classify.add_argument("prompt", nargs="*")
     classify.set_defaults(func=_cmd_classify)
+
+    generate = sub.add_parser("generate", help="strategic decoding; one JSON line per prompt (arguments or stdin)")
+    _add_decoding_arguments(generate)
+    generate.add_argument("--prefill", default=None, help="assistant text placed before the model's answer")
+    generate.add_argument("--prompt", action="append", help="a prompt (repeatable); default: one per stdin line")
+    generate.set_defaults(func=_cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat with a live safety indicator")
+    _add_decoding_arguments(chat)
+    chat.add_argument("--system", default=None, help="system prompt")
+    chat.set_defaults(func=_cmd_chat)
     return parser
 
 
