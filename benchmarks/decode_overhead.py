@@ -5,8 +5,9 @@ is transformers' `generate` (greedy, KV cache, stock sdpa). safesignal runs its 
 with each check schedule; the head is forced benign so every run checks on its schedule and
 none ends early in an injection (the common, benign case; a confirmation adds every-step
 checks, an injection stops them). EOS is ignored so every run makes exactly the asked number
-of tokens. Warm-up, then interleaved repeats (plain, annealing, periodic, each, rotated each
-repeat), medians. Also reports model calls per generated token.
+of tokens. Warm-up, then interleaved repeats (plain, plain with our attention kernel,
+annealing, periodic, each, rotated each repeat), medians. Also reports model calls per
+generated token.
 
     python benchmarks/decode_overhead.py [--repeats 3] [--out results/bench/decode_overhead.json]
 
@@ -41,8 +42,13 @@ SCHEDULES = {"annealing": SafetyPolicy(), "periodic10": SafetyPolicy(schedule="p
              "each": SafetyPolicy(schedule="each")}
 
 
-def plain_generate(sm, prompts: list[str], new_tokens: int) -> tuple[float, int]:
-    """transformers' generate on the same model, stock sdpa, left padded like ours."""
+def plain_generate(sm, prompts: list[str], new_tokens: int, kernel: str = "sdpa") -> tuple[float, int]:
+    """transformers' generate on the same model, left padded like ours.
+
+    kernel="sdpa" is what a user of plain `generate` gets; kernel="safesignal_sdpa" gives it
+    our CPU attention (no key/value copy under a padding mask), so the difference between the
+    two ratios separates the kernel from the method.
+    """
     tok = sm.tokenizer
     encoded = [sm.formatter.encode([{"role": "user", "content": p}]).input_ids for p in prompts]
     width = max(len(e) for e in encoded)
@@ -50,7 +56,7 @@ def plain_generate(sm, prompts: list[str], new_tokens: int) -> tuple[float, int]
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
     calls = {"n": 0}
     handle = sm.base.get_decoder().register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    sm.base.set_attn_implementation("sdpa")
+    sm.base.set_attn_implementation(kernel)
     try:
         start = time.perf_counter()
         with torch.inference_mode():
@@ -89,7 +95,10 @@ def main() -> None:
         sm.head.weight.zero_()
         sm.head.bias.fill_(-20.0)
 
-    runners = {"plain": lambda p, n: plain_generate(sm, p, n)}
+    runners = {
+        "plain": lambda p, n: plain_generate(sm, p, n),
+        "plain_same_kernel": lambda p, n: plain_generate(sm, p, n, kernel="safesignal_sdpa"),
+    }
     for name, policy in SCHEDULES.items():
         runners[name] = lambda p, n, policy=policy: strategic_generate(sm, p, n, policy)
 
@@ -111,9 +120,12 @@ def main() -> None:
             plain = statistics.median(times["plain"])
             key = f"b{batch}_n{new_tokens}"
             table[key] = {"plain_s": round(plain, 4)}
+            same_kernel = statistics.median(times["plain_same_kernel"])
+            table[key]["plain_same_kernel_s"] = round(same_kernel, 4)
             for name in SCHEDULES:
                 ratio = statistics.median(times[name]) / plain
                 table[key][f"{name}_ratio"] = round(ratio, 4)
+                table[key][f"{name}_ratio_same_kernel"] = round(statistics.median(times[name]) / same_kernel, 4)
             table[key]["calls_per_token"] = {name: round(c / new_tokens, 4) for name, c in calls.items()}
             print(f"batch {batch} new {new_tokens}: plain {plain:.2f}s  " + "  ".join(
                 f"{name} ×{table[key][f'{name}_ratio']:.3f}" for name in SCHEDULES))
