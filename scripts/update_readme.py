@@ -77,9 +77,9 @@ def rendered_readme(text: str) -> str:
         replacement = f"<!-- {name} -->\n{body}\n<!-- /{name} -->"
         closed = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
         bare = re.compile(rf"<!-- {re.escape(name)} -->")  # first rendering: the opening marker only
-        text, count = closed.subn(lambda _: replacement, text, count=1)
+        text, count = closed.subn(lambda _, body=replacement: body, text, count=1)
         if count == 0:
-            text, count = bare.subn(lambda _: replacement, text, count=1)
+            text, count = bare.subn(lambda _, body=replacement: body, text, count=1)
         if count == 0:
             raise SystemExit(f"README.md: marker <!-- {name} --> not found")
     return text

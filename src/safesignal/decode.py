@@ -141,9 +141,7 @@ class StrategicDecoder:
     # ------------------------------------------------------------------ public
     def generate(self, conversations: list[list[dict]], **kwargs) -> list[GenerationResult]:
         """Run to completion; see `stream` for the arguments."""
-        rows = None
-        for rows in self._run(conversations, **kwargs):
-            pass
+        *_, rows = self._run(conversations, **kwargs)  # drive the loop to its end
         return [self._finish(r) for r in rows]
 
     def stream(self, conversations: list[list[dict]], **kwargs):
@@ -302,7 +300,7 @@ class StrategicDecoder:
 
     # ------------------------------------------------------------------ one decode step
     def _step(self, rows: list[_Row]) -> None:
-        policy, sm = self.policy, self.sm
+        sm = self.sm
         size = len(rows)
         checks = [self._check_window(r) if r.state != "done" and not r.pending_is_injection else None
                   for r in rows]
