@@ -14,9 +14,10 @@ TINY_PREFIX = "tiny-"
 
 
 def registry_names() -> list[str]:
+    from .base_models import SMOLLM2_NAME
     from .tiny import _CONFIGS
 
-    return [TINY_PREFIX + arch for arch in sorted(_CONFIGS)]
+    return [SMOLLM2_NAME] + [TINY_PREFIX + arch for arch in sorted(_CONFIGS)]
 
 
 def load_base(reference, *, dtype=None, attn_implementation=None):
@@ -38,6 +39,11 @@ def load_base(reference, *, dtype=None, attn_implementation=None):
         raise ValueError(f"base_model: unrecognised reference {reference!r}")
 
     name = str(reference)
+    from .base_models import SMOLLM2_NAME, ensure_smollm2_base
+
+    if name == SMOLLM2_NAME:
+        model, tokenizer, _ = load_base(str(ensure_smollm2_base()), dtype=dtype, attn_implementation=attn_implementation)
+        return model, tokenizer, {"kind": "registry", "name": name}
     if name.startswith(TINY_PREFIX):
         from .tiny import build_tiny
 

