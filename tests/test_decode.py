@@ -399,3 +399,11 @@ def test_a_sliding_window_shorter_than_the_sequence_is_rejected():
     sm.base.config.sliding_window = 24
     with pytest.raises(ValueError, match="sliding_window 24"):
         sm.generate(PROMPTS[0], max_new_tokens=8)
+
+
+def test_a_sampled_batch_equals_its_rows_sampled_alone():
+    sm = force_head(make_safety_model("llama", "sdpa"), -30.0)
+    kwargs = dict(max_new_tokens=10, do_sample=True, temperature=1.3, top_p=0.95, seed=11, ignore_eos=True)
+    batch = sm.generate_batch(PROMPTS, **kwargs)
+    for prompt, together in zip(PROMPTS, batch):
+        assert sm.generate_batch([prompt], **kwargs)[0].token_ids == together.token_ids

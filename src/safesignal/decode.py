@@ -115,6 +115,7 @@ class _Row:
     pending_is_injection: bool = False
     position_of: dict[int, int] = field(default_factory=dict)  # response index -> position id
     result: GenerationResult | None = None
+    generator: torch.Generator | None = None  # per row: a sampled batch equals its rows run alone
     emitted: str = ""  # text already streamed
     events_sent: int = 0
 
@@ -175,10 +176,6 @@ class StrategicDecoder:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be ≥ 1, got {max_new_tokens}")
         self._check_sliding_window(conversations, max_new_tokens)
-        generator = None
-        if self.sampling.seed is not None:
-            generator = torch.Generator(device=self.sm.device).manual_seed(self.sampling.seed)
-        self.generator = generator
         self.stop = list(stop or [])
         self.max_new_tokens = max_new_tokens
         self.ignore_eos = ignore_eos  # fixed-length runs (benchmarks)
@@ -277,6 +274,8 @@ class StrategicDecoder:
                 budget=max_new_tokens,
                 result=GenerationResult(text="", token_ids=[], prefill=prefills[i] or ""),
             )
+            if self.sampling.seed is not None:
+                row.generator = torch.Generator(device=sm.device).manual_seed(self.sampling.seed)
             row.position_of = {k + 1: e.prompt_length + k + 1 for k in range(n_resp)}
             rows.append(row)
 
@@ -506,7 +505,7 @@ class StrategicDecoder:
             drop = cumulative - torch.softmax(ordered, dim=-1) >= s.top_p  # keep the token that crosses p
             scores[order[drop]] = -math.inf
         probabilities = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probabilities, 1, generator=self.generator))
+        return int(torch.multinomial(probabilities, 1, generator=row.generator))
 
     # ------------------------------------------------------------------ plumbing
     def _forward(self, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
