@@ -1,0 +1,7 @@
+"""`python -m safesignal` runs the command-line interface."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
