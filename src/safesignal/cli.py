@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("prompt", nargs="*")
     classify.set_defaults(func=_cmd_classify)
 
-    generate = sub.add_parser("generate", help="strategic decoding; one JSON line per prompt (arguments or stdin)")
+    generate = sub.add_parser("generate", help="strategic decoding; one JSON line per prompt (--prompt or stdin lines)")
     _add_decoding_arguments(generate)
     generate.add_argument("--prefill", default=None, help="assistant text placed before the model's answer")
     generate.add_argument("--prompt", action="append", help="a prompt (repeatable); default: one per stdin line")
