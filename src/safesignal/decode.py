@@ -301,8 +301,7 @@ class StrategicDecoder:
     def _step(self, rows: list[_Row]) -> None:
         sm = self.sm
         size = len(rows)
-        checks = [self._check_window(r) if r.state != "done" and not r.pending_is_injection else None
-                  for r in rows]
+        checks = [self._check_window(r) for r in rows]  # None for done and injected rows
         feeds = [r.pending if r.state != "done" else [] for r in rows]
         # A step where no row checks carries no [CLS] column at all (annealing's later steps).
         any_check = any(c is not None for c in checks)

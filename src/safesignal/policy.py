@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -87,6 +87,3 @@ class SafetyPolicy:
             raise ValueError(f"{path}: unknown SafetyPolicy field(s) {unknown}")
         data.update(overrides)
         return cls(**data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
