@@ -134,3 +134,16 @@ def test_encoded_dataset_balance_flag(formatter):
     examples = encode_records(recs, formatter)
     assert EncodedDataset(examples, balance=True).label_counts() == {0: 3, 1: 3}
     assert EncodedDataset(examples, balance=False).label_counts() == {0: 3, 1: 1}
+
+
+def test_yaml_defaults_and_home_paths(tmp_path, monkeypatch):
+    from safesignal.config import read_yaml
+
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path / "home"))
+    (tmp_path / "base.yaml").write_text("learning_rate: 0.1\nseed: 3\noutput_dir: $SAFESIGNAL_HOME/runs/x\n")
+    (tmp_path / "child.yaml").write_text("defaults: base.yaml\nseed: 4\n")
+    data = read_yaml(tmp_path / "child.yaml")
+    assert data == {"learning_rate": 0.1, "seed": 4, "output_dir": str(tmp_path / "home" / "runs" / "x")}
+    (tmp_path / "loop.yaml").write_text("defaults: loop.yaml\n")
+    with pytest.raises(ValueError, match="circular"):
+        read_yaml(tmp_path / "loop.yaml")

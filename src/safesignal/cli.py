@@ -31,6 +31,17 @@ def _cmd_classify(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_data(args, overrides: list[str]) -> int:
+    from .config import load_config
+    from .data.build import DataBuildConfig, build, format_summary
+
+    config = load_config(DataBuildConfig, args.config, overrides)
+    summary = build(config)
+    print(format_summary(summary))
+    print(f"safesignal data: wrote {config.resolved_out_dir()} (summary.json beside the JSONL files)")
+    return 0
+
+
 def _load_policy(args, overrides: list[str]):
     """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field)."""
     from .config import load_config
@@ -138,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume from the newest checkpoint in output_dir (or from the given checkpoint)",
     )
     train.set_defaults(func=_cmd_train)
+
+    data = sub.add_parser("data", help="build the embedded default's train / validation / evaluation JSONL")
+    data.add_argument("action", choices=["build"])
+    data.add_argument("--config", default=None, help="YAML with DataBuildConfig fields (optional)")
+    data.set_defaults(func=_cmd_data)
 
     classify = sub.add_parser("classify", help="print P(malicious) for prompts (arguments or stdin lines)")
     classify.add_argument("--model", required=True, help="checkpoint directory")

