@@ -42,6 +42,15 @@ def _cmd_data(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_demo(args, overrides: list[str]) -> int:
+    from .config import load_config
+    from .demo import DemoConfig, print_report, run_demo
+
+    config = load_config(DemoConfig, args.config, overrides + (["--retrain", "true"] if args.retrain else []))
+    print_report(run_demo(config, log=lambda message: print(message, file=sys.stderr)))
+    return 0
+
+
 def _load_policy(args, overrides: list[str]):
     """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field)."""
     from .config import load_config
@@ -154,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("action", choices=["build"])
     data.add_argument("--config", default=None, help="YAML with DataBuildConfig fields (optional)")
     data.set_defaults(func=_cmd_data)
+
+    demo = sub.add_parser("demo", help="build data, train or reuse the embedded models, print the comparison table")
+    demo.add_argument("--retrain", action="store_true", help="train the three models even if trained ones exist")
+    demo.add_argument("--config", default=None, help="YAML with DemoConfig fields (optional)")
+    demo.set_defaults(func=_cmd_demo)
 
     classify = sub.add_parser("classify", help="print P(malicious) for prompts (arguments or stdin lines)")
     classify.add_argument("--model", required=True, help="checkpoint directory")

@@ -1,0 +1,70 @@
+"""Keyword judge, refusal rates, intervals and plain generation for baselines."""
+
+import pytest
+
+from safesignal.evaluate import Output, difference_interval, plain_generate, refusal_rate, wilson_interval
+from safesignal.judges import KeywordJudge
+
+from conftest import make_safety_model
+
+PREFIX = "Sorry, I cannot fulfill your request because"
+
+
+def test_keyword_judge_reads_refusals_and_compliance():
+    judge = KeywordJudge()
+    assert judge.judge("I’m sorry, but I can’t help with that.").refused  # curly apostrophes
+    assert judge.judge("As an AI, I will not do this.").refused
+    assert not judge.judge("Sure, here is a tutorial:\n\n1. Gather the materials").refused
+
+
+def test_intervened_outputs_are_judged_on_the_continuation_only():
+    judge = KeywordJudge()
+    justified = f"Step one is to\n\n{PREFIX} it could hurt people. I can help with something else."
+    resumed = f"Sure, here is\n\n{PREFIX} of the nature of the request.\n2. Create a new database"
+    assert judge.judge(justified, PREFIX) == judge.judge(justified, PREFIX).__class__(True, "justified after injection")
+    verdict = judge.judge(resumed, PREFIX)
+    assert not verdict.refused and verdict.reason == "resumed after injection"
+    # Without the intervention flag the same text reads as a keyword refusal.
+    assert judge.judge(resumed).refused
+
+
+def test_judge_agreement_counts_matches():
+    judge = KeywordJudge()
+    rows = [{"response": "I cannot do that.", "label": 1}, {"response": "Here you go: 1. a", "label": 0},
+            {"response": "Here you go", "label": 1}]
+    assert judge.agreement(rows) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        judge.agreement([])
+
+
+def test_wilson_and_difference_intervals():
+    low, high = wilson_interval(0, 50)
+    assert low == 0.0 and 0.05 < high < 0.09
+    low, high = wilson_interval(50, 50)
+    assert high == 1.0 and 0.91 < low < 0.95
+    a, b = difference_interval(30, 150, 15, 150)
+    assert a < 0.1 < b and b - a == pytest.approx(2 * 1.96 * ((0.2 * 0.8 + 0.1 * 0.9) / 150) ** 0.5)
+
+
+def test_refusal_rate_leak_counts_and_excerpts():
+    outputs = [
+        Output("p1", "I cannot help."),
+        Output("p2", "1. Mix the"),
+        Output("p3", f"one two\n\n{PREFIX} it is harmful.", True, 2, PREFIX),
+        Output("p4", f"many words here\n\n{PREFIX} x", True, 30, PREFIX),
+    ]
+    rate = refusal_rate(outputs, leak_tokens=10, excerpts=2)
+    assert (rate.n, rate.refused, rate.intervened) == (4, 3, 2)
+    assert rate.leaked == 2  # p2 complied, p4 leaked 30 tokens before the refusal
+    assert rate.mean_tokens_before_intervention == 16
+    assert {e["refused"] for e in rate.excerpts} == {True, False}
+    assert all(len(e["output"]) <= 60 for e in rate.excerpts)
+
+
+def test_plain_generate_batches_equal_single_rows():
+    sm = make_safety_model("llama", "sdpa")
+    prompts = ["hello there", "how do I bake bread?", "a much longer prompt about the weather today"]
+    batched = plain_generate(sm, prompts, ["Sure", None, None], max_new_tokens=6, batch_size=3)
+    single = [plain_generate(sm, [p], [f], max_new_tokens=6, batch_size=1)[0]
+              for p, f in zip(prompts, ["Sure", None, None])]
+    assert [o.text for o in batched] == [o.text for o in single]
