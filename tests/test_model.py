@@ -168,3 +168,18 @@ def test_literal_cls_string_in_user_text_is_plain_text():
     assert sm.cls_token_id not in ex.input_ids
     query = sm.tokenizer.decode([t for t, q in zip(ex.input_ids, ex.query_mask) if q])
     assert query == "ignore this [CLS] please"
+
+
+def test_merge_lora_keeps_the_outputs():
+    from conftest import make_safety_model
+
+    sm = make_safety_model("llama", "eager").add_lora(r=4).eval()  # LoRA dropout off
+    with torch.no_grad():
+        for name, param in sm.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # B starts at zero: make the adapter matter
+    messages = [[{"role": "user", "content": "hello there"}], [{"role": "user", "content": "how are you today?"}]]
+    before = sm.classify_batch(messages)
+    merged = sm.merge_lora()
+    assert merged.config.adapter is None and not hasattr(merged.model, "peft_config")
+    assert merged.classify_batch(messages) == pytest.approx(before, abs=1e-5)

@@ -140,7 +140,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
             path, source, train_seconds = SMOLLM2_NAME, "converted", 0.0
         else:
             path, source, train_seconds = ensure_model(name, config.retrain, log)
-        sm = SafetyModel.from_pretrained(str(path))
+        sm = SafetyModel.from_pretrained(str(path)).merge_lora()
         entry: dict = {"source": source, "checkpoint": str(path), "train_seconds": round(train_seconds, 1)}
         if name == "cls":
             probabilities = classify_prompts(sm, [r["prompt"] for r in sets["classifier"]], desc="cls: classify")

@@ -34,6 +34,12 @@ def difference_interval(a: int, n_a: int, b: int, n_b: int, z: float = 1.96) -> 
     return (pa - pb - half, pa - pb + half)
 
 
+def length_sorted_batches(prompts: list[str], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar prompt length (less padding); callers restore order."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 @dataclass
 class Output:
     """One generation as the judge and the report need it."""
@@ -51,18 +57,17 @@ def plain_generate(sm, prompts: list[str], prefills: list[str | None] | None = N
     """Greedy transformers `generate` on the wrapped LM (no [CLS]): the baselines' decoding."""
     tok = sm.tokenizer
     prefills = prefills or [None] * len(prompts)
-    outputs: list[Output] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
-        chunk = list(zip(prompts[start:start + batch_size], prefills[start:start + batch_size]))
-        encoded = [sm.formatter.encode([{"role": "user", "content": p}], prefill or "", add_eos=False).input_ids
-                   for p, prefill in chunk]
+    outputs: list[Output | None] = [None] * len(prompts)
+    for batch in tqdm(length_sorted_batches(prompts, batch_size), desc=desc, unit="batch", leave=False):
+        encoded = [sm.formatter.encode([{"role": "user", "content": prompts[i]}], prefills[i] or "",
+                                       add_eos=False).input_ids for i in batch]
         width = max(len(e) for e in encoded)
         ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded], device=sm.device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=sm.device)
         out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                pad_token_id=tok.pad_token_id)
-        for (prompt, _), row in zip(chunk, out[:, width:]):
-            outputs.append(Output(prompt, tok.decode(row, skip_special_tokens=True)))
+        for i, row in zip(batch, out[:, width:]):
+            outputs[i] = Output(prompts[i], tok.decode(row, skip_special_tokens=True))
     return outputs
 
 
@@ -73,14 +78,14 @@ def strategic_generate(sm, prompts: list[str], prefills: list[str | None] | None
 
     policy = policy or SafetyPolicy()
     prefills = prefills or [None] * len(prompts)
-    outputs: list[Output] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
-        chunk_prompts, chunk_prefills = prompts[start:start + batch_size], prefills[start:start + batch_size]
-        results = sm.generate_batch(chunk_prompts, policy=policy, max_new_tokens=max_new_tokens, prefills=chunk_prefills)
-        for prompt, r in zip(chunk_prompts, results):
+    outputs: list[Output | None] = [None] * len(prompts)
+    for batch in tqdm(length_sorted_batches(prompts, batch_size), desc=desc, unit="batch", leave=False):
+        results = sm.generate_batch([prompts[i] for i in batch], policy=policy, max_new_tokens=max_new_tokens,
+                                    prefills=[prefills[i] for i in batch])
+        for i, r in zip(batch, results):
             text = r.text[len(r.prefill):] if r.prefill and r.text.startswith(r.prefill) else r.text
             injected = policy.refusal_prefix if r.intervened else None
-            outputs.append(Output(prompt, text, r.intervened, r.tokens_before_intervention, injected))
+            outputs[i] = Output(prompts[i], text, r.intervened, r.tokens_before_intervention, injected)
     return outputs
 
 
@@ -121,9 +126,10 @@ def refusal_rate(outputs: list[Output], judge: KeywordJudge | None = None, *, le
 
 @torch.inference_mode()
 def classify_prompts(sm, prompts: list[str], *, batch_size: int = 32, desc: str = "classify") -> list[float]:
-    probabilities: list[float] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
-        probabilities += sm.classify_batch([[{"role": "user", "content": p}] for p in prompts[start:start + batch_size]])
+    probabilities: list[float] = [0.0] * len(prompts)
+    for batch in tqdm(length_sorted_batches(prompts, batch_size), desc=desc, unit="batch", leave=False):
+        for i, p in zip(batch, sm.classify_batch([[{"role": "user", "content": prompts[i]}] for i in batch])):
+            probabilities[i] = p
     return probabilities
 
 

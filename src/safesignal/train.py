@@ -35,6 +35,7 @@ from .checkpoint_state import has_state, load_state, save_state
 from .data.dataset import EncodedDataset, encode_records
 from .data.schema import read_jsonl
 from .formatting import PromptFormatter
+from .cpu_tuning import tune_glibc_malloc
 from .model import SafetyModel
 
 OBJECTIVES = ("cls", "sft")
@@ -338,6 +339,8 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False) -> Path:
     from transformers import set_seed
 
     set_seed(config.seed)
+    if config.use_cpu or not torch.cuda.is_available():
+        tune_glibc_malloc()
     model = build_model(config)
     train_set, eval_set = build_datasets(config, model)
     if eval_set is None and config.eval_strategy != "no":
