@@ -117,6 +117,8 @@ def test_tiny_recipe_writes_a_loadable_checkpoint_that_classifies(tmp_path):
     assert malicious > 0.5 > benign
     metrics = json.loads((final / "eval_metrics.json").read_text())
     assert metrics["eval_f1"] >= 0.9
+    run = json.loads((final / "train_metrics.json").read_text())
+    assert run["train_runtime"] > 0 and run["examples_per_epoch"] == sum(run["labels"].values())
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert names >= {"final"} and not any(n.endswith(".partial") for n in names)
     for ckpt in (tmp_path / "run").glob("checkpoint-*"):

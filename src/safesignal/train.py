@@ -370,11 +370,13 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False) -> Path:
         f"examples={len(train_set)} (labels {dict(sorted(counts.items()))}) "
         f"steps/epoch≈{steps_per_epoch} lora={config.use_lora}"
     )
-    trainer.train(resume_from_checkpoint=resume or None)
+    output = trainer.train(resume_from_checkpoint=resume or None)
     final_dir = Path(config.final_dir or Path(config.output_dir) / "final")
     if trainer.args.should_save:
         model.save_pretrained(final_dir)
         (final_dir / "training_config.json").write_text(config.to_json_string())
+        (final_dir / "train_metrics.json").write_text(json.dumps(
+            {**output.metrics, "examples_per_epoch": len(train_set), "labels": counts}, indent=2) + "\n")
         if eval_set is not None:
             metrics = trainer.evaluate()
             (final_dir / "eval_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
