@@ -132,3 +132,12 @@ def test_malformed_responses_file_names_the_line(tmp_path):
     path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(DataError, match=r"r.jsonl:2: response"):
         load_responses(path)
+
+
+@needs_data
+def test_packaged_self_distilled_responses_cover_the_default_benign_prompts():
+    """Changing the prompt selection without re-running the distillation script fails here."""
+    pools = select_pools(DataBuildConfig())
+    responses = load_responses()
+    missing = [b["prompt"][:40] for split in pools.benign.values() for b in split if prompt_key(b["prompt"]) not in responses]
+    assert not missing
