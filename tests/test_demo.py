@@ -51,3 +51,17 @@ def test_shipped_model_is_used_when_nothing_is_cached(home, monkeypatch, tmp_pat
 def test_unknown_model_names_are_rejected():
     with pytest.raises(ValueError, match="unknown"):
         demo.DemoConfig(models=["base", "gpt5"])
+
+
+@pytest.mark.parametrize("recipe", demo.RECIPES)
+def test_shipped_models_match_their_recipes(recipe, home):
+    import json
+
+    shipped = demo.shipped_model(recipe)
+    assert shipped is not None, f"smollm2-{recipe} is not shipped: run scripts/ship_models.py"
+    config = load_config(SafetyTrainingConfig, demo.recipe_path(recipe))
+    meta = json.loads((shipped / "safesignal.json").read_text())
+    adapter = json.loads((shipped / "adapter_config.json").read_text())
+    assert meta["objective"] == config.objective and meta["adapter"] == "lora"
+    assert adapter["r"] == config.lora_r and adapter["lora_alpha"] == config.lora_alpha
+    assert meta["base_model"] == {"kind": "registry", "name": "smollm2-base"}
