@@ -100,7 +100,20 @@ def render_demo(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_retrain(data: dict) -> str:
+    trained = {name: m for name, m in data["models"].items() if m["source"] == "trained"}
+    parts = ", ".join(f"{name} {m['train_seconds'] / 60:.1f} min" for name, m in trained.items())
+    cls = data["models"].get("cls", {})
+    figures = ""
+    if "classifier" in cls:
+        figures = (f"; the retrained cls scores F1 {100 * cls['classifier']['f1']:.1f}, edgy FPR "
+                   f"{100 * cls['classifier']['edgy_fpr']:.1f}%, edgy refused {100 * cls['over_refusal']:.1f}%")
+    return (f"`{data['command']}` ({data['created'][:10]}, {data.get('machine', 'this machine')}): training {parts}; "
+            f"{data['wall_seconds'] / 60:.0f} min in all{figures} (`results/embedded/demo_retrain.json`).")
+
+
 BLOCKS = {
+    "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
