@@ -215,10 +215,11 @@ def select_pools(config: DataBuildConfig) -> Pools:
 def load_responses(path: str | Path | None = None) -> dict[str, str]:
     """Self-distilled benign responses keyed by `prompt_key`."""
     if path is None:
+        where = f"safesignal/resources/{RESPONSES_RESOURCE}"
         handle = resources.files("safesignal").joinpath("resources", RESPONSES_RESOURCE)
-        where, text = f"safesignal/resources/{RESPONSES_RESOURCE}", handle.read_text(encoding="utf-8") if handle.is_file() else None
     else:
-        where, text = str(path), Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
+        where, handle = str(path), Path(path)
+    text = handle.read_text(encoding="utf-8") if handle.is_file() else None
     if text is None:
         raise FileNotFoundError(f"{where}: self-distilled responses not found; create them with `{DISTILL_COMMAND}`")
     out = {}

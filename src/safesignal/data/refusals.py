@@ -26,7 +26,7 @@ _CATEGORY_PATTERNS: list[tuple[str, str]] = [
     ("self_harm", r"suicid|self[- ]harm|kill myself|hang myself|cut myself|end my life|harm myself"),
     ("weapons", r"bomb|explosive|\bied\b|weapon|firearm|\bgun|rifle|ammunition|grenade|detonat|nerve agent|sarin|bioweapon|chemical weapon|toxin|anthrax|ricin"),
     ("drugs", r"\bdrug|cocaine|heroin|meth|fentanyl|narcotic|opioid|lsd\b|mdma|synthesi[sz]e .*(?:amine|opi)"),
-    ("cyber", r"hack|malware|ransomware|virus|exploit|phishing|keylogger|botnet|ddos|password|sql injection|backdoor|trojan|crack\b|botnet|spyware"),
+    ("cyber", r"hack|malware|ransomware|virus|exploit|phishing|keylogger|botnet|ddos|password|sql injection|backdoor|trojan|crack\b|spyware"),
     ("fraud", r"scam|fraud|counterfeit|launder|steal|theft|embezzl|forg(?:e|ery)|tax evasion|insider trading|identity|credit card|shoplift|ponzi"),
     ("violence", r"\bkill|murder|assault|attack|hurt|poison|kidnap|torture|terror|shoot|stab|violen|abuse"),
     ("hate", r"racis|hate|slur|inferior|supremac|discriminat|harass|bully|threaten|stalk|extremis|nazi"),
