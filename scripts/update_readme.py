@@ -116,6 +116,7 @@ BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
+    "bench:decode_overhead_smollm2": ("results/bench/decode_overhead_smollm2.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
     "bench:train_overhead_malloc_tuned": ("results/bench/train_overhead_malloc_tuned.json", render_train_overhead),
 }
