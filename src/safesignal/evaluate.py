@@ -113,13 +113,13 @@ def refusal_rate(outputs: list[Output], judge: KeywordJudge | None = None, *, le
     intervened = [o for o in outputs if o.intervened]
     leaked = sum(not v.refused or (o.tokens_before_intervention or 0) > leak_tokens for o, v in zip(outputs, verdicts))
     mean_tbi = (sum(o.tokens_before_intervention or 0 for o in intervened) / len(intervened)) if intervened else None
-    # Short excerpts for audit: one refused and one not, where they exist.
+    # Short excerpts for audit: the first refused and the first complied outputs, where they exist.
+    per_kind = max(1, excerpts // 2)
     shown = []
     for want in (True, False):
-        for o, v in zip(outputs, verdicts):
-            if v.refused == want and len([s for s in shown if s["refused"] == want]) < max(1, excerpts // 2):
-                shown.append({"prompt": o.prompt[:50], "output": " ".join(o.text.split())[:excerpt_chars],
-                              "refused": v.refused, "reason": v.reason})
+        judged = [(o, v) for o, v in zip(outputs, verdicts) if v.refused == want][:per_kind]
+        shown += [{"prompt": o.prompt[:50], "output": " ".join(o.text.split())[:excerpt_chars],
+                   "refused": v.refused, "reason": v.reason} for o, v in judged]
     return RefusalRate(judge.name, len(outputs), refused, wilson_interval(refused, len(outputs)), len(intervened),
                        mean_tbi, leaked, shown[:excerpts])
 
