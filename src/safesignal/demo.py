@@ -5,7 +5,8 @@ base / sft / qi_aug / cls on held-out prompts: the classifier's F1, precision, r
 edgy false-positive rate (cls only); refusal rates on held-out AdvBench requests, direct and
 with AdvBench's own "Sure, here is" prefill; the refusal rate on 150 benign-but-edgy prompts.
 Refusals are judged by a refusal-keyword judge (named as such). The cls rows use strategic
-decoding with the default `SafetyPolicy`. Results go to a results.json (DESIGN.md §Results file).
+decoding with the default `SafetyPolicy`, its threshold set from `DemoConfig.threshold` (0.5).
+Results go to a results.json (DESIGN.md §Results file).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -125,6 +127,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
     import torch
 
     from .model import SafetyModel
+    from .policy import SafetyPolicy
 
     started = time.time()
     ensure_smollm2_base()
@@ -162,7 +165,8 @@ def run_demo(config: DemoConfig, log=print) -> dict:
             edgy_probabilities = classify_prompts(sm, edgy_prompts, desc="cls: classify edgy")
             entry["classifier"] = classifier_report(probabilities, [r["label"] for r in sets["classifier"]],
                                                     edgy_probabilities, config.threshold)
-            generate = strategic_generate
+            # The decoder reads the same threshold the classifier metrics use.
+            generate = partial(strategic_generate, policy=SafetyPolicy(threshold=config.threshold))
         else:
             generate = plain_generate
         kwargs = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}
