@@ -16,24 +16,16 @@ Every problem is reported with file, line and field; a bad record is never silen
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..formatting import validate_messages
+from ..io import DataError
+from ..io import read_jsonl as _read_jsonl_objects
 
 KNOWN_FIELDS = {"messages", "prompt", "response", "label", "source", "prefill", "supervise_from", "meta", "id"}
-MAX_REPORTED = 20
 
 
-class DataError(ValueError):
-    """One or more malformed records; `problems` lists "file:line: field: message" strings."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        super().__init__(f"{len(problems)} malformed record(s):\n  {shown}{more}")
 
 
 @dataclass
@@ -122,23 +114,7 @@ def read_jsonl(path: str | Path, *, require_response: bool = True) -> list[Recor
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file not found")
-    records, problems = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append(f"{where}: record: invalid JSON ({err.msg} at column {err.colno})")
-                continue
-            try:
-                records.append(parse_record(obj, where, require_response=require_response))
-            except DataError as err:
-                problems.extend(err.problems)
-    if problems:
-        raise DataError(problems)
+    records = _read_jsonl_objects(path, lambda obj, where: parse_record(obj, where, require_response=require_response))
     if not records:
         raise DataError([f"{path}: file: no records"])
     return records

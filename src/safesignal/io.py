@@ -1,0 +1,178 @@
+"""The one atomic writer and the one JSONL reader.
+
+Rules every save in safesignal follows:
+- a file or directory is written beside its target and renamed into place only when complete,
+  so a crash never leaves a half-written file where a good one was;
+- a directory save replaces only a directory this project wrote (the caller says how to
+  recognise one); any other non-empty directory is refused with an error naming it, and
+  nothing the user put there is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+MAX_REPORTED = 20
+
+
+class DataError(ValueError):
+    """One or more malformed records; `problems` lists "file:line: field: message" strings."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = "\n  ".join(problems[:MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        super().__init__(f"{len(problems)} malformed record(s):\n  {shown}{more}")
+
+
+class NotOursError(FileExistsError):
+    """A save was asked to replace a non-empty directory safesignal did not write."""
+
+
+# ---------------------------------------------------------------------------------- files
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` via a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """One JSON object per line, written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+# ---------------------------------------------------------------------------------- JSONL
+def iter_jsonl_lines(text: str, name: str) -> Iterator[tuple[str, dict | str]]:
+    """(where, object) per non-blank line of `text`; `where` is "name:line".
+
+    A line that is not a JSON object yields (where, problem message) instead, so callers can
+    report every bad line at once rather than stopping at the first.
+    """
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield where, f"invalid JSON ({err.msg} at column {err.colno})"
+            continue
+        if not isinstance(obj, dict):
+            yield where, f"expected a JSON object, got {type(obj).__name__}"
+            continue
+        yield where, obj
+
+
+def read_jsonl(path: str | os.PathLike, parse: Callable[[dict, str], object] | None = None,
+               *, name: str | None = None) -> list:
+    """Every record of a JSONL file, each passed through `parse(obj, where)`.
+
+    Without `parse` the result is a list of (where, object) pairs. Malformed lines and records
+    (`parse` raising DataError) are collected and raised together as one DataError, so one
+    run reports every problem of a file.
+    """
+    path = Path(path)
+    name = name or str(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: file not found")
+    parse = parse or (lambda obj, where: (where, obj))
+    out, problems = [], []
+    for where, obj in iter_jsonl_lines(path.read_text(encoding="utf-8"), name):
+        if isinstance(obj, str):
+            problems.append(f"{where}: record: {obj}")
+            continue
+        try:
+            out.append(parse(obj, where))
+        except DataError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise DataError(problems)
+    return out
+
+
+# ---------------------------------------------------------------------------------- directories
+def is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def claim_directory(path: str | os.PathLike, is_ours: Callable[[Path], bool], what: str) -> Path:
+    """Make sure `path` is missing, empty or one of ours (`is_ours`); create it. Never deletes.
+
+    `what` names the kind of directory in the error ("checkpoint", "data directory", ...).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotOursError(f"{path}: exists and is not a directory; refusing to write a {what} there")
+    if path.is_dir() and not is_empty_dir(path) and not is_ours(path):
+        raise NotOursError(
+            f"{path}: directory is not empty and does not hold a safesignal {what}; refusing to write "
+            f"there (nothing was changed). Choose another directory or empty it yourself."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _backup_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def replace_directory(target: str | os.PathLike, fill: Callable[[Path], None], *,
+                      is_ours: Callable[[Path], bool], what: str) -> Path:
+    """Write a directory atomically: `fill(staging)` writes every file, then it is swapped in.
+
+    `target` may be missing, empty, or a previous directory of ours (`is_ours`), which is
+    replaced; anything else is refused before any work. Between the two renames the old copy
+    lives at `.<name>.old`; `recover_interrupted_replace` puts it back after a crash there.
+    """
+    target = Path(target)
+    if target.exists() and not (is_empty_dir(target) or is_ours(target)):
+        claim_directory(target, is_ours, what)  # raises NotOursError naming the directory
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        fill(staging)
+        backup = _backup_path(target)
+        if target.exists():
+            if backup.exists() and is_ours(backup):
+                shutil.rmtree(backup)
+            os.replace(target, backup)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if backup.exists() and is_ours(backup):
+        shutil.rmtree(backup, ignore_errors=True)  # the previous copy, which `is_ours` recognised
+    return target
+
+
+def recover_interrupted_replace(target: str | os.PathLike, is_ours: Callable[[Path], bool]) -> None:
+    """Restore `.<name>.old` when a crash fell between the two renames of `replace_directory`."""
+    target = Path(target)
+    backup = _backup_path(target)
+    if not target.exists() and backup.is_dir() and is_ours(backup):
+        warnings.warn(f"{target}: restoring the copy left at {backup} by an interrupted save", stacklevel=3)
+        os.replace(backup, target)
+
+
+__all__ = [
+    "DataError", "NotOursError", "atomic_write_json", "atomic_write_text", "claim_directory",
+    "iter_jsonl_lines", "read_jsonl", "recover_interrupted_replace", "replace_directory", "write_jsonl",
+]
