@@ -15,7 +15,8 @@ from safesignal.config import load_config
 from safesignal.data.dataset import encode_records
 from safesignal.data.schema import read_jsonl
 from safesignal.tiny import build_tiny
-from safesignal.train import SafetyTrainingConfig, classifier_metrics, joint_loss, train
+from safesignal.metrics import classifier_metrics
+from safesignal.train import SafetyTrainingConfig, joint_loss, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "tiny.yaml"
