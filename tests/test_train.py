@@ -16,7 +16,7 @@ from safesignal.data.dataset import encode_records
 from safesignal.data.schema import read_jsonl
 from safesignal.tiny import build_tiny
 from safesignal.metrics import classifier_metrics
-from safesignal.train import SafetyTrainingConfig, joint_loss, train
+from safesignal.training import SafetyTrainingConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "tiny.yaml"
@@ -50,23 +50,23 @@ def test_learnable_toy_task_drives_both_losses_down(toy_examples):
     rng = random.Random(0)
     fixed = toy_batch(sm, examples, random.Random(1), size=32)
     with torch.no_grad():
-        before = joint_loss(sm, fixed, 1.0)
+        before = sm(**fixed, cls_loss_weight=1.0)
     for _ in range(40):
-        losses = joint_loss(sm, toy_batch(sm, examples, rng), 1.0)
-        losses["loss"].backward()
+        losses = sm(**toy_batch(sm, examples, rng), cls_loss_weight=1.0)
+        losses.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     with torch.no_grad():
-        after = joint_loss(sm, fixed, 1.0)
-    assert after["lm_loss"] < 0.6 * before["lm_loss"]
-    assert after["cls_loss"] < 0.3 * before["cls_loss"]
+        after = sm(**fixed, cls_loss_weight=1.0)
+    assert after.lm_loss < 0.6 * before.lm_loss
+    assert after.cls_loss < 0.3 * before.cls_loss
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.5])
 def test_head_gradient_is_zero_exactly_when_lambda_is_zero(toy_examples, weight):
     sm, examples = toy_examples
-    losses = joint_loss(sm, toy_batch(sm, examples, random.Random(0)), weight)
-    losses["loss"].backward()
+    losses = sm(**toy_batch(sm, examples, random.Random(0)), cls_loss_weight=weight)
+    losses.loss.backward()
     head_grad = sm.head.weight.grad.abs().sum().item()
     if weight == 0.0:
         assert head_grad == 0.0 and sm.head.bias.grad.abs().sum().item() == 0.0
@@ -80,8 +80,8 @@ def test_sft_objective_has_no_cls_slot_and_no_cls_loss(toy_examples):
     sm, examples = toy_examples
     batch = collate(examples[:4], cls_token_id=None, pad_token_id=sm.tokenizer.pad_token_id)
     assert not (batch["input_ids"] == sm.cls_token_id).any()
-    losses = joint_loss(sm, batch, 1.0)
-    assert "cls_loss" not in losses and torch.isfinite(losses["loss"])
+    losses = sm(**batch, cls_loss_weight=1.0)
+    assert losses.cls_loss is None and losses.cls_logits is None and torch.isfinite(losses.loss)
 
 
 def test_classifier_metrics_counts():
@@ -137,7 +137,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     straight = train(tiny_config(tmp_path / "a", *common))
 
     # Interrupted: a crash while writing the second checkpoint, then --resume.
-    import safesignal.train as train_module
+    import safesignal.training.trainer as train_module
 
     real_save_state = train_module.save_state
     calls = {"n": 0}
