@@ -130,13 +130,8 @@ def _weights(directory):
     return {**load_file(str(directory / "model.safetensors")), **load_file(str(directory / "safety_head.safetensors"))}
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    # windows on: the resumed run must also draw the same slot-B windows
-    common = ["--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "steps"]
-    common += ["--save_steps", "7", "--max_steps", "14", "--save_total_limit", "5"]
-    straight = train(tiny_config(tmp_path / "a", *common))
-
-    # Interrupted: a crash while writing the second checkpoint, then --resume.
+def train_crashed_mid_checkpoint_then_resumed(root, args, first_checkpoint):
+    """Train with a crash while the second checkpoint is written, then `--resume`; the final dir."""
     import safesignal.training.trainer as train_module
 
     real_save_state = train_module.save_state
@@ -152,12 +147,21 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     train_module.save_state = crash_on_second_checkpoint
     try:
         with pytest.raises(KeyboardInterrupt):
-            train(tiny_config(tmp_path / "b", *common))
+            train(tiny_config(root, *args))
     finally:
         train_module.save_state = real_save_state
-    run = tmp_path / "b" / "run"
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-7"]  # no half-written checkpoint-14
-    resumed = train(tiny_config(tmp_path / "b", *common), resume=True)
+    run = root / "run"
+    # no half-written second checkpoint
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == [f"checkpoint-{first_checkpoint}"]
+    return train(tiny_config(root, *args), resume=True)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    # windows on: the resumed run must also draw the same slot-B windows
+    common = ["--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "steps"]
+    common += ["--save_steps", "7", "--max_steps", "14", "--save_total_limit", "5"]
+    straight = train(tiny_config(tmp_path / "a", *common))
+    resumed = train_crashed_mid_checkpoint_then_resumed(tmp_path / "b", common, first_checkpoint=7)
 
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()

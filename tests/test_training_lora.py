@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from safesignal.tiny import build_tiny
 from safesignal.training import build_model, train
 
-from test_train import tiny_config
+from test_train import tiny_config, train_crashed_mid_checkpoint_then_resumed
 
 LORA = ["--use_lora", "true", "--lora_r", "4", "--lora_dropout", "0.1", "--eval_strategy", "no"]
 
@@ -21,27 +21,7 @@ def adapter_and_head(directory):
 def test_interrupted_lora_training_resumes_to_the_same_adapter(tmp_path):
     common = LORA + ["--save_strategy", "steps", "--save_steps", "3", "--max_steps", "6", "--save_total_limit", "5"]
     straight = train(tiny_config(tmp_path / "a", *common))
-
-    import safesignal.training.trainer as trainer_module
-
-    real_save_state = trainer_module.save_state
-    calls = {"n": 0}
-
-    def crash_on_second_checkpoint(state, directory, name):
-        if name == "optimizer":
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt("simulated crash mid-save")
-        return real_save_state(state, directory, name)
-
-    trainer_module.save_state = crash_on_second_checkpoint
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(tiny_config(tmp_path / "b", *common))
-    finally:
-        trainer_module.save_state = real_save_state
-    assert sorted(p.name for p in (tmp_path / "b" / "run").glob("checkpoint-*")) == ["checkpoint-3"]
-    resumed = train(tiny_config(tmp_path / "b", *common), resume=True)
+    resumed = train_crashed_mid_checkpoint_then_resumed(tmp_path / "b", common, first_checkpoint=3)
 
     a, b = adapter_and_head(straight), adapter_and_head(resumed)
     assert a.keys() == b.keys() and any("lora_B" in name for name in a)
