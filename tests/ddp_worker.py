@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from safesignal.training import SafetyCollator, SafetyTrainer, train
-from safesignal.training.config import SafetyTrainingConfig
 from safesignal.config import load_config
+from safesignal.training import SafetyCollator, SafetyTrainer, SafetyTrainingConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 5
