@@ -233,3 +233,15 @@ def test_cli_generate_and_chat(tmp_path, capsys, monkeypatch):
     assert cli_main(["chat", "--model", model, "--max_new_tokens", "5"]) == 0
     captured = capsys.readouterr()
     assert "assistant> " in captured.out and "p=" in captured.err
+
+
+def test_gradient_accumulation_trains_like_the_whole_batch(tmp_path):
+    # 2 micro-batches of 4 per step must equal 1 batch of 8: the losses are normalised by the
+    # counts of the whole step, not averaged per micro-batch.
+    common = ["--max_steps", "4", "--eval_strategy", "no", "--save_strategy", "no"]
+    whole = train(tiny_config(tmp_path / "whole", *common, "--per_device_train_batch_size", "8"))
+    accumulated = train(tiny_config(tmp_path / "accumulated", *common, "--per_device_train_batch_size", "4",
+                                    "--gradient_accumulation_steps", "2"))
+    a, b = _weights(whole), _weights(accumulated)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
