@@ -90,3 +90,20 @@ def test_out_of_range_token_ids_raise_instead_of_reading_row_zero():
     batch["input_ids"][0, -2] = -3
     with pytest.raises(ValueError, match=r"\[-3\] outside the embedding matrix"):
         sm(**batch, cls_loss_weight=1.0)
+
+
+def test_labelled_forward_projects_only_the_supervised_rows_of_the_full_logits():
+    sm = make_safety_model("llama", "sdpa")
+    batch = collated(sm, CONVERSATIONS)
+    with torch.no_grad():
+        full = sm(**{k: v for k, v in batch.items() if k not in ("labels", "cls_labels")})
+        labelled = sm(**batch, cls_loss_weight=1.0)
+    targets = batch["labels"][:, 1:]
+    supervised = targets != -100
+    assert full.lm_logits.shape[:2] == batch["input_ids"].shape and full.loss is None
+    torch.testing.assert_close(labelled.lm_logits, full.lm_logits[:, :-1][supervised])
+    torch.testing.assert_close(labelled.cls_logits, full.cls_logits)
+    # the LM loss is the token-mean cross-entropy of those rows, computed here independently
+    log_probs = torch.log_softmax(full.lm_logits[:, :-1][supervised].float(), dim=-1)
+    expected = -log_probs.gather(1, targets[supervised][:, None]).mean()
+    torch.testing.assert_close(labelled.lm_loss, expected, atol=1e-5, rtol=1e-5)

@@ -269,11 +269,12 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False, callbacks=()
     `callbacks` are extra `transformers.TrainerCallback`s.
     """
     set_seed(config.seed)
+    writer = config.should_save  # also sets up the (distributed) state the config asks for
     # Every rank checks before the writer marks (no rank sees a half-made directory), so all
     # of them stop on a directory that is not ours.
     check_run_directory(config.output_dir)
     PartialState().wait_for_everyone()
-    if config.should_save:
+    if writer:
         mark_run_directory(config.output_dir)
     if config.use_cpu or not torch.cuda.is_available():
         tune_glibc_malloc()
@@ -301,7 +302,7 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False, callbacks=()
     )
     counts = train_set.label_counts()
     global_batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * config.world_size
-    if config.should_save:
+    if writer:
         print(
             f"safesignal train: objective={config.objective} λ={config.cls_loss_weight} "
             f"examples={len(train_set)} (labels {dict(sorted(counts.items()))}) "
@@ -310,7 +311,7 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False, callbacks=()
     output = trainer.train(resume_from_checkpoint=resume or None)
     metrics = trainer.evaluate() if eval_set is not None else None
     final_dir = Path(config.final_dir or Path(config.output_dir) / "final")
-    if config.should_save:
+    if writer:
         model.save_pretrained(final_dir)
         atomic_write_text(final_dir / "training_config.json", config.to_json_string())
         atomic_write_json(final_dir / "train_metrics.json",
