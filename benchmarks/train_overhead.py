@@ -3,7 +3,7 @@
 SmolLM2-135M geometry (random init unless --model points at a converted checkpoint),
 sequence lengths 128 and 512, a warm-up step each, then interleaved repeats (SFT, CLS, SFT,
 CLS, CLS, SFT, ...) so drift and order effects hit both alike; medians per mode. Both modes run through the same trainer
-loss (`train.joint_loss`); plain SFT has no [CLS] slot and uses transformers' own 2-D mask path.
+loss (`SafetyModel.forward`); plain SFT has no [CLS] slot and uses transformers' own 2-D mask path.
 
     python benchmarks/train_overhead.py [--repeats 25] [--lengths 128 512]
 
@@ -21,7 +21,6 @@ import torch
 
 from safesignal.batching import WindowSampler, collate
 from safesignal.formatting import EncodedExample
-from safesignal.train import joint_loss
 
 from common import benchmark_model, machine, write_record
 
@@ -40,8 +39,7 @@ def make_examples(batch: int, length: int, vocab: int, forbidden: int, seed: int
 
 
 def optimiser_step(model, optimizer, batch, weight) -> None:
-    losses = joint_loss(model, batch, weight)
-    losses["loss"].backward()
+    model(**batch, cls_loss_weight=weight).loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

@@ -3,9 +3,9 @@
 import pytest
 
 import safesignal.demo as demo
-import safesignal.train as train_module
+import safesignal.training as train_module
 from safesignal.config import load_config
-from safesignal.train import SafetyTrainingConfig
+from safesignal.training import SafetyTrainingConfig
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from safesignal.config import load_config
 from safesignal.data.dataset import encode_records
 from safesignal.data.schema import read_jsonl
 from safesignal.tiny import build_tiny
-from safesignal.train import SafetyTrainingConfig, classifier_metrics, joint_loss, train
+from safesignal.metrics import classifier_metrics
+from safesignal.training import SafetyTrainingConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "tiny.yaml"
@@ -49,23 +50,23 @@ def test_learnable_toy_task_drives_both_losses_down(toy_examples):
     rng = random.Random(0)
     fixed = toy_batch(sm, examples, random.Random(1), size=32)
     with torch.no_grad():
-        before = joint_loss(sm, fixed, 1.0)
+        before = sm(**fixed, cls_loss_weight=1.0)
     for _ in range(40):
-        losses = joint_loss(sm, toy_batch(sm, examples, rng), 1.0)
-        losses["loss"].backward()
+        losses = sm(**toy_batch(sm, examples, rng), cls_loss_weight=1.0)
+        losses.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     with torch.no_grad():
-        after = joint_loss(sm, fixed, 1.0)
-    assert after["lm_loss"] < 0.6 * before["lm_loss"]
-    assert after["cls_loss"] < 0.3 * before["cls_loss"]
+        after = sm(**fixed, cls_loss_weight=1.0)
+    assert after.lm_loss < 0.6 * before.lm_loss
+    assert after.cls_loss < 0.3 * before.cls_loss
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.5])
 def test_head_gradient_is_zero_exactly_when_lambda_is_zero(toy_examples, weight):
     sm, examples = toy_examples
-    losses = joint_loss(sm, toy_batch(sm, examples, random.Random(0)), weight)
-    losses["loss"].backward()
+    losses = sm(**toy_batch(sm, examples, random.Random(0)), cls_loss_weight=weight)
+    losses.loss.backward()
     head_grad = sm.head.weight.grad.abs().sum().item()
     if weight == 0.0:
         assert head_grad == 0.0 and sm.head.bias.grad.abs().sum().item() == 0.0
@@ -79,8 +80,8 @@ def test_sft_objective_has_no_cls_slot_and_no_cls_loss(toy_examples):
     sm, examples = toy_examples
     batch = collate(examples[:4], cls_token_id=None, pad_token_id=sm.tokenizer.pad_token_id)
     assert not (batch["input_ids"] == sm.cls_token_id).any()
-    losses = joint_loss(sm, batch, 1.0)
-    assert "cls_loss" not in losses and torch.isfinite(losses["loss"])
+    losses = sm(**batch, cls_loss_weight=1.0)
+    assert losses.cls_loss is None and losses.cls_logits is None and torch.isfinite(losses.loss)
 
 
 def test_classifier_metrics_counts():
@@ -129,14 +130,9 @@ def _weights(directory):
     return {**load_file(str(directory / "model.safetensors")), **load_file(str(directory / "safety_head.safetensors"))}
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    # windows on: the resumed run must also draw the same slot-B windows
-    common = ["--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "steps"]
-    common += ["--save_steps", "7", "--max_steps", "14", "--save_total_limit", "5"]
-    straight = train(tiny_config(tmp_path / "a", *common))
-
-    # Interrupted: a crash while writing the second checkpoint, then --resume.
-    import safesignal.train as train_module
+def train_crashed_mid_checkpoint_then_resumed(root, args, first_checkpoint):
+    """Train with a crash while the second checkpoint is written, then `--resume`; the final dir."""
+    import safesignal.training.trainer as train_module
 
     real_save_state = train_module.save_state
     calls = {"n": 0}
@@ -151,12 +147,21 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     train_module.save_state = crash_on_second_checkpoint
     try:
         with pytest.raises(KeyboardInterrupt):
-            train(tiny_config(tmp_path / "b", *common))
+            train(tiny_config(root, *args))
     finally:
         train_module.save_state = real_save_state
-    run = tmp_path / "b" / "run"
-    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-7"]  # no half-written checkpoint-14
-    resumed = train(tiny_config(tmp_path / "b", *common), resume=True)
+    run = root / "run"
+    # no half-written second checkpoint
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == [f"checkpoint-{first_checkpoint}"]
+    return train(tiny_config(root, *args), resume=True)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    # windows on: the resumed run must also draw the same slot-B windows
+    common = ["--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "steps"]
+    common += ["--save_steps", "7", "--max_steps", "14", "--save_total_limit", "5"]
+    straight = train(tiny_config(tmp_path / "a", *common))
+    resumed = train_crashed_mid_checkpoint_then_resumed(tmp_path / "b", common, first_checkpoint=7)
 
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
@@ -228,3 +233,15 @@ def test_cli_generate_and_chat(tmp_path, capsys, monkeypatch):
     assert cli_main(["chat", "--model", model, "--max_new_tokens", "5"]) == 0
     captured = capsys.readouterr()
     assert "assistant> " in captured.out and "p=" in captured.err
+
+
+def test_gradient_accumulation_trains_like_the_whole_batch(tmp_path):
+    # 2 micro-batches of 4 per step must equal 1 batch of 8: the losses are normalised by the
+    # counts of the whole step, not averaged per micro-batch.
+    common = ["--max_steps", "4", "--eval_strategy", "no", "--save_strategy", "no"]
+    whole = train(tiny_config(tmp_path / "whole", *common, "--per_device_train_batch_size", "8"))
+    accumulated = train(tiny_config(tmp_path / "accumulated", *common, "--per_device_train_batch_size", "4",
+                                    "--gradient_accumulation_steps", "2"))
+    a, b = _weights(whole), _weights(accumulated)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)

@@ -8,6 +8,7 @@ quadratic crosses the data loader.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ def collate(
     pad_token_id: int,
     mask_mode: str = "sft",
     window_sampler: WindowSampler | None = None,
-    rng: random.Random | None = None,
+    rng: random.Random | Sequence[random.Random] | None = None,
     with_labels: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Left-pad `examples` into one batch.
@@ -53,10 +54,15 @@ def collate(
     cls_token_id=None gives a plain causal batch (the SFT baseline). Otherwise slot A is the
     first real token of each row; with a `window_sampler` every row also ends in slot B
     (live or dead). Position ids: slots 0, ordinary tokens 1, 2, ...
+
+    `rng` draws the windows: one generator for the whole batch, or one per example (training
+    does that, so an example's window never depends on which batch or rank it lands in).
     """
     with_cls = cls_token_id is not None
     with_slot_b = with_cls and window_sampler is not None and mask_mode == "sft"
-    rng = rng or random.Random()
+    rngs = list(rng) if isinstance(rng, Sequence) else [rng or random.Random()] * len(examples)
+    if len(rngs) != len(examples):
+        raise ValueError(f"rng: {len(rngs)} generators for {len(examples)} examples")
     lead = 1 if with_cls else 0
     tail = 1 if with_slot_b else 0
     length = max(len(e.input_ids) for e in examples) + lead + tail
@@ -88,7 +94,7 @@ def collate(
         if with_slot_b:
             slot_b[row] = length - 1
             input_ids[row, length - 1] = cls_token_id
-            window = window_sampler.sample(ex.prompt_length, n, rng)
+            window = window_sampler.sample(ex.prompt_length, n, rngs[row])
             if window is not None:
                 w0, w1 = window
                 window_mask[row, start + w0 : start + w1 + 1] = True
@@ -109,6 +115,20 @@ def collate(
         out["cls_labels"] = torch.tensor([float(e.label if e.label is not None else 0) for e in examples])
     out["mask_mode"] = mask_mode if with_cls else "causal"
     return out
+
+
+def live_slot_b(batch: dict) -> torch.Tensor:
+    """(B,) bool: rows whose slot B reads a window (a dead slot B gets no loss)."""
+    return (batch["slot_b"] >= 0) & batch["window_mask"].any(dim=1)
+
+
+def loss_item_counts(batch: dict) -> torch.Tensor:
+    """(2,) long: supervised LM targets and live `[CLS]` slots, the denominators of the joint loss."""
+    tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    if batch["mask_mode"] == "causal":
+        return torch.stack([tokens, torch.zeros_like(tokens)])
+    slots = (batch["slot_a"] >= 0).sum() + live_slot_b(batch).sum()
+    return torch.stack([tokens, slots.to(tokens.device)])
 
 
 def allowed_for(batch: dict) -> torch.Tensor:

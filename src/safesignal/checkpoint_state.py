@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .io import atomic_write_text
+
 _TENSOR, _ARRAY, _TUPLE = "__tensor__", "__ndarray__", "__tuple__"
 
 
@@ -58,7 +60,7 @@ def save_state(state, directory: Path, name: str) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, tensors, name)
     save_file(tensors, str(directory / f"{name}.safetensors"))
-    (directory / f"{name}.json").write_text(json.dumps(skeleton))
+    atomic_write_text(directory / f"{name}.json", json.dumps(skeleton))
 
 
 def load_state(directory: Path, name: str):

@@ -9,7 +9,7 @@ import sys
 
 def _cmd_train(args, overrides: list[str]) -> int:
     from .config import load_config
-    from .train import SafetyTrainingConfig, train
+    from .training import SafetyTrainingConfig, train
 
     config = load_config(SafetyTrainingConfig, args.config, overrides)
     final_dir = train(config, resume=args.resume)

@@ -61,7 +61,7 @@ def shipped_model(recipe: str) -> Path | None:
 def ensure_model(recipe: str, retrain: bool, log=print) -> tuple[Path, str, float]:
     """(checkpoint dir, where it came from, training seconds or 0)."""
     from .config import load_config
-    from .train import SafetyTrainingConfig, train
+    from .training import SafetyTrainingConfig, train
 
     config = load_config(SafetyTrainingConfig, recipe_path(recipe))
     final_dir = Path(config.final_dir)

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from .judges import KeywordJudge
-from .train import classifier_metrics
+from .metrics import classifier_metrics
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -29,6 +29,7 @@ from . import attention
 from .batching import allowed_for, collate, positions_for
 from .formatting import PromptFormatter, ensure_chat_template
 from .masks import to_additive
+from .objective import SafetyOutput, joint_objective, slot_logits
 
 CHECKPOINT_CONFIG = "safesignal.json"
 HEAD_FILE = "safety_head.safetensors"
@@ -138,8 +139,15 @@ class SafetyModel(nn.Module):
         """Token embeddings with the `[CLS]` row substituted wherever `[CLS]` appears."""
         table = self.base.get_input_embeddings()
         is_cls = input_ids == self.cls_token_id
-        safe_ids = input_ids.masked_fill(is_cls | (input_ids >= table.num_embeddings), 0)
-        embeds = table(safe_ids)
+        out_of_range = ~is_cls & ((input_ids < 0) | (input_ids >= table.num_embeddings))
+        if out_of_range.any():
+            bad = sorted(set(input_ids[out_of_range].tolist()))[:5]
+            raise ValueError(
+                f"input_ids: token id(s) {bad} outside the embedding matrix (0..{table.num_embeddings - 1}, "
+                f"[CLS] = {self.cls_token_id}); was the batch tokenised with another tokenizer?"
+            )
+        # The [CLS] id may lie past the matrix (its row is cls_embedding): look up a stand-in.
+        embeds = table(input_ids.masked_fill(is_cls, 0))
         return torch.where(is_cls[..., None], self.cls_embedding.to(embeds.dtype), embeds)
 
     def hidden_states(
@@ -181,11 +189,29 @@ class SafetyModel(nn.Module):
             # path (and sdpa fast paths) it would take without safesignal.
             mask = batch["attention_mask"]
         else:
-            mask = to_additive(allowed_for(batch), self.dtype)
+            # The dtype of the residual stream (the embedding table's; autocast never casts an
+            # embedding), which is what attention scores are computed in: under CPU autocast
+            # the rotary embedding promotes queries back to it, and sdpa rejects a mask in a
+            # narrower dtype than the query.
+            mask = to_additive(allowed_for(batch), self.base.get_input_embeddings().weight.dtype)
         return self.hidden_states(ids, mask, positions_for(batch))
 
-    def forward(self, **batch) -> torch.Tensor:
-        return self.forward_batch(batch)
+    def forward(self, *, cls_loss_weight: float | None = None, num_items_in_batch=None, **batch) -> SafetyOutput:
+        """TRL style: a collated batch in, logits and (given `labels`) the joint loss out.
+
+        The loss is computed here, inside the module, so DDP / FSDP wrappers see the whole
+        forward and synchronise its gradients. `cls_loss_weight` is λ; `num_items_in_batch` is
+        the (supervised tokens, live [CLS] slots) count of the whole optimiser step that the
+        losses are normalised by (see `objective.py`; default: this batch's own counts).
+        """
+        hidden = self.forward_batch(batch)
+        if "labels" in batch:
+            return joint_objective(self, hidden, batch, cls_loss_weight, num_items_in_batch)
+        with_cls = batch["mask_mode"] != "causal"
+        return SafetyOutput(
+            lm_logits=self.lm_logits(hidden),
+            cls_logits=slot_logits(self, hidden, batch["slot_a"]) if with_cls else None,
+        )
 
     # ------------------------------------------------------------------ classification
     @torch.inference_mode()

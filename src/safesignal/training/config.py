@@ -1,0 +1,50 @@
+"""`SafetyTrainingConfig`: every knob of a training run, loadable from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+OBJECTIVES = ("cls", "sft")
+
+
+@dataclass
+class SafetyTrainingConfig(TrainingArguments):
+    """`transformers.TrainingArguments` plus the safesignal fields (`safesignal train --config X.yaml`)."""
+
+    model_name_or_path: str = field(default="tiny-llama", metadata={"help": "HF directory, checkpoint or registry name"})
+    train_file: str | None = field(default=None, metadata={"help": "training JSONL (see data/schema.py)"})
+    eval_file: str | None = field(default=None, metadata={"help": "validation JSONL, evaluated every epoch"})
+    objective: str = field(default="cls", metadata={"help": "'cls' (LM + λ·BCE) or 'sft' (plain SFT, no [CLS])"})
+    cls_loss_weight: float = field(default=0.1, metadata={"help": "λ: weight of the [CLS] BCE loss"})
+    mask_mode: str = field(default="sft", metadata={"help": "'sft' or 'pretrain' attention rules"})
+    cls_reads_response_window: bool = field(default=True, metadata={"help": "train slot B over response windows"})
+    window_max_length: int = field(default=21, metadata={"help": "longest slot-B window (r2 + r3 + 1)"})
+    window_dead_fraction: float = field(default=0.5, metadata={"help": "fraction of examples with a dead slot B"})
+    balance_classes: bool = field(default=True, metadata={"help": "oversample the minority label"})
+    max_length: int = field(default=512, metadata={"help": "longest tokenised example (response is cut first)"})
+    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "default: all linear layers"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa' or 'eager' (masks are 4-D)"})
+    final_dir: str | None = field(default=None, metadata={"help": "where the final model goes (default output_dir/final)"})
+
+    def __post_init__(self):
+        # Trainer defaults that do not fit this data: our batches carry mask descriptors.
+        self.remove_unused_columns = False
+        if self.report_to in (None, "all", ["all"]):
+            self.report_to = "none"
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: {self.objective!r} is not one of {OBJECTIVES}")
+        if self.mask_mode not in ("sft", "pretrain"):
+            raise ValueError(f"mask_mode: {self.mask_mode!r} is not 'sft' or 'pretrain'")
+        if self.cls_loss_weight < 0:
+            raise ValueError(f"cls_loss_weight: must be ≥ 0, got {self.cls_loss_weight}")
+
+    @property
+    def with_cls(self) -> bool:
+        return self.objective == "cls"
