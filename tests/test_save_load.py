@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 
@@ -12,9 +13,11 @@ from conftest import ARCHS, CONVERSATION, CONVERSATIONS, RESPONSE, encode_batch,
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from safesignal import model as model_module
+from safesignal import checkpoint as checkpoint_module
+from safesignal.checkpoint import CHECKPOINT_CONFIG, HEAD_FILE
 from safesignal.formatting import PLAIN_CHAT_TEMPLATE
-from safesignal.model import CHECKPOINT_CONFIG, HEAD_FILE, SafetyModel
+from safesignal.io import NotOursError
+from safesignal.model import SafetyModel
 from safesignal.tiny import build_tiny
 
 pytestmark = pytest.mark.usefixtures("no_grad")
@@ -185,19 +188,48 @@ def test_lora_checkpoint_without_base_fails_clearly(home):
         SafetyModel.from_pretrained(out)
 
 
-def test_save_replaces_existing_checkpoint_atomically(home):
-    sm = make_safety_model("llama", "sdpa")
+def test_save_replaces_an_earlier_checkpoint_as_a_whole(home):
+    """A LoRA save over a full fine-tune: the old weight files do not linger beside the adapter."""
+    base_dir = _save_base_under_home(home, "llama")
+    sm = SafetyModel.from_pretrained(base_dir)
     out = home / "runs" / "ckpt"
     sm.save_pretrained(out)
+    assert (out / "model.safetensors").is_file()
     first_bias = load_file(str(out / HEAD_FILE))["head.bias"].clone()
-    (out / "stale.txt").write_text("from an older run")
 
+    sm.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    sm.eval()
     _perturb(sm)
     sm.save_pretrained(out)
-    assert not (out / "stale.txt").exists()  # replaced as a whole, not merged
-    new_bias = load_file(str(out / HEAD_FILE))["head.bias"]
-    assert not torch.equal(first_bias, new_bias)
+    assert not (out / "model.safetensors").exists()
+    assert (out / "adapter_model.safetensors").is_file()
+    assert not torch.equal(first_bias, load_file(str(out / HEAD_FILE))["head.bias"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"]  # no temp or backup dirs
+    _assert_same(sm, SafetyModel.from_pretrained(out))
+
+
+@pytest.mark.parametrize("kind", ["user files", "not our safesignal.json"])
+def test_save_refuses_a_users_directory_and_removes_nothing(home, kind):
+    out = home / "my-project"
+    (out / "data").mkdir(parents=True)
+    user_files = {out / "notes.txt": "my notes", out / "data" / "train.jsonl": "{}\n"}
+    if kind == "not our safesignal.json":
+        user_files[out / CHECKPOINT_CONFIG] = '{"format": "someone-elses"}'
+    for path, text in user_files.items():
+        path.write_text(text)
+    sm = make_safety_model("llama", "sdpa")
+    with pytest.raises(NotOursError) as err:
+        sm.save_pretrained(out)
+    assert str(out) in str(err.value)
+    assert {p: p.read_text() for p in out.rglob("*") if p.is_file()} == user_files
+    assert sorted(p.name for p in home.iterdir()) == ["my-project"]  # no staging copy left behind
+
+
+def test_save_into_an_empty_directory(home):
+    out = home / "empty"
+    out.mkdir()
+    sm = make_safety_model("llama", "sdpa")
+    sm.save_pretrained(out)
     _assert_same(sm, SafetyModel.from_pretrained(out))
 
 
@@ -211,7 +243,7 @@ def test_failed_save_keeps_the_old_checkpoint(home, monkeypatch):
     def broken_save_file(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(model_module, "save_file", broken_save_file)
+    monkeypatch.setattr(checkpoint_module, "save_file", broken_save_file)
     _perturb(sm)
     with pytest.raises(OSError, match="disk full"):
         sm.save_pretrained(out)
@@ -226,14 +258,14 @@ def test_crash_between_the_two_renames_is_recovered_on_load(home, monkeypatch):
     out = home / "runs" / "ckpt"
     sm.save_pretrained(out)
     good = SafetyModel.from_pretrained(out)
-    real_replace = model_module.os.replace
+    real_replace = os.replace
 
     def crash_on_second_rename(src, dst):
         if str(dst) == str(out):
             raise KeyboardInterrupt("power cut")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(model_module.os, "replace", crash_on_second_rename)
+    monkeypatch.setattr(os, "replace", crash_on_second_rename)
     _perturb(sm)
     with pytest.raises(KeyboardInterrupt):
         sm.save_pretrained(out)
