@@ -178,6 +178,22 @@ def test_lora_round_trip_with_registry_base(home, monkeypatch):
     _assert_same(sm, SafetyModel.from_pretrained(out))
 
 
+@pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
+def test_pickled_weights_are_never_loaded(home, adapter):
+    """A checkpoint whose weights exist only as a pickle (.bin) is refused, never unpickled."""
+    base_dir = _save_base_under_home(home, "llama")
+    sm = SafetyModel.from_pretrained(base_dir)
+    if adapter:
+        sm.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    out = home / "runs" / "ckpt"
+    sm.save_pretrained(out)
+    weights = out / ("adapter_model.safetensors" if adapter else "model.safetensors")
+    torch.save(load_file(str(weights)), out / ("adapter_model.bin" if adapter else "pytorch_model.bin"))
+    weights.unlink()
+    with pytest.raises(OSError, match=str(out)):
+        SafetyModel.from_pretrained(out)
+
+
 def test_lora_checkpoint_without_base_fails_clearly(home):
     base_dir = _save_base_under_home(home, "llama")
     sm = SafetyModel.from_pretrained(base_dir)
