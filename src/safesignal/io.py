@@ -97,7 +97,7 @@ def read_jsonl(path: str | os.PathLike, parse: Callable[[dict, str], object] | N
     out, problems = [], []
     for where, obj in iter_jsonl_lines(path.read_text(encoding="utf-8"), name):
         if isinstance(obj, str):
-            problems.append(f"{where}: record: {obj}")
+            problems.append(f"{where}: {obj}")
             continue
         try:
             out.append(parse(obj, where))

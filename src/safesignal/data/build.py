@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..home import safesignal_home
+from ..io import atomic_write_json, claim_directory, read_jsonl, write_jsonl
 from . import sources
 from .benign_sensitive import benign_sensitive_prompts
 from .dedup import PromptIndex
@@ -40,6 +41,8 @@ from .schema import DataError
 from .sources import normalise
 
 RESPONSES_RESOURCE = "benign_responses.jsonl"
+SUMMARY_FILE = "summary.json"
+SUMMARY_FORMAT = "safesignal-data"
 DISTILL_COMMAND = "python scripts/distill_benign_responses.py"
 
 # ShareGPT first turns that touch a sensitive topic: benign questions the classifier must
@@ -221,24 +224,28 @@ def load_responses(path: str | Path | None = None) -> dict[str, str]:
     """Self-distilled benign responses keyed by `prompt_key`."""
     if path is None:
         where = f"safesignal/resources/{RESPONSES_RESOURCE}"
-        handle = resources.files("safesignal").joinpath("resources", RESPONSES_RESOURCE)
+        path = Path(str(resources.files("safesignal").joinpath("resources", RESPONSES_RESOURCE)))
     else:
-        where, handle = str(path), Path(path)
-    text = handle.read_text(encoding="utf-8") if handle.is_file() else None
-    if text is None:
+        where = str(path)
+    if not Path(path).is_file():
         raise FileNotFoundError(f"{where}: self-distilled responses not found; create them with `{DISTILL_COMMAND}`")
-    out = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError([f"{where}:{number}: record: invalid JSON ({err.msg})"]) from None
+
+    def parse(obj: dict, at: str) -> tuple[str, str]:
         if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("response"), str) or not obj["response"].strip():
-            raise DataError([f"{where}:{number}: response: expected string 'prompt' and non-empty 'response'"])
-        out[prompt_key(obj["prompt"])] = obj["response"]
-    return out
+            raise DataError([f"{at}: response: expected string 'prompt' and non-empty 'response'"])
+        return prompt_key(obj["prompt"]), obj["response"]
+
+    return dict(read_jsonl(path, parse, name=where))
+
+
+def is_data_dir(path: Path) -> bool:
+    """A directory a previous build wrote (its summary.json names it so; older builds had
+    the same summary without the format field)."""
+    try:
+        summary = json.loads((path / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("format", SUMMARY_FORMAT) == SUMMARY_FORMAT and "files" in summary
 
 
 def _words_prefix(text: str, n_words: int) -> str:
@@ -289,14 +296,6 @@ def _split_records(pools: Pools, split: str, responses: dict[str, str], rng: ran
     return records
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def _count(records: list[dict]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter] = {}
     for r in records:
@@ -324,19 +323,21 @@ def build(config: DataBuildConfig) -> dict:
         "validation.jsonl": validation,
         "evaluation.jsonl": pools.evaluation,
     }
-    out_dir = config.resolved_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Each file is replaced on its own, atomically; nothing else in the directory is touched,
+    # and a non-empty directory that is not a previous build is refused before any write.
+    out_dir = claim_directory(config.resolved_out_dir(), is_data_dir, "data directory")
     for name, records in files.items():
-        _write_jsonl(out_dir / name, records)
+        write_jsonl(out_dir / name, records)
 
     summary = {
+        "format": SUMMARY_FORMAT,
         "config": asdict(config),
         "files": {name: {"records": len(records), "by_source": _count(records)} for name, records in files.items()},
         "evaluation_sets": dict(Counter(r["meta"]["set"] for r in pools.evaluation)),
         "dropped": {f"{source}: {reason}": n for (source, reason), n in sorted(pools.dropped.items())},
         "recovery_pairs_from_pyrit": len(pools.recovery_pairs),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
 
 

