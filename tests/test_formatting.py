@@ -122,12 +122,16 @@ def test_template_that_trims_content_still_gets_exact_spans():
     assert (ex.input_ids, ex.query_mask) == expected
 
 
-def test_template_that_rewrites_content_is_refused():
+@pytest.mark.parametrize(("rendering", "problem"), [
+    ("{{ m['content'] | replace('l', 'L') }}", "changes message content"),
+    ("{{ m['content'] | upper }}", "exactly once, verbatim"),
+    ("{{ m['content'] }} (you said: {{ m['content'] }})", "exactly once, verbatim"),
+])
+def test_template_that_rewrites_or_repeats_content_is_refused(rendering, problem):
+    """The span would be a guess (which copy? which characters?), so encoding refuses."""
     tokenizer = build_tiny_tokenizer()
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n{% endfor %}"
-    )
-    with pytest.raises(ValueError, match="chat template"):
+    tokenizer.chat_template = f"{{% for m in messages %}}<|im_start|>{{{{ m['role'] }}}}\n{rendering}<|im_end|>\n{{% endfor %}}"
+    with pytest.raises(ValueError, match=problem):
         PromptFormatter(tokenizer).encode([{"role": "user", "content": "hello"}])
 
 

@@ -111,8 +111,9 @@ class PromptFormatter:
         `content | trim` (Llama 3, Gemma) are accepted: the trimmed text is then the query.
         """
         real = self.render_prompt(messages)
+        template_pieces, contents = self._split_at_contents(messages)
         for transform in (_verbatim, str.strip):
-            text, spans = self._substitute(messages, transform)
+            text, spans = _interleave(template_pieces, [transform(c) for c in contents])
             if text == real:
                 return text, spans
         raise ValueError(
@@ -120,28 +121,25 @@ class PromptFormatter:
             "trimmed content is supported), so the [CLS] query span cannot be located exactly"
         )
 
-    def _substitute(self, messages, transform) -> tuple[str, list[tuple[int, int]]]:
+    def _split_at_contents(self, messages: list[dict]) -> tuple[list[str], list[str]]:
+        """The template's own text around each non-empty content, and those contents in order."""
         nonce = secrets.token_hex(8)
         sentinels = {k: f"\ue000{nonce}.{k}\ue001" for k, m in enumerate(messages) if m["content"]}
         skeleton = self.render_prompt(
             [{**m, "content": sentinels.get(k, m["content"])} for k, m in enumerate(messages)]
         )
-        pieces, spans, cursor, length = [], [], 0, 0
+        pieces, cursor = [], 0
         for k, sentinel in sentinels.items():
             at = skeleton.find(sentinel, cursor)
             if at < 0 or skeleton.count(sentinel) != 1:
                 raise ValueError(
-                    f"messages[{k}]: the chat template drops, repeats or reorders this message's "
-                    "content, so the [CLS] query span cannot be located"
+                    f"messages[{k}]: the chat template does not render this message's content exactly "
+                    "once, verbatim and in order, so the [CLS] query span cannot be located"
                 )
-            content = transform(messages[k]["content"])
-            pieces += [skeleton[cursor:at], content]
-            length += at - cursor
-            spans.append((length, length + len(content)))
-            length += len(content)
+            pieces.append(skeleton[cursor:at])
             cursor = at + len(sentinel)
         pieces.append(skeleton[cursor:])
-        return "".join(pieces), [s for s in spans if s[1] > s[0]]
+        return pieces, [messages[k]["content"] for k in sentinels]
 
     def encode(
         self,
@@ -215,6 +213,16 @@ class PromptFormatter:
 
 def _verbatim(content: str) -> str:
     return content
+
+
+def _interleave(template_pieces: list[str], contents: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """template_pieces[0] + contents[0] + template_pieces[1] + ..., and each content's span."""
+    text, spans = template_pieces[0], []
+    for content, after in zip(contents, template_pieces[1:]):
+        if content:
+            spans.append((len(text), len(text) + len(content)))
+        text += content + after
+    return text, spans
 
 
 def _overlaps(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
