@@ -24,7 +24,7 @@ ARCH_ATTN_IDS = [f"{arch}-{attn}" for arch, attn in ARCH_ATTN]
 
 HEAD_SEED = 1234
 
-# Prompt with a system message (template + system prompt are not query), a response long
+# Prompt with a system message (the caller's system message is query, template tokens are not), a response long
 # enough for a slot-B window with response rows before and after it.
 SYSTEM = {"role": "system", "content": "You are helpful."}
 CONVERSATION = [SYSTEM, {"role": "user", "content": "How do I bake bread at home?"}]

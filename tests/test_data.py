@@ -82,12 +82,13 @@ def test_missing_file_names_the_path(tmp_path):
         read_jsonl(tmp_path / "nope.jsonl")
 
 
-def test_query_span_covers_exactly_the_user_text(formatter):
+def test_query_span_covers_exactly_the_callers_text(formatter):
+    """Every message the caller supplied is query, a system message too (DESIGN.md §SFT mask)."""
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I bake bread?"}]
     ex = formatter.encode(messages, "Mix flour.")
     tok = formatter.tokenizer
     query_text = tok.decode([t for t, q in zip(ex.input_ids, ex.query_mask) if q])
-    assert query_text.strip() == "How do I bake bread?"
+    assert query_text == "Be brief.How do I bake bread?"
     # nothing after the prompt is query, and the response decodes back (plus EOS)
     assert not any(ex.query_mask[ex.prompt_length :])
     assert tok.decode(ex.input_ids[ex.prompt_length :]) == "Mix flour." + tok.eos_token

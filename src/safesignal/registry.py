@@ -1,23 +1,44 @@
-"""Resolve a base-model reference: a directory, a path under SAFESIGNAL_HOME, or a registry name.
+"""Resolve model names: base models (a directory, a path under SAFESIGNAL_HOME, or a registry
+name) and the trained models shipped inside the package.
 
-Registry names build models in-process (the tiny random ones) or point at converted models
-under SAFESIGNAL_HOME, so a checkpoint never records an absolute path.
+Base registry names build models in-process (the tiny random ones) or point at converted
+models under SAFESIGNAL_HOME, so a checkpoint never records an absolute path. Shipped names
+("smollm2-cls", "smollm2-sft", "smollm2-qi_aug") are the embedded default's trained LoRA
+checkpoints in `safesignal/resources/models/`; a name wins over a directory of the same name
+(pass "./smollm2-cls" for the directory).
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
+from .checkpoint import CHECKPOINT_CONFIG
 from .home import relative_to_home, safesignal_home
 
 TINY_PREFIX = "tiny-"
+SHIPPED_NAMES = ("smollm2-cls", "smollm2-sft", "smollm2-qi_aug")
+DEFAULT_MODEL = "smollm2-cls"  # what `generate`, `chat` and `classify` load without --model
 
 
 def registry_names() -> list[str]:
     from .base_models import SMOLLM2_NAME
     from .tiny import _CONFIGS
 
-    return [SMOLLM2_NAME] + [TINY_PREFIX + arch for arch in sorted(_CONFIGS)]
+    return [SMOLLM2_NAME] + [TINY_PREFIX + arch for arch in sorted(_CONFIGS)] + list(SHIPPED_NAMES)
+
+
+def shipped_checkpoint(name: str) -> Path | None:
+    """Directory of the shipped trained model `name`, or None when `name` is not one."""
+    if name not in SHIPPED_NAMES:
+        return None
+    path = Path(str(resources.files("safesignal").joinpath("resources", "models", name)))
+    if not (path / CHECKPOINT_CONFIG).is_file():
+        raise FileNotFoundError(
+            f"{path}: the shipped model {name!r} is missing from this installation; "
+            "train it with `safesignal demo --retrain` and load its output directory"
+        )
+    return path
 
 
 def load_base(reference, *, dtype=None, attn_implementation=None):
@@ -66,7 +87,7 @@ def load_base(reference, *, dtype=None, attn_implementation=None):
     kwargs = {"dtype": dtype} if dtype is not None else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     relative = relative_to_home(path)
     reference = {"kind": "home", "path": relative} if relative is not None else None

@@ -1,0 +1,85 @@
+"""`safesignal classify / generate / chat`: the default model and bounded batches."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+from conftest import make_safety_model
+
+from safesignal import cli
+from safesignal.model import SafetyModel
+
+PROMPTS = [f"prompt number {k}: how do I bake bread?" if k % 2 else f"hello {k}" for k in range(7)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tiny-checkpoint"
+    make_safety_model("llama", "sdpa").save_pretrained(out)
+    return out
+
+
+def _run(argv, stdin_text, monkeypatch, capsys) -> list[dict]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin_text))
+    assert cli.main(argv) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def _spy_batches(monkeypatch, method: str) -> list[int]:
+    sizes = []
+    real = getattr(SafetyModel, method)
+
+    def spy(self, conversations, *args, **kwargs):
+        sizes.append(len(conversations))
+        return real(self, conversations, *args, **kwargs)
+
+    monkeypatch.setattr(SafetyModel, method, spy)
+    return sizes
+
+
+def test_classify_reads_stdin_in_bounded_batches(checkpoint_dir, monkeypatch, capsys):
+    sizes = _spy_batches(monkeypatch, "classify_batch")
+    stdin = "\n".join(PROMPTS[:3]) + "\n\n" + "\n".join(PROMPTS[3:]) + "\n"  # a blank line is skipped
+    batched = _run(["classify", "--model", str(checkpoint_dir), "--batch_size", "3"], stdin, monkeypatch, capsys)
+    assert sizes == [3, 3, 1]
+    one_by_one = [_run(["classify", "--model", str(checkpoint_dir), "--batch_size", "1"], p + "\n", monkeypatch, capsys)[0]
+                  for p in PROMPTS]
+    assert [r["prompt"] for r in batched] == PROMPTS
+    assert [r["label"] for r in batched] == [r["label"] for r in one_by_one]
+    assert [r["p_malicious"] for r in batched] == pytest.approx([r["p_malicious"] for r in one_by_one], abs=2e-4)
+
+
+def test_generate_reads_stdin_in_bounded_batches(checkpoint_dir, monkeypatch, capsys):
+    sizes = _spy_batches(monkeypatch, "generate_batch")
+    argv = ["generate", "--model", str(checkpoint_dir), "--max_new_tokens", "3"]
+    batched = _run(argv + ["--batch_size", "4"], "\n".join(PROMPTS) + "\n", monkeypatch, capsys)
+    assert sizes == [4, 3]
+    sizes.clear()
+    one_by_one = _run(argv + ["--batch_size", "1"], "\n".join(PROMPTS) + "\n", monkeypatch, capsys)
+    assert sizes == [1] * len(PROMPTS)
+    assert [(r["prompt"], r["text"]) for r in batched] == [(r["prompt"], r["text"]) for r in one_by_one]
+
+
+@pytest.mark.parametrize("bad", ["0", "-2"])
+def test_batch_size_must_be_positive(bad, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["classify", "--batch_size", bad, "hi"])
+    assert "--batch_size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["classify", "generate", "chat"])
+def test_commands_default_to_the_shipped_cls_model(command, monkeypatch, capsys):
+    loaded = []
+    tiny = make_safety_model("llama", "sdpa")
+
+    def from_pretrained(path, **kwargs):
+        loaded.append(str(path))
+        return tiny
+
+    monkeypatch.setattr(SafetyModel, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert cli.main([command]) == 0
+    assert loaded == ["smollm2-cls"]
