@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..io import atomic_write_json, claim_directory
-from ..model import CHECKPOINT_CONFIG
+from ..checkpoint import CHECKPOINT_CONFIG
 
 RUN_MARKER = "safesignal_run.json"
 RUN_FORMAT = "safesignal-training-run"
