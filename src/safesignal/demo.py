@@ -54,8 +54,14 @@ def recipe_path(recipe: str) -> Path:
 
 
 def shipped_model(recipe: str) -> Path | None:
-    path = Path(str(resources.files("safesignal").joinpath("resources", "models", f"smollm2-{recipe}")))
-    return path if (path / "safesignal.json").is_file() else None
+    """The packaged trained model for `recipe`, or None when this installation lacks it (then
+    the demo trains it)."""
+    from .registry import shipped_checkpoint
+
+    try:
+        return shipped_checkpoint(f"smollm2-{recipe}")
+    except FileNotFoundError:
+        return None
 
 
 def ensure_model(recipe: str, retrain: bool, log=print) -> tuple[Path, str, float]:
