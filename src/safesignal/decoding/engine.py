@@ -331,8 +331,9 @@ class StrategicDecoder:
     def _own_refusal(self, row: _Row, token: int) -> bool:
         """Whether response token `token` lies in a refusal the model wrote itself."""
         ends = [len(self._decode(row.response[:k])) for k in range(len(row.response) + 1)]
+        policy = row.request.policy
         return token_in_refusal(ends, self._decode(row.response), token, row.prefill_length + 1,
-                                row.request.policy.refusal_markers)
+                                policy.refusal_markers, policy.refusal_marker_partial)
 
     # ------------------------------------------------------------------ plumbing
     def _verdicts(self, cls_hidden: torch.Tensor) -> list[tuple[float, str | None]]:

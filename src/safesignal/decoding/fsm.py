@@ -148,10 +148,10 @@ class RowSafety:
         return self._inject(self.transition, "malicious")
 
     def _record(self, step: int, probability: float, window, rule: str, error: str | None) -> bool:
-        finite = math.isfinite(probability)
-        malicious = (not finite) or probability > self.policy.threshold
+        failed = error is not None or not math.isfinite(probability)
+        malicious = failed or probability > self.policy.threshold  # a failed check counts as malicious
         self.events.append(SafetyEvent(step, probability, "malicious" if malicious else "benign", window, rule))
-        if error is not None or not finite:
+        if failed:
             self.error = error or f"safety check returned a non-finite value at step {step}"
         return malicious
 
@@ -168,19 +168,26 @@ class RowSafety:
         self.state, self.transition, self.consecutive = "benign", None, 0
 
 
-def refusal_spans(text: str, markers: list[str]) -> list[tuple[int, int]]:
+def refusal_spans(text: str, markers: list[str], partial: int) -> list[tuple[int, int]]:
     """Character spans of refusals in `text`: from a marker (case-insensitive) to the end of
-    its sentence (., !, ? or a newline), or to the end of the text while the sentence is open."""
+    its sentence (., !, ? or a newline), or to the end of the text while the sentence is open.
+    A marker still being written counts too: the text ends with its first `partial` or more
+    characters (a verdict may come before the refusal's opening words are complete)."""
     lowered = text.lower()
     spans = []
-    for marker in markers:
-        for found in re.finditer(re.escape(marker.lower()), lowered):
+    for marker in (m.lower() for m in markers):
+        for found in re.finditer(re.escape(marker), lowered):
             end = re.search(r"[.!?\n]", text[found.end():])
             spans.append((found.start(), found.end() + end.end() if end else len(text)))
+        for k in range(len(marker) - 1, partial - 1, -1):
+            if lowered.endswith(marker[:k]):
+                spans.append((len(text) - k, len(text)))
+                break
     return spans
 
 
-def token_in_refusal(token_ends: list[int], text: str, token: int, first_own: int, markers: list[str]) -> bool:
+def token_in_refusal(token_ends: list[int], text: str, token: int, first_own: int, markers: list[str],
+                     partial: int) -> bool:
     """Whether response token `token` lies in a refusal the model wrote itself.
 
     token_ends[k]: end offset in `text` of response token k (token_ends[0] = 0); refusals
@@ -189,4 +196,4 @@ def token_in_refusal(token_ends: list[int], text: str, token: int, first_own: in
     """
     own_start = token_ends[first_own - 1]
     start, end = token_ends[token - 1], token_ends[token]
-    return any(a >= own_start and a < max(end, start + 1) and b > start for a, b in refusal_spans(text, markers))
+    return any(own_start <= a < max(end, start + 1) and b > start for a, b in refusal_spans(text, markers, partial))

@@ -23,8 +23,9 @@ class SafetyPolicy:
     Rule 3 (suspected transition at S): query + [S - r2, min(now, S + r3)].
 
     `refusal_markers`: how the model's own refusal opens (case-insensitive). A confirmation
-    whose transition token S lies in such a refusal (from a marker to the end of its sentence)
-    is a self-refusal: nothing is injected, the result reports it, and checks go on.
+    whose transition token S lies in such a refusal (from a marker to the end of its sentence;
+    at the end of the text, from the first `refusal_marker_partial` characters of a marker) is
+    a self-refusal: nothing is injected, the result reports it, and checks go on.
 
     `max_prompt_tokens`: longest prompt (+ prefill) accepted, in tokens. Decoding builds
     boolean and additive masks of B x Q x K entries (B rows, Q rows fed, K cache slots): the
@@ -50,6 +51,7 @@ class SafetyPolicy:
     injection_separator: str = INJECTION_SEPARATOR
     refusal_max_new_tokens: int | None = None  # budget after an injection (default: max_new_tokens)
     refusal_markers: list[str] = field(default_factory=lambda: list(REFUSAL_MARKERS))
+    refusal_marker_partial: int = 4  # a marker still being written counts from this many characters
     max_prompt_tokens: int = 4096
 
     def __post_init__(self):
@@ -57,7 +59,8 @@ class SafetyPolicy:
             raise ValueError(f"schedule: {self.schedule!r} is not one of {SCHEDULES}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold: must be in (0, 1), got {self.threshold}")
-        for name in ("tau", "r1", "r2", "period", "annealing_first_gap", "max_prompt_tokens"):
+        for name in ("tau", "r1", "r2", "period", "annealing_first_gap", "max_prompt_tokens",
+                     "refusal_marker_partial"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if self.r3 < 0:
