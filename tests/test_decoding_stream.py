@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 from conftest import make_safety_model
-from decoding_scripts import PREFIX, PROMPTS, peaked, script_head
+from decoding_scripts import PREFIX, PROMPTS, peaked, script_head, script_lm
 
 from safesignal.decoding.policy import SafetyPolicy
 
@@ -30,7 +30,9 @@ def streamed(sm, script, **kwargs):
     return deltas, events, result
 
 
-def random_case(seed: int):
+def random_case(seed: int, vocabulary: int):
+    """Random policy, prefill, budget, stop string, verdicts (some failing) and, for half the
+    cases, a scripted LM that ends in EOS at a random step."""
     rng = random.Random(seed)
     policy = SafetyPolicy(schedule=rng.choice(["each", "annealing"]), tau=rng.randint(1, 3),
                           strategic_decoding=rng.random() < 0.8, strategic_attention=rng.random() < 0.7)
@@ -38,20 +40,30 @@ def random_case(seed: int):
     for _ in range(40):
         u = rng.random()
         script.append("nan" if u < 0.04 else "raise" if u < 0.08 else 5.0 if u < 0.4 else -5.0)
-    kwargs = dict(policy=policy, max_new_tokens=rng.randint(3, 14), prefill=rng.choice([None, "Sure, here is"]))
-    return script, kwargs
+    kwargs = dict(policy=policy, max_new_tokens=rng.randint(3, 10), prefill=rng.choice([None, "Sure, here is"]),
+                  stop=rng.choice([None, ["e"], ["on"]]))
+    tokens = [rng.randrange(10, vocabulary) for _ in range(rng.randint(1, 8))] if rng.random() < 0.5 else None
+    return script, tokens, kwargs
 
 
 def test_stream_deltas_add_up_and_never_retract_under_random_verdicts_and_failures(model):
-    failed_cases = 0
-    for seed in range(30):
-        script, kwargs = random_case(seed)
+    failed_cases, reasons = 0, set()
+    vocabulary = model.cls_token_id  # ordinary ids are below [CLS]
+    for seed in range(24):
+        script, tokens, kwargs = random_case(seed, vocabulary)
+        if tokens is not None:
+            script_lm(model, tokens)
         deltas, events, result = streamed(model, script, **kwargs)
+        if tokens is not None:
+            script_lm(model, tokens)
         script_head(model, script)
         alone = model.generate(PROMPTS[0], **kwargs)
-        where = f"seed {seed}: {kwargs}"
+        if tokens is not None:
+            del model.lm_logits  # back to the model's own LM head
+        where = f"seed {seed}: {kwargs}, tokens {tokens}"
         assert alone.token_ids == result.token_ids and alone.text == result.text, where
         assert "".join(deltas) == result.text, where
+        reasons.add((result.finish_reason, result.intervened))
         for k in range(len(deltas)):  # at every point, the final text starts with what was shown
             assert result.text.startswith("".join(deltas[:k])), where
         failing = [k for k, chunk in enumerate(events) if any(e.probability != e.probability for e in chunk)]
@@ -65,7 +77,9 @@ def test_stream_deltas_add_up_and_never_retract_under_random_verdicts_and_failur
             # (a trailing incomplete UTF-8 sequence is held back from the stream until it completes)
             assert kept.startswith(released) and set(kept[len(released):]) <= {"\ufffd"}, where
             assert result.text[len(kept):].lstrip("\n").startswith(PREFIX), where
-    assert failed_cases >= 4  # the property was exercised on the failure path
+    assert failed_cases >= 3  # the property was exercised on the failure path ...
+    assert {"eos", "stop", "length"} <= {reason for reason, _ in reasons}  # ... and on every ending
+    assert (("eos", True) in reasons or ("refusal_length", True) in reasons) and ("length", False) in reasons
 
 
 @pytest.mark.parametrize("failure", FAILURES)
