@@ -130,3 +130,41 @@ def test_cache_columns_dead_in_every_row_are_dropped(monkeypatch):
     for a, b in zip(compacted, grown):  # dropping dead columns changes nothing
         assert a.token_ids == b.token_ids
         assert [e.probability for e in a.events] == pytest.approx([e.probability for e in b.events], abs=1e-5)
+
+
+def test_rows_joining_a_running_batch_decode_as_they_would_alone():
+    sm = peaked(make_safety_model("qwen2", "sdpa"))
+    with torch.no_grad():  # the real head, sharpened: verdicts that move with the text
+        sm.head.weight.mul_(60.0)
+
+    def request(i, policy, prefill=None, **kwargs):
+        return Request([{"role": "user", "content": PROMPTS[i]}], prefill=prefill, policy=policy, **kwargs)
+
+    each = dict(schedule="each")
+    plan = [
+        request(0, SafetyPolicy(**each), max_new_tokens=12),  # refused at once
+        request(1, SafetyPolicy(**each), max_new_tokens=4),
+        request(2, SafetyPolicy(threshold=0.85, tau=1, **each), prefill="Paris is", max_new_tokens=8),
+        request(2, SafetyPolicy(threshold=0.55, strategic_decoding=False, **each), prefill="Paris is",
+                max_new_tokens=6, ignore_eos=True),
+    ]
+    decoder = StrategicDecoder(sm)
+    decoder.start(plan[:2])
+    for _ in range(3):
+        decoder.step()
+    decoder.join(plan[2:3])  # joins mid-way, with a prefill of its own
+    while len(decoder.active) > 1:
+        decoder.step()
+    decoder.join(plan[3:])  # joins while one row is still running
+    while decoder.active:
+        decoder.step()
+    results = decoder.results()
+    assert decoder.model_calls == decoder.steps + 3  # one prefill pass per start / join
+    assert [r.intervened for r in results] == [True, True, True, False]
+    assert results[2].tokens_before_intervention > 0  # rolled back mid-generation
+    assert {e.label for e in results[3].events} == {"benign", "malicious"}
+    for request_, together in zip(plan, results):
+        alone = StrategicDecoder(sm).generate([request_])[0]
+        assert together.token_ids == alone.token_ids and together.finish_reason == alone.finish_reason
+        assert [(e.step, e.label, e.window) for e in together.events] == [(e.step, e.label, e.window) for e in alone.events]
+        assert [e.probability for e in together.events] == pytest.approx([e.probability for e in alone.events], abs=1e-5)

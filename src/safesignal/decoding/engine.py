@@ -107,7 +107,7 @@ class StrategicDecoder:
         """Run every request to completion."""
         for _ in self._run(requests):
             pass
-        return [self._finish(r) for r in self.rows]
+        return self.results()
 
     def stream(self, requests: list[Request]):
         """Yield a `StreamChunk` after the prefill pass and after every step; the last one
@@ -115,19 +115,45 @@ class StrategicDecoder:
         for _ in self._run(requests):
             yield self._chunk(final=False)
         chunk = self._chunk(final=True)
-        chunk.results = [self._finish(r) for r in self.rows]
+        chunk.results = self.results()
         yield chunk
 
-    def _run(self, requests: list[Request]):
+    def start(self, requests: list[Request]) -> None:
+        """Begin a batch: the prefill pass of `requests`."""
+        self.rows, self.active, self.slots = [], [], None
+        self.join(requests)
+
+    def join(self, requests: list[Request]) -> None:
+        """Add rows to the running batch (continuous batching): their prefill pass is a
+        forward of its own, its cache merged into the batch's; from the next step on they
+        decode with the others, each exactly as it would alone."""
         if not requests:
             raise ValueError("requests: need at least one")
         with torch.inference_mode():
-            self._prefill(requests)
+            rows, slots = self._prefill(requests)
+            self.rows += rows
+            if self.active:
+                self.slots.merge(slots)
+                self.active += rows
+            else:
+                self.slots, self.active = slots, rows
+            self._after_step()
+
+    def step(self) -> None:
+        """One forward for every active row."""
+        with torch.inference_mode():
+            self._step()
+        self.steps += 1
+
+    def results(self) -> list[GenerationResult]:
+        """Every row's result so far, in the order the rows came."""
+        return [self._finish(r) for r in self.rows]
+
+    def _run(self, requests: list[Request]):
+        self.start(requests)
         yield
         while self.active:
-            with torch.inference_mode():
-                self._step()
-            self.steps += 1
+            self.step()
             yield
 
     def _chunk(self, final: bool) -> StreamChunk:
@@ -139,7 +165,8 @@ class StrategicDecoder:
         return StreamChunk(deltas, events, [r.done for r in self.rows])
 
     # ------------------------------------------------------------------ prefill pass
-    def _prefill(self, requests: list[Request]) -> None:
+    def _prefill(self, requests: list[Request]) -> tuple[list[_Row], Slots]:
+        """One forward over the prompts (and prefills) of `requests`: their rows and cache."""
         sm = self.sm
         examples = []
         for i, request in enumerate(requests):
@@ -152,7 +179,7 @@ class StrategicDecoder:
                 )
             examples.append(example)
         self._check_sliding_window(requests, examples)
-        self.rows = [_Row(q, e.prompt_length, e.input_ids, sm.device, self._decode) for q, e in zip(requests, examples)]
+        rows = [_Row(q, e.prompt_length, e.input_ids, sm.device, self._decode) for q, e in zip(requests, examples)]
 
         batch = collate(examples, cls_token_id=sm.cls_token_id, pad_token_id=self.tokenizer.pad_token_id,
                         with_labels=False)
@@ -175,7 +202,7 @@ class StrategicDecoder:
         positions = torch.zeros((size, length), dtype=torch.long, device=sm.device)
         response_index = torch.zeros((size, length), dtype=torch.long, device=sm.device)
         windows = []
-        for i, (e, row) in enumerate(zip(examples, self.rows)):
+        for i, (e, row) in enumerate(zip(examples, rows)):
             s, n = start[i], len(e.input_ids)
             positions[i, s : s + n] = torch.arange(1, n + 1)
             response_index[i, s + e.prompt_length : s + n] = torch.arange(1, e.response_length + 1)
@@ -186,8 +213,8 @@ class StrategicDecoder:
                 windows.append((first - e.prompt_length + 1, e.response_length))
             else:
                 windows.append(None)
-        strategic = torch.tensor([r.request.policy.strategic_attention for r in self.rows], device=sm.device)
-        include_query = torch.tensor([r.request.policy.window_includes_query for r in self.rows], device=sm.device)
+        strategic = torch.tensor([r.request.policy.strategic_attention for r in rows], device=sm.device)
+        include_query = torch.tensor([r.request.policy.window_includes_query for r in rows], device=sm.device)
         reader_start = torch.where(strategic, batch["reader_start"], length)
         allowed = prefill_pass_allowed(batch["attention_mask"], batch["query_mask"], batch["slot_a"], reader_start,
                                        slot_b, batch["window_mask"], window_end, include_query)
@@ -200,18 +227,17 @@ class StrategicDecoder:
         if with_slot_b:
             kind[~has_prefill, -1] = DEAD
         latest_cls = torch.where(has_prefill, slot_b, batch["slot_a"])
-        self.slots = Slots(cache, kind, response_index, batch["query_mask"].clone(), latest_cls)
-        self.active = list(self.rows)
+        slots = Slots(cache, kind, response_index, batch["query_mask"].clone(), latest_cls)
 
         verdicts = self._verdicts(hidden[torch.arange(size, device=sm.device), latest_cls])
-        for row, (probability, error), window in zip(self.rows, verdicts, windows):
+        for row, (probability, error), window in zip(rows, verdicts, windows):
             action = row.safety.first_verdict(probability, window, error, row.frontier)
             if action is not None:
-                self._inject(row, action)
-        for row, row_logits in zip(self.rows, logits):
+                self._inject(row, action)  # before any generated token: nothing to roll back
+        for row, row_logits in zip(rows, logits):
             if not row.pending_injection:
                 self._take(row, row_logits)
-        self._after_step()
+        return rows, slots
 
     # ------------------------------------------------------------------ one decode step
     def _step(self) -> None:
@@ -311,7 +337,7 @@ class StrategicDecoder:
         return any(s in tail for s in row.request.stop)
 
     def _inject(self, row: _Row, action: Inject) -> None:
-        if action.rollback_to is not None and action.rollback_to <= len(row.response):
+        if action.rollback_to is not None and action.rollback_to <= len(row.response):  # (only in a step)
             self.slots.kill_from(self.active.index(row), action.rollback_to)
             row.position = row.position_of[action.rollback_to]
             del row.response[action.rollback_to - 1 :]

@@ -5,7 +5,7 @@ Rows share one DynamicCache; slot j of row b is described by `kind` (dead, token
 Rollback never touches the cache: it marks the row's tokens from S on dead, and the mask does
 the rest. A slot stays needed while it is a live token or its row's latest `[CLS]` state;
 columns needed by no row are dropped (`compact`), so a long batch does not grow without
-bound. Rows leave with `keep_rows`.
+bound. Rows leave with `keep_rows` and join with `merge`.
 """
 
 from __future__ import annotations
@@ -68,6 +68,18 @@ class Slots:
         self.kind, self.live = self.kind[:, index], self.live[:, index]
         self.response_index, self.query = self.response_index[:, index], self.query[:, index]
 
+    def merge(self, other: "Slots") -> None:
+        """Append `other`'s rows (rows joining the batch). The side with fewer columns gets dead
+        ones at its end: nobody reads them, and every new column comes after both."""
+        width = max(self.length, other.length)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_pad_columns(mine.keys, width, 2), _pad_columns(theirs.keys, width, 2)])
+            mine.values = torch.cat([_pad_columns(mine.values, width, 2), _pad_columns(theirs.values, width, 2)])
+        for name in ("kind", "live", "response_index", "query"):
+            setattr(self, name, torch.cat([_pad_columns(getattr(self, name), width, 1),
+                                           _pad_columns(getattr(other, name), width, 1)]))
+        self.latest_cls = torch.cat([self.latest_cls, other.latest_cls])
+
     def keep_rows(self, rows: list[int]) -> None:
         """Only these rows stay in the batch (the others have finished)."""
         index = torch.tensor(rows, dtype=torch.long, device=self.kind.device)
@@ -75,3 +87,13 @@ class Slots:
         self.kind, self.live = self.kind[index], self.live[index]
         self.response_index, self.query = self.response_index[index], self.query[index]
         self.latest_cls = self.latest_cls[index]
+
+
+def _pad_columns(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zero-pad `tensor` along `dim` to `width` (zero is DEAD, not live, response index 0)."""
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)
