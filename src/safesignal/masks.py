@@ -1,4 +1,4 @@
-"""Attention-mask rules for `[CLS]` slots, as pure tensor functions.
+"""Attention-mask rules for `[CLS]` slots, training and decoding, as pure tensor functions.
 
 Everything here returns a boolean `allowed[b, i, j]` ("query row i may read key j") or turns
 one into the 4-D additive float mask transformers accepts as-is on every backend. The rule

@@ -4,8 +4,8 @@ One forward per step for the whole batch. Each row feeds its newest token(s) and
 forward, a `[CLS]` query row when its state machine checks at that step (a dead filler when
 another row checks and it does not; no `[CLS]` column at all when no row checks). Every row
 carries its own request: policy, sampling and seed, budget, stop strings. Rows leave the batch
-when they finish; a row is an independent `_Row` over its own `Request`, so rows joining a
-running batch need only a prefill pass merged into the cache (not done yet).
+when they finish and may join a running one (`join`: their prefill pass, merged into the
+cache), so a server can batch continuously; each row decodes exactly as it would alone.
 
 The pieces: `fsm` decides (windows, τ, injection, self-refusal, fail closed), `slots` keeps
 the cache and what each slot is, `masks` turns that into who reads what, `sampler` picks
