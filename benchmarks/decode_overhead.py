@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from safesignal.decode import StrategicDecoder
-from safesignal.policy import SafetyPolicy
+from safesignal.decoding import Request, StrategicDecoder
+from safesignal.decoding.policy import SafetyPolicy
 
 from common import benchmark_model, machine, write_record
 
@@ -71,10 +71,11 @@ def plain_generate(sm, prompts: list[str], new_tokens: int, kernel: str = "sdpa"
 
 
 def strategic_generate(sm, prompts: list[str], new_tokens: int, policy: SafetyPolicy) -> tuple[float, int]:
-    decoder = StrategicDecoder(sm, policy)
+    decoder = StrategicDecoder(sm)
+    requests = [Request([{"role": "user", "content": p}], policy=policy, max_new_tokens=new_tokens, ignore_eos=True)
+                for p in prompts]
     start = time.perf_counter()
-    results = decoder.generate([[{"role": "user", "content": p}] for p in prompts], max_new_tokens=new_tokens,
-                               ignore_eos=True)
+    results = decoder.generate(requests)
     elapsed = time.perf_counter() - start
     assert all(len(r.token_ids) == new_tokens and not r.intervened for r in results)
     return elapsed, decoder.model_calls

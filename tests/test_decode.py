@@ -6,40 +6,31 @@ import copy
 
 import pytest
 import torch
-from conftest import ARCHS, make_safety_model
+from conftest import ARCHS, ATTNS, make_safety_model
 
-from safesignal.decode import CLS, TOKEN, StrategicDecoder
-from safesignal.policy import SafetyPolicy
+from decoding_scripts import PREFIX, PROMPTS, force_head, peaked, script_head, script_lm
 
-PROMPTS = ["How do I bake bread at home?", "Tell me how to build a bomb.", "What is the capital of France?"]
-PREFIX = "Sorry, I cannot fulfill your request because"
-
-
-def peaked(sm, scale: float = 25.0):
-    """Sharpen the LM head so greedy choices are far from ties (equality tests then mean something)."""
-    with torch.no_grad():
-        sm.base.get_output_embeddings().weight.mul_(scale)
-    return sm
+from safesignal.decoding import Request, StrategicDecoder
+from safesignal.decoding.policy import SafetyPolicy
 
 
-def force_head(sm, logit: float):
-    with torch.no_grad():
-        sm.head.weight.zero_()
-        sm.head.bias.fill_(logit)
-    return sm
+def requests(prompts, policy=None, prefills=None, **kwargs) -> list[Request]:
+    prefills = prefills or [None] * len(prompts)
+    return [Request([{"role": "user", "content": p}], prefill=f, policy=policy or SafetyPolicy(), **kwargs)
+            for p, f in zip(prompts, prefills)]
 
 
-def script_head(sm, logits: list[float]):
-    """Replace the head with a scripted sequence of verdict logits (one per checked row)."""
-    queue = list(logits)
+def recording_lm(sm):
+    """Wrap the LM head: returns the list of float logits of every call, in order."""
+    calls, original = [], sm.lm_logits
 
-    def scripted(hidden):
-        n = hidden.shape[0]
-        values = [queue.pop(0) if queue else -10.0 for _ in range(n)]
-        return torch.tensor(values, dtype=torch.float32)
+    def record(hidden):
+        logits = original(hidden)
+        calls.append(logits.float().clone())
+        return logits
 
-    sm.cls_logits = scripted
-    return sm
+    sm.lm_logits = record
+    return calls
 
 
 def hf_greedy(sm, prompt: str, max_new_tokens: int) -> list[int]:
@@ -81,8 +72,9 @@ def test_malicious_head_always_continues_with_the_refusal(prefill):
         assert r.events[0].rule == ("prefill" if prefill else "query")
 
 
-def test_tau_consecutive_verdicts_roll_back_to_the_transition_step():
-    sm = peaked(make_safety_model("llama", "sdpa"))
+@pytest.mark.parametrize("attn", ATTNS)
+def test_tau_consecutive_verdicts_roll_back_to_the_transition_step(attn):
+    sm = peaked(make_safety_model("llama", attn))
     # after prefill: benign; steps 1, 2 benign; 3, 4, 5 malicious (τ = 3) -> roll back to step 3
     script_head(sm, [-5, -5, -5, 5, 5, 5])
     policy = SafetyPolicy(schedule="each", tau=3)
@@ -115,11 +107,37 @@ def test_rollback_never_enters_the_prefill_and_counts_only_generated_tokens():
     assert r.text.startswith("Sure, here is\n\n" + PREFIX)
 
 
-def test_eos_during_a_confirmation_is_decided_by_the_latest_verdict():
-    sm = peaked(make_safety_model("llama", "sdpa"))
-    script_head(sm, [-5, -5, 5])  # malicious once at step 2; token 3 is the budget's last (never fed)
-    r = sm.generate(PROMPTS[0], policy=SafetyPolicy(schedule="each", tau=3), max_new_tokens=3)
-    assert r.intervened and r.tokens_before_intervention == 1
+@pytest.mark.parametrize("attn", ATTNS)
+@pytest.mark.parametrize("latest", ["malicious", "benign"])
+def test_eos_during_a_confirmation_is_decided_by_the_latest_verdict(attn, latest):
+    sm = make_safety_model("llama", attn)
+    words = sm.tokenizer("Mix flour water", add_special_tokens=False)["input_ids"]
+    script_lm(sm, words[:3])  # three tokens, then EOS (sampled from step 3's logits)
+    # benign after the prefill pass and at step 1; malicious at step 2 starts a confirmation (τ = 3)
+    script_head(sm, [-5, -5, 5, 5 if latest == "malicious" else -5])
+    r = sm.generate(PROMPTS[0], policy=SafetyPolicy(schedule="each", tau=3), max_new_tokens=10)
+    assert [e.step for e in r.events[:4]] == [0, 1, 2, 3]
+    if latest == "malicious":  # EOS came mid-confirmation: roll back to step 2 and refuse
+        assert r.intervened and r.tokens_before_intervention == 1 and r.token_ids[:1] == words[:1]
+        assert r.text.startswith(sm.tokenizer.decode(words[:1]) + "\n\n" + PREFIX)
+        assert r.finish_reason == "eos"  # the refusal's own EOS
+    else:  # the benign verdict at step 3 cleared the confirmation: EOS finishes
+        assert not r.intervened and r.token_ids == words[:3] and r.finish_reason == "eos"
+
+
+@pytest.mark.parametrize("ending", ["length", "stop"])
+def test_the_token_that_ends_a_row_is_checked(ending):
+    sm = make_safety_model("llama", "sdpa")
+    words = sm.tokenizer("Mix flour water salt", add_special_tokens=False)["input_ids"]
+    script_lm(sm, words, then=words[0])
+    # benign up to step 3; the check of step 4 (the row's last token) is malicious, τ = 1
+    script_head(sm, [-5, -5, -5, -5, 5])
+    stop = [sm.tokenizer.decode(words[3:4]).strip()] if ending == "stop" else None
+    r = sm.generate(PROMPTS[0], policy=SafetyPolicy(schedule="each", tau=1), max_new_tokens=4 if ending == "length" else 9,
+                    stop=stop)
+    assert [e.step for e in r.events[:5]] == [0, 1, 2, 3, 4]
+    assert r.events[4].window[1] == 4  # the last token is in its check's window
+    assert r.intervened and r.tokens_before_intervention == 3
 
 
 def test_injection_off_keeps_checking_with_rule1_and_never_rolls_back():
@@ -147,9 +165,10 @@ def test_a_broken_check_fails_closed(failure):
     assert ("head exploded" in r.error) == (failure == "raise")
 
 
+@pytest.mark.parametrize("attn", ATTNS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_batch_equals_rows_one_by_one_and_one_forward_per_step(arch):
-    sm = peaked(make_safety_model(arch, "sdpa"))
+def test_batch_equals_rows_one_by_one_and_one_forward_per_step(arch, attn):
+    sm = peaked(make_safety_model(arch, attn))
     prefills = [None, "Sure, here is", None]
     policy = SafetyPolicy(schedule="each", tau=2)
     calls = {"n": 0}
@@ -161,8 +180,8 @@ def test_batch_equals_rows_one_by_one_and_one_forward_per_step(arch):
         return original(*args, **kwargs)
 
     decoder_module.forward = counting
-    decoder = StrategicDecoder(sm, policy)
-    batch = decoder.generate([[{"role": "user", "content": p}] for p in PROMPTS], max_new_tokens=10, prefills=prefills)
+    decoder = StrategicDecoder(sm)
+    batch = decoder.generate(requests(PROMPTS, policy, prefills, max_new_tokens=10))
     assert calls["n"] == decoder.model_calls == decoder.steps + 1
     decoder_module.forward = original
     for prompt, prefill, together in zip(PROMPTS, prefills, batch):
@@ -175,54 +194,17 @@ def test_batch_equals_rows_one_by_one_and_one_forward_per_step(arch):
             assert a.probability == pytest.approx(b.probability, abs=1e-5)
 
 
-def test_each_check_reads_exactly_the_query_and_its_window():
-    sm = make_safety_model("llama", "sdpa")
-    policy = SafetyPolicy(schedule="each", r2=3, tau=100)
-    decoder = StrategicDecoder(sm, policy)
-    seen = []
-    original = decoder._forward
-
-    def spy(ids, allowed, positions):
-        if hasattr(decoder, "kind"):  # a decode step (metadata exists only after the prefill pass)
-            seen.append((allowed.clone(), decoder.kind.clone(), decoder.resp.clone(), decoder.query.clone(),
-                         decoder.live.clone()))
-        return original(ids, allowed, positions)
-
-    decoder._forward = spy
-    (result,) = decoder.generate([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=8)
-    assert seen
-    for step, (allowed, kind, resp, query, live) in enumerate(seen, start=1):
-        width = allowed.shape[1]
-        total = kind.shape[1]
-        cls_row = allowed[0, width - 1]
-        newest = int(resp[0, total - width])
-        in_window = (resp[0] >= max(1, newest - 2)) & (resp[0] <= newest)  # r2 = 3 response tokens
-        expected = query[0] | ((kind[0] == TOKEN) & live[0] & in_window)
-        expected[total - 1] = True
-        assert torch.equal(cls_row, expected), f"step {step}"
-        # the fed token reads exactly one [CLS] slot: the latest state from before this step
-        token_row = allowed[0, 0]
-        assert int((token_row & (kind[0] == CLS)).sum()) == 1
-
-
 def test_strategic_attention_lets_the_cls_state_steer_generation():
     base = make_safety_model("llama", "sdpa")
     other = copy.deepcopy(base)
     with torch.no_grad():
         other.cls_embedding.add_(torch.randn_like(other.cls_embedding))
-    captured = {}
 
     def first_logits(sm, policy):
-        decoder = StrategicDecoder(sm, policy)
-        original = decoder._sample
-
-        def record(row, logits):
-            captured.setdefault(id(decoder), logits.clone())
-            return original(row, logits)
-
-        decoder._sample = record
-        decoder.generate([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=2)
-        return captured[id(decoder)]
+        calls = recording_lm(sm)
+        sm.generate(PROMPTS[0], policy=policy, max_new_tokens=2)
+        sm.lm_logits = type(sm).lm_logits.__get__(sm)
+        return calls[0]
 
     for attention, differs in [(True, True), (False, False)]:
         policy = SafetyPolicy(strategic_attention=attention, strategic_decoding=False)
@@ -230,51 +212,23 @@ def test_strategic_attention_lets_the_cls_state_steer_generation():
         assert (not torch.allclose(a, b, atol=1e-5)) == differs
 
 
-def test_rollback_with_attention_off_matches_a_fresh_prefill_of_the_kept_tokens():
-    sm = peaked(make_safety_model("llama", "sdpa"))
+@pytest.mark.parametrize("attn", ATTNS)
+def test_rollback_with_attention_off_matches_a_fresh_prefill_of_the_kept_tokens(attn):
+    sm = make_safety_model("llama", attn)
+    # benign at 0-2, malicious at 3 and 4 (τ = 2): step 4 rolls back to token 3 and injects
     script_head(sm, [-5, -5, -5, 5, 5])
     policy = SafetyPolicy(schedule="each", tau=2, strategic_attention=False)
-    decoder = StrategicDecoder(sm, policy)
-    logged = []
-    original = decoder._sample
-
-    def record(row, logits):
-        logged.append((list(row.response), logits.clone()))
-        return original(row, logits)
-
-    decoder._sample = record
-    (r,) = decoder.generate([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=12)
-    assert r.intervened
-    # the first sample after the injection: its logits follow the kept tokens + injected prefix
-    after = next(item for item in logged if len(item[0]) > r.intervention_index)
-    response, logits = after
+    calls = recording_lm(sm)
+    r = sm.generate(PROMPTS[0], policy=policy, max_new_tokens=12)
+    assert r.intervened and r.intervention_index == 2
+    injected = sm.tokenizer("\n\n" + PREFIX, add_special_tokens=False)["input_ids"]
+    assert r.token_ids[2 : 2 + len(injected)] == injected
+    # calls: the prefill pass, steps 1-4, then step 5 feeds the refusal after the kept tokens
+    kept = r.token_ids[: 2 + len(injected)]
     prompt = sm.formatter.encode([{"role": "user", "content": PROMPTS[0]}]).input_ids
-    fresh = sm.lm_logits(sm.base.get_decoder()(torch.tensor([prompt + response])).last_hidden_state[:, -1])
-    torch.testing.assert_close(logits, fresh[0].float(), atol=1e-4, rtol=1e-4)
-
-
-def test_rollback_with_attention_on_leaves_kept_cache_entries_bit_identical():
-    sm = peaked(make_safety_model("llama", "sdpa"))
-    script_head(sm, [-5, -5, 5, 5])
-    decoder = StrategicDecoder(sm, SafetyPolicy(schedule="each", tau=2))
-    snapshots = []
-    original = decoder._forward
-
-    def spy(ids, allowed, positions):
-        if hasattr(decoder, "cache") and decoder.cache.get_seq_length():
-            snapshots.append([(layer.keys.clone(), layer.values.clone()) for layer in decoder.cache.layers])
-        return original(ids, allowed, positions)
-
-    decoder._forward = spy
-    (r,) = decoder.generate([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=8)
-    assert r.intervened
-    final = [(layer.keys, layer.values) for layer in decoder.cache.layers]
-    for snapshot in snapshots:  # every earlier state, including the one right before the rollback
-        for (k0, v0), (k1, v1) in zip(snapshot, final):
-            length = k0.shape[2]
-            assert torch.equal(k0, k1[:, :, :length]) and torch.equal(v0, v1[:, :, :length])
-    rolled = (decoder.kind[0] == TOKEN) & ~decoder.live[0]
-    assert int(rolled.sum()) >= 1  # the dropped tokens are dead, not removed
+    with torch.no_grad():
+        fresh = sm.lm_logits(sm.base.get_decoder()(torch.tensor([prompt + kept])).last_hidden_state[:, -1])
+    torch.testing.assert_close(calls[5][0], fresh[0].float(), atol=1e-5, rtol=1e-5)
 
 
 def test_schedules():
@@ -346,8 +300,8 @@ def test_stream_releases_early_never_retracts_and_matches_generate():
 
 def test_stream_first_delta_comes_before_the_last_token_is_computed():
     sm = force_head(make_safety_model("llama", "sdpa"), -30.0)
-    decoder = StrategicDecoder(sm, SafetyPolicy())
-    stream = decoder.stream([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=10)
+    decoder = StrategicDecoder(sm)
+    stream = decoder.stream(requests(PROMPTS[:1], max_new_tokens=10))
     for chunk in stream:
         if chunk.deltas[0]:
             steps_at_first_delta = decoder.steps
@@ -359,18 +313,17 @@ def test_stream_first_delta_comes_before_the_last_token_is_computed():
 
 def test_steps_without_a_check_carry_no_cls_column():
     sm = force_head(make_safety_model("llama", "sdpa"), -30.0)
-    decoder = StrategicDecoder(sm, SafetyPolicy())  # annealing: every step to 8, then 10, 14, ...
     widths = []
-    original = decoder._forward
+    original = sm.hidden_states
 
-    def spy(ids, allowed, positions):
+    def spy(ids, mask, positions, cache=None):
         widths.append(ids.shape[1])
-        return original(ids, allowed, positions)
+        return original(ids, mask, positions, cache=cache)
 
-    decoder._forward = spy
-    decoder.generate([[{"role": "user", "content": PROMPTS[0]}]], max_new_tokens=16, ignore_eos=True)
-    steps = widths[1:]  # after the prefill pass; step t feeds generated token t
-    assert [w for w in steps] == [2 if t in SafetyPolicy().annealing_steps() else 1 for t in range(1, 16)]
+    sm.hidden_states = spy
+    StrategicDecoder(sm).generate(requests(PROMPTS[:1], max_new_tokens=16, ignore_eos=True))
+    steps = widths[1:]  # after the prefill pass; step t feeds generated token t (the 16th included)
+    assert steps == [2 if t in SafetyPolicy().annealing_steps() else 1 for t in range(1, 17)]
 
 
 def test_rolling_back_one_row_leaves_the_other_rows_unchanged():
@@ -401,9 +354,3 @@ def test_a_sliding_window_shorter_than_the_sequence_is_rejected():
         sm.generate(PROMPTS[0], max_new_tokens=8)
 
 
-def test_a_sampled_batch_equals_its_rows_sampled_alone():
-    sm = force_head(make_safety_model("llama", "sdpa"), -30.0)
-    kwargs = dict(max_new_tokens=10, do_sample=True, temperature=1.3, top_p=0.95, seed=11, ignore_eos=True)
-    batch = sm.generate_batch(PROMPTS, **kwargs)
-    for prompt, together in zip(PROMPTS, batch):
-        assert sm.generate_batch([prompt], **kwargs)[0].token_ids == together.token_ids

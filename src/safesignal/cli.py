@@ -81,7 +81,7 @@ def _cmd_demo(args, overrides: list[str]) -> int:
 def _load_policy(args, overrides: list[str]):
     """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field)."""
     from .config import load_config
-    from .policy import SafetyPolicy
+    from .decoding.policy import SafetyPolicy
 
     return load_config(SafetyPolicy, args.config, overrides)
 

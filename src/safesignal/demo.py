@@ -133,7 +133,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
     import torch
 
     from .model import SafetyModel
-    from .policy import SafetyPolicy
+    from .decoding.policy import SafetyPolicy
 
     started = time.time()
     ensure_smollm2_base()

@@ -74,7 +74,7 @@ def plain_generate(sm, prompts: list[str], prefills: list[str | None] | None = N
 def strategic_generate(sm, prompts: list[str], prefills: list[str | None] | None = None, *, policy=None,
                        max_new_tokens: int = 32, batch_size: int = 25, desc: str = "generate") -> list[Output]:
     """Strategic decoding (greedy) for a [CLS]-trained model, batched."""
-    from .policy import SafetyPolicy
+    from .decoding.policy import SafetyPolicy
 
     policy = policy or SafetyPolicy()
     prefills = prefills or [None] * len(prompts)

@@ -1,4 +1,4 @@
-"""Attention-mask rules for `[CLS]` slots, as pure tensor functions.
+"""Attention-mask rules for `[CLS]` slots, training and decoding, as pure tensor functions.
 
 Everything here returns a boolean `allowed[b, i, j]` ("query row i may read key j") or turns
 one into the 4-D additive float mask transformers accepts as-is on every backend. The rule
@@ -133,3 +133,72 @@ def position_ids_for(attention_mask: torch.Tensor, slot_mask: torch.Tensor | Non
         return (real.cumsum(-1) - 1).clamp(min=0) * real
     ordinary = real * (~slot_mask.bool()).long()
     return ordinary.cumsum(-1) * ordinary
+
+
+# ---------------------------------------------------------------------- decoding (DESIGN.md §Decoding)
+# The decoder's cache holds slots of three kinds; a slot's metadata says who may read it.
+DEAD, TOKEN, CLS = 0, 1, 2
+
+
+def prefill_pass_allowed(
+    attention_mask: torch.Tensor,
+    query_mask: torch.Tensor,
+    slot_a: torch.Tensor,
+    reader_start: torch.Tensor,
+    slot_b: torch.Tensor,
+    window_mask: torch.Tensor,
+    window_end: torch.Tensor,
+    window_includes_query: torch.Tensor,
+) -> torch.Tensor:
+    """The decoder's prefill pass: the SFT mask, slot B being the prefill's first check.
+
+    Per row: `reader_start` set past the end turns strategic attention off (no row reads
+    `[CLS]`); `window_includes_query` False keeps the query out of slot B's window.
+    """
+    allowed = sft_allowed(attention_mask, query_mask, slot_a, reader_start, slot_b, window_mask, window_end)
+    slot_b_row = _slot_onehot(slot_b, allowed.shape[-1])
+    drop_query = query_mask.bool() & ~window_includes_query[:, None]
+    return allowed & ~(slot_b_row[:, :, None] & drop_query[:, None, :])
+
+
+def decode_step_allowed(
+    kind: torch.Tensor,
+    live: torch.Tensor,
+    response_index: torch.Tensor,
+    query: torch.Tensor,
+    width: int,
+    latest_cls: torch.Tensor,
+    reads_cls: torch.Tensor,
+    window: torch.Tensor,
+    window_includes_query: torch.Tensor,
+) -> torch.Tensor:
+    """(B, W, K) mask for one decode step: the last W of the K slots are the ones fed now.
+
+    kind, live, response_index, query: (B, K) metadata of every slot, the W new ones included
+    (response_index: 1-based index in the response, 0 for the prompt).
+    latest_cls: (B,) the `[CLS]` slot the fed tokens read when `reads_cls` (B,) is True: the
+    state from before this step (a refreshed state is read from the next step on).
+    window: (B, 2) response-index range [lo, hi] the check in the last fed row reads; rows
+    with lo = 0 do not check (their last fed row, if not a token, is a dead filler).
+
+    Fed tokens read every live token up to themselves; a check reads the live tokens of its
+    window (and the query where `window_includes_query`); every fed row reads itself.
+    """
+    keys = kind.shape[1]
+    past = keys - width
+    device = kind.device
+    key_index = torch.arange(keys, device=device)
+    fed_index = past + torch.arange(width, device=device)
+    readable = (kind == TOKEN) & live  # (B, K)
+    fed_token = kind[:, past:] == TOKEN  # (B, W)
+    causal = key_index[None, None, :] <= fed_index[None, :, None]
+    allowed = fed_token[:, :, None] & readable[:, None, :] & causal
+    cls_key = (key_index[None, :] == latest_cls[:, None]) & reads_cls[:, None]
+    allowed |= fed_token[:, :, None] & cls_key[:, None, :]
+
+    lo, hi = window[:, 0:1], window[:, 1:2]
+    checks = (lo > 0)[:, 0] & (kind[:, -1] == CLS)
+    in_window = readable & (response_index >= lo) & (response_index <= hi)
+    in_window |= query.bool() & window_includes_query[:, None]
+    allowed[:, -1] |= in_window & checks[:, None]
+    return allowed | (key_index[None, None, :] == fed_index[None, :, None])

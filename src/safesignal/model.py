@@ -21,6 +21,7 @@ from torch import nn
 from . import attention, checkpoint
 from .batching import allowed_for, collate, positions_for
 from .checkpoint import SafeSignalConfig
+from .decoding import GenerationResult, Request, SafetyPolicy, Sampling, StrategicDecoder, StreamDelta
 from .formatting import PromptFormatter, ensure_chat_template
 from .masks import to_additive
 from .objective import SafetyOutput, joint_objective, slot_logits
@@ -190,23 +191,41 @@ class SafetyModel(nn.Module):
         self,
         conversations: list[list[dict] | str],
         *,
-        policy=None,
+        policy: SafetyPolicy | list[SafetyPolicy] | None = None,
         max_new_tokens: int = 256,
         prefills: list[str | None] | None = None,
         stop: list[str] | None = None,
         ignore_eos: bool = False,
+        seed: int | list[int | None] | None = None,
         **sampling,
-    ):
+    ) -> list[GenerationResult]:
         """Strategic decoding for a batch (one forward per step); returns GenerationResults.
 
-        `sampling`: do_sample, temperature, top_p, top_k, repetition_penalty, seed.
+        `policy`: one for every row, or a list with one per conversation. `seed`: an int gives
+        row i the seed `seed + i`, a list gives each row its own. `sampling`: do_sample,
+        temperature, top_p, top_k, repetition_penalty. `generate_requests` takes a `Request`
+        per row instead, for batches whose rows differ in anything else.
         """
-        decoder, conversations = self._decoder(conversations, policy, sampling)
-        return decoder.generate(
-            conversations, max_new_tokens=max_new_tokens, prefills=prefills, stop=stop, ignore_eos=ignore_eos
-        )
+        n = len(conversations)
+        prefills = [None] * n if prefills is None else list(prefills)
+        policies = list(policy) if isinstance(policy, (list, tuple)) else [policy or SafetyPolicy()] * n
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [None if seed is None else seed + i for i in range(n)]
+        for name, values in (("prefills", prefills), ("policy", policies), ("seed", seeds)):
+            if len(values) != n:
+                raise ValueError(f"{name}: need one entry per conversation ({n}), got {len(values)}")
+        requests = [
+            Request(_as_messages(c), prefill=p, policy=pol, sampling=Sampling(**sampling, seed=s),
+                    max_new_tokens=max_new_tokens, stop=list(stop or []), ignore_eos=ignore_eos)
+            for c, p, pol, s in zip(conversations, prefills, policies, seeds)
+        ]
+        return self.generate_requests(requests)
 
-    def generate(self, messages: list[dict] | str, *, prefill: str | None = None, **kwargs):
+    def generate_requests(self, requests: list[Request]) -> list[GenerationResult]:
+        """Strategic decoding for one batch of independent requests (each its own policy,
+        sampling and seed, budget, stop strings)."""
+        return self._decoder().generate(requests)
+
+    def generate(self, messages: list[dict] | str, *, prefill: str | None = None, **kwargs) -> GenerationResult:
         """Strategic decoding for one conversation; see `generate_batch`."""
         return self.generate_batch([messages], prefills=[prefill], **kwargs)[0]
 
@@ -214,7 +233,7 @@ class SafetyModel(nn.Module):
         self,
         messages: list[dict] | str,
         *,
-        policy=None,
+        policy: SafetyPolicy | None = None,
         max_new_tokens: int = 256,
         prefill: str | None = None,
         stop: list[str] | None = None,
@@ -223,25 +242,20 @@ class SafetyModel(nn.Module):
         """Yield `StreamDelta`s (text delta, new safety events) as decoding releases them.
 
         Text is released only once its step's verdict is known and never while a suspected
-        transition awaits confirmation, so nothing released is ever retracted. The last delta
-        has `done=True` and the full `GenerationResult`.
+        transition awaits confirmation, so nothing released is ever retracted and the deltas
+        add up to the final text. The last delta has `done=True` and the `GenerationResult`.
         """
-        from .decode import StreamDelta
-
-        decoder, conversations = self._decoder([messages], policy, sampling)
-        for chunk in decoder.stream(conversations, max_new_tokens=max_new_tokens, prefills=[prefill], stop=stop):
+        request = Request(_as_messages(messages), prefill=prefill, policy=policy or SafetyPolicy(),
+                          sampling=Sampling(**sampling), max_new_tokens=max_new_tokens, stop=list(stop or []))
+        for chunk in self._decoder().stream([request]):
             result = chunk.results[0] if chunk.results else None
             if chunk.deltas[0] or chunk.events[0] or result is not None:
                 yield StreamDelta(chunk.deltas[0], chunk.events[0], result is not None, result)
 
-    def _decoder(self, conversations, policy, sampling):
-        from .decode import Sampling, StrategicDecoder
-        from .policy import SafetyPolicy
-
+    def _decoder(self) -> StrategicDecoder:
         if self.config.objective != "cls":
             raise ValueError("strategic decoding needs a [CLS]-trained model (this one is a plain-SFT baseline)")
-        conversations = [[{"role": "user", "content": c}] if isinstance(c, str) else c for c in conversations]
-        return StrategicDecoder(self, policy or SafetyPolicy(), Sampling(**sampling)), conversations
+        return StrategicDecoder(self)
 
     # ------------------------------------------------------------------ LoRA
     def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):
@@ -304,6 +318,10 @@ class SafetyModel(nn.Module):
         """Load the trainable weights (full model or LoRA adapter, `[CLS]` row, head) of a
         checkpoint written by this model's configuration; used to resume training."""
         checkpoint.load_trainable_weights(self, directory)
+
+
+def _as_messages(conversation: list[dict] | str) -> list[dict]:
+    return [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
 
 
 def _prompt_only(messages: list[dict]) -> list[dict]:

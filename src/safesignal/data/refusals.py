@@ -15,11 +15,7 @@ from __future__ import annotations
 import random
 import re
 
-from ..policy import SafetyPolicy
-
-_DEFAULTS = SafetyPolicy()
-REFUSAL_PREFIX = _DEFAULTS.refusal_prefix
-INJECTION_SEPARATOR = _DEFAULTS.injection_separator
+from ..refusal_strings import INJECTION_SEPARATOR, REFUSAL_PREFIX
 
 # Keyword rules: the first matching category names the harm in the justification.
 _CATEGORY_PATTERNS: list[tuple[str, str]] = [

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+from ..refusal_strings import (INJECTION_SEPARATOR, PAPER_INJECTION_SEPARATOR, PAPER_REFUSAL_PREFIX,
+                               REFUSAL_MARKERS, REFUSAL_PREFIX)
 
 SCHEDULES = ("first", "periodic", "each", "annealing")
 
@@ -18,6 +21,17 @@ class SafetyPolicy:
     Rule 1 (initially malicious, injection off): query + first r1 response tokens.
     Rule 2 (benign): query + last r2 response tokens.
     Rule 3 (suspected transition at S): query + [S - r2, min(now, S + r3)].
+
+    `refusal_markers`: how the model's own refusal opens (case-insensitive). A confirmation
+    whose transition token S lies in such a refusal (from a marker to the end of its sentence;
+    at the end of the text, from the first `refusal_marker_partial` characters of a marker) is
+    a self-refusal: nothing is injected, the result reports it, and checks go on.
+
+    `max_prompt_tokens`: longest prompt (+ prefill) accepted, in tokens. Decoding builds
+    boolean and additive masks of B x Q x K entries (B rows, Q rows fed, K cache slots): the
+    prefill pass costs about B * L^2 * (1 + dtype bytes) bytes for prompts of L tokens, e.g.
+    8 rows of 4096 tokens in fp32 take 8 * 4096^2 * 5 B = 640 MiB; each decode step then costs
+    B * 2 * K * (1 + dtype bytes).
     """
 
     threshold: float = 0.5
@@ -33,16 +47,20 @@ class SafetyPolicy:
     window_includes_query: bool = True
     strategic_attention: bool = True  # generated tokens read the refreshed [CLS] state
     strategic_decoding: bool = True  # inject the refusal on a malicious verdict
-    refusal_prefix: str = "Sorry, I cannot fulfill your request because"
-    injection_separator: str = "\n\n"
+    refusal_prefix: str = REFUSAL_PREFIX
+    injection_separator: str = INJECTION_SEPARATOR
     refusal_max_new_tokens: int | None = None  # budget after an injection (default: max_new_tokens)
+    refusal_markers: list[str] = field(default_factory=lambda: list(REFUSAL_MARKERS))
+    refusal_marker_partial: int = 4  # a marker still being written counts from this many characters
+    max_prompt_tokens: int = 4096
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: {self.schedule!r} is not one of {SCHEDULES}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold: must be in (0, 1), got {self.threshold}")
-        for name in ("tau", "r1", "r2", "period", "annealing_first_gap"):
+        for name in ("tau", "r1", "r2", "period", "annealing_first_gap", "max_prompt_tokens",
+                     "refusal_marker_partial"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if self.r3 < 0:
@@ -70,8 +88,8 @@ class SafetyPolicy:
     @classmethod
     def paper(cls, **overrides) -> "SafetyPolicy":
         """The official code's evaluation settings: r = (5, 15, 10), its refusal string (typo kept)."""
-        settings = dict(r1=5, r2=15, r3=10, refusal_prefix="Sorry, I can't fullfill your request because",
-                        injection_separator="\n")
+        settings = dict(r1=5, r2=15, r3=10, refusal_prefix=PAPER_REFUSAL_PREFIX,
+                        injection_separator=PAPER_INJECTION_SEPARATOR)
         settings.update(overrides)
         return cls(**settings)
 

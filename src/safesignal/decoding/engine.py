@@ -1,0 +1,418 @@
+"""Strategic decoding: the batched decode loop over the KV cache (DESIGN.md §Decoding).
+
+One forward per step for the whole batch. Each row feeds its newest token(s) and, in the same
+forward, a `[CLS]` query row when its state machine checks at that step (a dead filler when
+another row checks and it does not; no `[CLS]` column at all when no row checks). Every row
+carries its own request: policy, sampling and seed, budget, stop strings. Rows leave the batch
+when they finish and may join a running one (`join`: their prefill pass, merged into the
+cache), so a server can batch continuously; each row decodes exactly as it would alone.
+
+The pieces: `fsm` decides (windows, τ, injection, self-refusal, fail closed), `slots` keeps
+the cache and what each slot is, `masks` turns that into who reads what, `sampler` picks
+tokens, `stream` says what may be released. This module only ties them together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..batching import collate
+from ..masks import CLS, DEAD, NO_SLOT, TOKEN, decode_step_allowed, prefill_pass_allowed, to_additive
+from .fsm import Check, Inject, RowSafety, SafetyEvent, token_in_refusal
+from .policy import SafetyPolicy
+from .sampler import Sampler, Sampling
+from .slots import Slots
+from .stream import StreamChunk, TextRelease, release_frontier
+
+
+@dataclass
+class Request:
+    """Everything one conversation asks for; a batch may mix requests freely."""
+
+    messages: list[dict]
+    prefill: str | None = None
+    policy: SafetyPolicy = field(default_factory=SafetyPolicy)
+    sampling: Sampling = field(default_factory=Sampling)
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # fixed-length runs (benchmarks)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be ≥ 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class GenerationResult:
+    text: str  # the assistant response: prefill + kept generation + injected refusal + continuation
+    token_ids: list[int]
+    intervened: bool = False
+    intervention_index: int | None = None  # response-token index where the injected text starts
+    tokens_before_intervention: int | None = None  # model-generated tokens kept before it
+    events: list[SafetyEvent] = field(default_factory=list)
+    finish_reason: str = ""
+    prefill: str = ""
+    error: str | None = None  # why a check failed (the request was then refused)
+
+    @property
+    def self_refusals(self) -> list[SafetyEvent]:
+        """Confirmations over the model's own refusal (nothing was injected for them)."""
+        return [e for e in self.events if e.outcome == "self_refusal"]
+
+
+class _Row:
+    """One request in flight."""
+
+    def __init__(self, request: Request, prompt_length: int, input_ids: list[int], device, decode):
+        self.request = request
+        self.safety = RowSafety(request.policy)
+        self.sampler = Sampler(request.sampling, device)
+        self.release = TextRelease(decode)
+        self.prompt_ids = input_ids[:prompt_length]
+        self.response = list(input_ids[prompt_length:])  # prefill first
+        self.prefill_length = len(self.response)
+        # position id of response token k: each row counts its own (CLS 0, then 1, 2, ...)
+        self.position_of = {k + 1: prompt_length + k + 1 for k in range(self.prefill_length)}
+        self.position = len(input_ids) + 1  # of the next token fed
+        self.budget = request.max_new_tokens
+        self.generated = 0  # model-generated tokens taken since the start (or the injection)
+        self.pending: list[int] = []  # tokens the next step feeds
+        self.pending_injection = False
+        self.ending: str | None = None  # finish reason once the pending token is the row's last
+        self.frontier = self.prefill_length  # response tokens released (or releasable)
+        self.done = False
+        self.result = GenerationResult(text="", token_ids=[], prefill=request.prefill or "")
+        self.events_sent = 0
+
+
+class StrategicDecoder:
+    """Runs strategic decoding for a batch of requests on a SafetyModel (duck-typed: anything
+    with tokenizer, formatter, cls_token_id, device, base, hidden_states, lm_logits, cls_logits)."""
+
+    def __init__(self, model):
+        self.sm = model
+        self.tokenizer = model.tokenizer
+        self.model_calls = 0  # forwards issued: 1 prefill pass + 1 per step, whatever the batch size
+        self.steps = 0
+        eos = {self.tokenizer.eos_token_id}
+        config_eos = getattr(model.base.generation_config, "eos_token_id", None)
+        eos |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
+        self.eos_ids = {e for e in eos if e is not None}
+
+    # ------------------------------------------------------------------ public
+    def generate(self, requests: list[Request]) -> list[GenerationResult]:
+        """Run every request to completion."""
+        for _ in self._run(requests):
+            pass
+        return self.results()
+
+    def stream(self, requests: list[Request]):
+        """Yield a `StreamChunk` after the prefill pass and after every step; the last one
+        carries the results. A row's deltas concatenate to its final `text`."""
+        for _ in self._run(requests):
+            yield self._chunk(final=False)
+        chunk = self._chunk(final=True)
+        chunk.results = self.results()
+        yield chunk
+
+    def start(self, requests: list[Request]) -> None:
+        """Begin a batch: the prefill pass of `requests`."""
+        self.rows, self.active, self.slots = [], [], None
+        self.join(requests)
+
+    def join(self, requests: list[Request]) -> None:
+        """Add rows to the running batch (continuous batching): their prefill pass is a
+        forward of its own, its cache merged into the batch's; from the next step on they
+        decode with the others, each exactly as it would alone."""
+        if not requests:
+            raise ValueError("requests: need at least one")
+        with torch.inference_mode():
+            rows, slots = self._prefill(requests)
+            self.rows += rows
+            if self.active:
+                self.slots.merge(slots)
+                self.active += rows
+            else:
+                self.slots, self.active = slots, rows
+            self._after_step()
+
+    def step(self) -> None:
+        """One forward for every active row."""
+        with torch.inference_mode():
+            self._step()
+        self.steps += 1
+
+    def results(self) -> list[GenerationResult]:
+        """Every row's result so far, in the order the rows came."""
+        return [self._finish(r) for r in self.rows]
+
+    def _run(self, requests: list[Request]):
+        self.start(requests)
+        yield
+        while self.active:
+            self.step()
+            yield
+
+    def _chunk(self, final: bool) -> StreamChunk:
+        deltas, events = [], []
+        for row in self.rows:
+            deltas.append(row.release.delta(row.response[: row.frontier], final and row.done))
+            events.append(row.safety.events[row.events_sent :])
+            row.events_sent = len(row.safety.events)
+        return StreamChunk(deltas, events, [r.done for r in self.rows])
+
+    # ------------------------------------------------------------------ prefill pass
+    def _prefill(self, requests: list[Request]) -> tuple[list[_Row], Slots]:
+        """One forward over the prompts (and prefills) of `requests`: their rows and cache."""
+        sm = self.sm
+        examples = []
+        for i, request in enumerate(requests):
+            example = sm.formatter.encode(request.messages, request.prefill or "", add_eos=False)
+            limit = request.policy.max_prompt_tokens
+            if len(example.input_ids) > limit:
+                raise ValueError(
+                    f"conversation {i}: prompt (with prefill) is {len(example.input_ids)} tokens, over "
+                    f"the policy's max_prompt_tokens={limit}"
+                )
+            examples.append(example)
+        self._check_sliding_window(requests, examples)
+        rows = [_Row(q, e.prompt_length, e.input_ids, sm.device, self._decode) for q, e in zip(requests, examples)]
+
+        batch = collate(examples, cls_token_id=sm.cls_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                        with_labels=False)
+        batch = {k: (v.to(sm.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        size, length = batch["input_ids"].shape
+        has_prefill = torch.tensor([e.response_length > 0 for e in examples], device=sm.device)
+        # Rows with a prefill get a second [CLS] slot over query + the last r2 prefill tokens:
+        # its verdict is the first one. Other rows carry a dead slot in that column.
+        with_slot_b = bool(has_prefill.any())
+        if with_slot_b:
+            column = torch.full((size, 1), sm.cls_token_id, device=sm.device)
+            batch["input_ids"] = torch.cat([batch["input_ids"], column], dim=1)
+            batch["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(column)], dim=1)
+            for key in ("query_mask", "window_mask"):
+                batch[key] = torch.cat([batch[key], torch.zeros_like(column, dtype=torch.bool)], dim=1)
+            length += 1
+        start = [length - int(with_slot_b) - len(e.input_ids) for e in examples]  # first ordinary token
+        slot_b = torch.where(has_prefill, length - 1, NO_SLOT)
+        window_end = torch.full((size,), length, device=sm.device)
+        positions = torch.zeros((size, length), dtype=torch.long, device=sm.device)
+        response_index = torch.zeros((size, length), dtype=torch.long, device=sm.device)
+        windows = []
+        for i, (e, row) in enumerate(zip(examples, rows)):
+            s, n = start[i], len(e.input_ids)
+            positions[i, s : s + n] = torch.arange(1, n + 1)
+            response_index[i, s + e.prompt_length : s + n] = torch.arange(1, e.response_length + 1)
+            if e.response_length:
+                first = max(e.prompt_length, n - row.request.policy.r2)
+                batch["window_mask"][i, s + first : s + n] = True
+                window_end[i] = s + n - 1
+                windows.append((first - e.prompt_length + 1, e.response_length))
+            else:
+                windows.append(None)
+        strategic = torch.tensor([r.request.policy.strategic_attention for r in rows], device=sm.device)
+        include_query = torch.tensor([r.request.policy.window_includes_query for r in rows], device=sm.device)
+        reader_start = torch.where(strategic, batch["reader_start"], length)
+        allowed = prefill_pass_allowed(batch["attention_mask"], batch["query_mask"], batch["slot_a"], reader_start,
+                                       slot_b, batch["window_mask"], window_end, include_query)
+        cache = Slots.new_cache()
+        hidden = self._forward(batch["input_ids"], allowed, positions, cache)
+        logits = sm.lm_logits(hidden[:, length - 1 - int(with_slot_b)]).float()
+
+        kind = torch.where(batch["attention_mask"].bool(), TOKEN, DEAD).to(torch.int8)
+        kind[batch["input_ids"] == sm.cls_token_id] = CLS
+        if with_slot_b:
+            kind[~has_prefill, -1] = DEAD
+        latest_cls = torch.where(has_prefill, slot_b, batch["slot_a"])
+        slots = Slots(cache, kind, response_index, batch["query_mask"].clone(), latest_cls)
+
+        verdicts = self._verdicts(hidden[torch.arange(size, device=sm.device), latest_cls])
+        for row, (probability, error), window in zip(rows, verdicts, windows):
+            action = row.safety.first_verdict(probability, window, error, row.frontier)
+            if action is not None:
+                self._inject(row, action)  # before any generated token: nothing to roll back
+        for row, row_logits in zip(rows, logits):
+            if not row.pending_injection:
+                self._take(row, row_logits)
+        return rows, slots
+
+    # ------------------------------------------------------------------ one decode step
+    def _step(self) -> None:
+        sm, rows = self.sm, self.active
+        size = len(rows)
+        checks: list[Check | None] = []
+        for row in rows:
+            fed_last = len(row.response) + len(row.pending)  # response index of the last token fed
+            checks.append(None if row.pending_injection else row.safety.check_for(row.generated, fed_last))
+        any_check = any(c is not None for c in checks)
+        width = max(len(r.pending) for r in rows) + any_check
+
+        ids = torch.full((size, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        kind = torch.full((size, width), DEAD, dtype=torch.int8)
+        response_index = torch.zeros((size, width), dtype=torch.long)
+        positions = torch.zeros((size, width), dtype=torch.long)
+        window = torch.zeros((size, 2), dtype=torch.long)
+        for i, (row, check) in enumerate(zip(rows, checks)):
+            for k, token in enumerate(row.pending):
+                row.response.append(token)
+                index = len(row.response)
+                row.position_of[index] = row.position
+                ids[i, k], kind[i, k], response_index[i, k], positions[i, k] = token, TOKEN, index, row.position
+                row.position += 1
+            if check is not None:
+                ids[i, -1], kind[i, -1] = sm.cls_token_id, CLS
+                window[i] = torch.tensor(check.window)
+        device = sm.device
+        self.slots.append(kind.to(device), response_index.to(device))
+        policies = [r.request.policy for r in rows]
+        allowed = decode_step_allowed(
+            self.slots.kind, self.slots.live, self.slots.response_index, self.slots.query, width,
+            self.slots.latest_cls, torch.tensor([p.strategic_attention for p in policies], device=device),
+            window.to(device), torch.tensor([p.window_includes_query for p in policies], device=device),
+        )
+        hidden = self._forward(ids.to(device), allowed, positions.to(device), self.slots.cache)
+        last = torch.tensor([max(len(r.pending) - 1, 0) for r in rows], device=device)
+        logits = sm.lm_logits(hidden[torch.arange(size, device=device), last]).float()
+
+        checking = [i for i, c in enumerate(checks) if c is not None]
+        verdicts = dict(zip(checking, self._verdicts(hidden[checking, width - 1]) if checking else []))
+        for i, row in enumerate(rows):
+            row.pending, row.pending_injection = [], False
+            if i in verdicts:
+                self.slots.latest_cls[i] = self.slots.length - 1
+                probability, error = verdicts[i]
+                action = row.safety.verdict(checks[i], probability, error, row.frontier, len(row.response),
+                                            lambda s, row=row: self._own_refusal(row, s))
+                if action is not None:
+                    self._inject(row, action)
+                    continue  # the refusal is fed next step
+            if row.ending is not None:
+                self._end(row, row.ending)
+            else:
+                self._take(row, logits[i])
+        self._after_step()
+
+    def _after_step(self) -> None:
+        """Move the release frontiers, let finished rows leave, drop dead cache columns."""
+        for row in self.active:
+            holds_from = None if row.done else row.safety.holds_from
+            row.frontier = max(row.frontier, release_frontier(len(row.response), holds_from))
+        staying = [i for i, r in enumerate(self.active) if not r.done]
+        if len(staying) < len(self.active) and staying:
+            self.slots.keep_rows(staying)
+        self.active = [self.active[i] for i in staying]
+        if self.active:
+            self.slots.compact()
+
+    # ------------------------------------------------------------------ tokens, endings, injection
+    def _take(self, row: _Row, logits: torch.Tensor) -> None:
+        """Choose the next token. EOS ends the row at once; the budget's last token, or one
+        completing a stop string, is still fed (and checked on its step) before the row ends."""
+        token = row.sampler.choose(logits, row.prompt_ids + row.response)
+        if token in self.eos_ids and not row.request.ignore_eos:
+            self._end(row, "eos")
+            return
+        row.generated += 1
+        row.pending = [token]
+        if row.generated >= row.budget:
+            row.ending = "refusal_length" if row.result.intervened else "length"
+        elif self._hits_stop(row, token):
+            row.ending = "stop"
+
+    def _end(self, row: _Row, reason: str) -> None:
+        row.ending = None
+        action = row.safety.at_end(lambda s: self._own_refusal(row, s))
+        if action is not None:  # a pending confirmation, decided malicious by its latest verdict
+            self._inject(row, action)
+            return
+        row.done, row.result.finish_reason = True, reason
+
+    def _hits_stop(self, row: _Row, token: int) -> bool:
+        if not row.request.stop:
+            return False
+        tail = self._decode((row.response + [token])[-32:])
+        return any(s in tail for s in row.request.stop)
+
+    def _inject(self, row: _Row, action: Inject) -> None:
+        if action.rollback_to is not None and action.rollback_to <= len(row.response):  # (only in a step)
+            self.slots.kill_from(self.active.index(row), action.rollback_to)
+            row.position = row.position_of[action.rollback_to]
+            del row.response[action.rollback_to - 1 :]
+        policy = row.request.policy
+        text = self._decode(row.response) if row.response else ""
+        separator = policy.injection_separator if text and not text.endswith("\n") else ""
+        injected = self.tokenizer(separator + policy.refusal_prefix, add_special_tokens=False)["input_ids"]
+        result = row.result
+        result.intervened = True
+        result.intervention_index = len(row.response)
+        result.tokens_before_intervention = len(row.response) - row.prefill_length
+        result.error = row.safety.error
+        row.pending, row.pending_injection, row.ending = injected, True, None
+        row.generated = 0
+        row.budget = policy.refusal_max_new_tokens or row.request.max_new_tokens
+
+    def _own_refusal(self, row: _Row, token: int) -> bool:
+        """Whether response token `token` lies in a refusal the model wrote itself."""
+        ends = [len(self._decode(row.response[:k])) for k in range(len(row.response) + 1)]
+        policy = row.request.policy
+        return token_in_refusal(ends, self._decode(row.response), token, row.prefill_length + 1,
+                                policy.refusal_markers, policy.refusal_marker_partial)
+
+    # ------------------------------------------------------------------ plumbing
+    def _verdicts(self, cls_hidden: torch.Tensor) -> list[tuple[float, str | None]]:
+        """(P(malicious), error) per row. A head that raises on several rows is retried row by
+        row, so a check that fails for one row fails that row only."""
+        try:
+            return [(p, None) for p in torch.sigmoid(self.sm.cls_logits(cls_hidden).float()).reshape(-1).tolist()]
+        except Exception as err:  # fail closed: a broken check refuses
+            if cls_hidden.shape[0] == 1:
+                return [(math.nan, f"safety check raised {type(err).__name__}: {err}")]
+            return [self._verdicts(cls_hidden[i : i + 1])[0] for i in range(cls_hidden.shape[0])]
+
+    def _forward(self, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        self.model_calls += 1
+        mask = to_additive(allowed, _compute_dtype(self.sm))
+        return self.sm.hidden_states(ids, mask, positions, cache=cache)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _finish(self, row: _Row) -> GenerationResult:
+        result = row.result
+        result.token_ids = list(row.response)
+        result.text = self._decode(row.response)
+        result.events = row.safety.events
+        return result
+
+    def _check_sliding_window(self, requests: list[Request], examples) -> None:
+        config = self.sm.base.config.get_text_config()
+        window = getattr(config, "sliding_window", None)
+        if not window or not getattr(config, "use_sliding_window", True):
+            return
+        # Our DynamicCache keeps its slots, but the model's own mask would still cut keys
+        # further back than its window. Bound the slots: the prefill pass (prompt, prefill,
+        # two [CLS]), up to two per step (token + check) over both budgets and the last
+        # token's step, and each row's injection, fed in one step of its own width.
+        steps = max(q.max_new_tokens + 1 + (q.policy.refusal_max_new_tokens or q.max_new_tokens) + 1 for q in requests)
+        injections = sum(
+            len(self.tokenizer(q.policy.injection_separator + q.policy.refusal_prefix, add_special_tokens=False)
+                ["input_ids"]) for q in requests
+        )
+        needed = max(len(e.input_ids) for e in examples) + 2 + 2 * steps + injections
+        if needed > window:
+            raise ValueError(
+                f"sliding_window {window} of this model is shorter than the decode sequence (up to {needed} "
+                "cache slots: prompt and prefill, [CLS] checks, both budgets, the refusal); lower "
+                "max_new_tokens or refusal_max_new_tokens"
+            )
+
+
+def _compute_dtype(sm) -> torch.dtype:
+    """The dtype attention runs in: autocast's where it is on, else the hidden states'."""
+    device_type = sm.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return sm.base.get_input_embeddings().weight.dtype
