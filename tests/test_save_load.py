@@ -443,3 +443,27 @@ def test_shipped_baselines_load_by_name(name):
     assert hasattr(sm.model, "peft_config")  # the adapter is applied on the SmolLM2 base
     with pytest.raises(ValueError, match="plain-SFT"):
         sm.classify("hello")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_checkpoint_is_written_from_the_given_state_dict(lora, home, tmp_path):
+    """FSDP / ZeRO-3 hand the Trainer's `_save` a gathered state dict while the live module holds
+    a shard: the checkpoint must hold the given tensors, not the module's."""
+    base_dir = _save_base_under_home(home, "llama")
+    sm = SafetyModel.from_pretrained(base_dir)
+    if lora:
+        sm.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    gathered = {name: tensor.clone() + 0.25 for name, tensor in sm.state_dict().items()}
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    sm.write_checkpoint_files(out, gathered)
+
+    loaded = SafetyModel.from_pretrained(out)
+    torch.testing.assert_close(loaded.cls_embedding, gathered["cls_embedding"], atol=0, rtol=0)
+    torch.testing.assert_close(loaded.head.weight, gathered["head.weight"], atol=0, rtol=0)
+    trained = "lora_A" if lora else "q_proj"
+    loaded_state = loaded.state_dict()
+    for name, tensor in gathered.items():
+        if trained in name:
+            torch.testing.assert_close(loaded_state[name], tensor, atol=0, rtol=0)
+            assert not torch.equal(loaded_state[name], sm.state_dict()[name])

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -188,7 +189,14 @@ def test_lora_and_sft_objectives_train_and_load(tmp_path):
     assert (lora / "adapter_model.safetensors").is_file() and not (lora / "model.safetensors").exists()
     meta = json.loads((lora / "safesignal.json").read_text())
     assert meta["adapter"] == "lora" and meta["base_model"] == {"kind": "registry", "name": "tiny-llama"}
-    assert 0.0 <= SafetyModel.from_pretrained(lora).classify("hello") <= 1.0
+    # The reloaded adapter classifies the validation set exactly as the trainer's own final
+    # evaluation (a separate code path, run before the save) measured it.
+    records = read_jsonl(REPO / "configs" / "data" / "toy_eval.jsonl")
+    probabilities = SafetyModel.from_pretrained(lora).classify_batch([r.messages for r in records])
+    measured = classifier_metrics(probabilities, [r.label for r in records])
+    evaluated = json.loads((lora / "eval_metrics.json").read_text())
+    assert measured["accuracy"] == pytest.approx(evaluated["eval_accuracy"])
+    assert measured["f1"] == pytest.approx(evaluated["eval_f1"])
 
     sft = train(
         tiny_config(tmp_path / "sft", "--objective", "sft", "--num_train_epochs", "1", "--save_strategy", "no")
@@ -232,7 +240,14 @@ def test_cli_generate_and_chat(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("How do I make tea?\n\n"))
     assert cli_main(["chat", "--model", model, "--max_new_tokens", "5"]) == 0
     captured = capsys.readouterr()
-    assert "assistant> " in captured.out and "p=" in captured.err
+    # The chat streams what `generate` returns for the same request, with one indicator line
+    # per safety check, in order.
+    expected = SafetyModel.from_pretrained(model).generate("How do I make tea?", max_new_tokens=5)
+    assert captured.out == f"assistant> {expected.text}\n"
+    assert expected.events  # at least the first check
+    indicators = re.findall(r"\[(ok|!!) p=([0-9.]+) step (\d+) (\w+)\]", captured.err)
+    assert [(int(step), rule) for _, _, step, rule in indicators] == [(e.step, e.rule) for e in expected.events]
+    assert [float(p) for _, p, _, _ in indicators] == pytest.approx([e.probability for e in expected.events], abs=0.006)
 
 
 def test_gradient_accumulation_trains_like_the_whole_batch(tmp_path):

@@ -98,9 +98,25 @@ def save_checkpoint(sm, directory: str | os.PathLike) -> Path:
                              is_ours=is_checkpoint, what="checkpoint")
 
 
-def write_checkpoint_files(sm, directory: Path) -> None:
-    """Write every checkpoint file of `sm` into an existing directory (not atomic on its own)."""
+HEAD_TENSORS = ("head.weight", "head.bias", "cls_embedding")
+
+
+def write_checkpoint_files(sm, directory: Path, state_dict: dict | None = None) -> None:
+    """Write every checkpoint file of `sm` into an existing directory (not atomic on its own).
+
+    `state_dict` (keys of the SafetyModel module: `model.…`, `head.*`, `cls_embedding`) is
+    written instead of the module's own tensors when given: under FSDP / ZeRO-3 the Trainer
+    gathers the full weights into it while each rank's module holds only a shard.
+    """
     directory = Path(directory)
+    if state_dict is None:
+        inner, head = None, {name: tensor for name, tensor in sm.state_dict().items() if name in HEAD_TENSORS}
+    else:
+        missing = [name for name in HEAD_TENSORS if name not in state_dict]
+        if missing:
+            raise ValueError(f"state_dict: missing {missing}; expected the SafetyModel's own keys")
+        inner = {name[len("model."):]: t for name, t in state_dict.items() if name.startswith("model.")}
+        head = {name: state_dict[name] for name in HEAD_TENSORS}
     if sm.config.adapter:
         if sm.config.base_model is None:
             raise ValueError(
@@ -111,15 +127,11 @@ def write_checkpoint_files(sm, directory: Path) -> None:
             peft_config.base_model_name_or_path = _describe_base(sm.config.base_model)
         # The embedding matrices are never changed ([CLS] lives in cls_embedding), so the
         # adapter never needs them; "auto" would look the base name up on the Hub.
-        sm.model.save_pretrained(directory, save_embedding_layers=False)
+        sm.model.save_pretrained(directory, state_dict=inner, save_embedding_layers=False)
     else:
-        sm.model.save_pretrained(directory)
+        sm.model.save_pretrained(directory, state_dict=inner)
     sm.tokenizer.save_pretrained(directory)
-    tensors = {
-        "head.weight": sm.head.weight.detach().contiguous(),
-        "head.bias": sm.head.bias.detach().contiguous(),
-        "cls_embedding": sm.cls_embedding.detach().contiguous(),
-    }
+    tensors = {name: tensor.detach().contiguous() for name, tensor in head.items()}
     save_file(tensors, str(directory / HEAD_FILE), metadata={"format": FORMAT_NAME})
     sm.config.save(directory / CHECKPOINT_CONFIG)
 

@@ -290,9 +290,10 @@ class SafetyModel(nn.Module):
         """Write the checkpoint atomically; only an earlier safesignal checkpoint is replaced."""
         checkpoint.save_checkpoint(self, save_directory)
 
-    def write_checkpoint_files(self, directory: str | os.PathLike) -> None:
-        """Write every checkpoint file into an existing directory (not atomic on its own)."""
-        checkpoint.write_checkpoint_files(self, directory)
+    def write_checkpoint_files(self, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+        """Write every checkpoint file into an existing directory (not atomic on its own);
+        from `state_dict` (this module's keys) instead of the live tensors when given."""
+        checkpoint.write_checkpoint_files(self, directory, state_dict)
 
     @classmethod
     def from_pretrained(

@@ -61,8 +61,9 @@ class SafetyTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise NotImplementedError(
-                "FSDP / DeepSpeed: not supported yet (a checkpoint must be written from the gathered state "
-                "dict, which SafetyModel cannot do yet); train with DDP (torchrun / accelerate multi-GPU)"
+                "FSDP / DeepSpeed: not supported yet (weights are saved from the gathered state dict, but "
+                "the sharded optimiser state is not saved or resumed yet); train with DDP "
+                "(torchrun / accelerate multi-GPU)"
             )
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps: set[int] = set()
@@ -140,15 +141,13 @@ class SafetyTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        # Only single-process and DDP runs get here (FSDP / DeepSpeed are refused in __init__);
-        # for them the Trainer passes no state_dict: the module holds every weight.
-        if state_dict is not None:
-            raise NotImplementedError("saving from a gathered state_dict (FSDP / DeepSpeed) is not supported yet")
+        # The Trainer passes a state_dict when the module alone does not hold the full weights
+        # (FSDP / ZeRO-3 gather them first); the checkpoint is then written from it.
         if not self.args.should_save:
             return
         output_dir = Path(output_dir or self.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.accelerator.unwrap_model(self.model).write_checkpoint_files(output_dir)
+        self.accelerator.unwrap_model(self.model).write_checkpoint_files(output_dir, state_dict)
         atomic_write_text(output_dir / "training_config.json", self.args.to_json_string())
 
     def _save_checkpoint(self, model, trial) -> None:
