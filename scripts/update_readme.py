@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from safesignal.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -151,7 +153,7 @@ def main() -> int:
             print("README.md is out of date: run python scripts/update_readme.py", file=sys.stderr)
             return 1
         return 0
-    readme.write_text(updated)
+    atomic_write_text(readme, updated)
     return 0
 
 
