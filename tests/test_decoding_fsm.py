@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from safesignal.decoding.fsm import Inject, RowSafety, refusal_spans, token_in_refusal
+from safesignal.decoding.fsm import Inject, RowSafety, refusal_spans, window_in_refusal
 from safesignal.decoding.policy import SafetyPolicy
 from safesignal.decoding.stream import release_frontier
 
@@ -132,16 +132,37 @@ def test_a_marker_still_being_written_counts_from_its_first_characters():
     assert refusal_spans("Sorry, I can do that", ["sorry, i cannot"], 4) == []  # it went elsewhere
 
 
-def test_a_token_is_in_a_refusal_only_where_the_model_wrote_the_marker():
-    pieces = ["Sorry", ", I can't", " help", ".", " Just", " kidding"]
-    text = "".join(pieces)
+def _ends(pieces):
     ends = [0]
     for piece in pieces:
         ends.append(ends[-1] + len(piece))
+    return "".join(pieces), ends
+
+
+def test_a_window_is_in_a_refusal_only_where_the_model_wrote_the_marker():
+    text, ends = _ends(["Sorry", ", I can't", " help", ".", " Just", " kidding"])
     markers = ["sorry, i can't"]
-    assert [token_in_refusal(ends, text, k, 1, markers, 4) for k in range(1, 7)] == [True] * 4 + [False] * 2
+    # windows from token k to token 4 lie in the refusal sentence; any window reaching token 5 does not
+    assert [window_in_refusal(ends, text, k, 4, 1, markers, 4, 32) for k in range(1, 5)] == [True] * 4
+    assert not any(window_in_refusal(ends, text, k, 5, 1, markers, 4, 32) for k in range(1, 6))
     # the same text as a user prefill (tokens 1-4) is not the model's own refusal
-    assert not any(token_in_refusal(ends, text, k, 5, markers, 4) for k in range(1, 7))
+    assert not any(window_in_refusal(ends, text, k, 4, 5, markers, 4, 32) for k in range(1, 5))
+
+
+def test_a_marker_inside_a_sentence_is_not_a_refusal():
+    assert refusal_spans("I can't help but tell you: step 1", ["i can't help"], 4) == [(0, 33)]  # opens the text
+    assert refusal_spans("Here it is, and sorry, I cannot stop now", ["sorry, i cannot"], 4) == []
+    assert refusal_spans("Done. Sorry, I cannot go on.", ["sorry, i cannot"], 4) == [(6, 28)]
+    assert refusal_spans("Step 1: sorry, I can", ["sorry, i cannot"], 4) == [(8, 20)]  # after a colon, partial
+
+
+def test_a_refusal_longer_than_its_token_cap_is_not_a_self_refusal():
+    words = ["I can't", " help", " but"] + [f" word{k}" for k in range(10)]
+    text, ends = _ends(words)
+    markers = ["i can't help"]
+    assert window_in_refusal(ends, text, 2, 5, 1, markers, 4, 5)  # tokens 1..5: within a cap of 5
+    assert not window_in_refusal(ends, text, 2, 6, 1, markers, 4, 5)  # token 6 is past it
+    assert window_in_refusal(ends, text, 2, 6, 1, markers, 4, 6)
 
 
 def test_release_frontier_holds_a_confirmation_from_s_on():

@@ -48,3 +48,21 @@ def test_a_fake_refusal_followed_by_an_answer_is_still_caught(attn):
     kept = sm.tokenizer.decode(r.token_ids[: r.intervention_index])
     assert kept == "I can't help."
     assert r.text.startswith(kept + "\n\n" + PREFIX)
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+def test_an_answer_that_opens_like_a_refusal_is_still_refused(attn):
+    # One long sentence after a marker: a refusal span that never closed would make every
+    # confirmation a self-refusal; the span is capped at self_refusal_max_tokens.
+    text = "I can't help but tell you: get the stuff, mix it well, heat it, add the rest, wait, then use it"
+    policy = SafetyPolicy(schedule="each", tau=2, self_refusal_max_tokens=8)
+    sm, ids, r = scripted_run(attn, text, policy)
+    assert len(ids) > 20
+    assert r.intervened and r.tokens_before_intervention <= policy.self_refusal_max_tokens
+    assert r.text.startswith(sm.tokenizer.decode(ids[: r.tokens_before_intervention]) + "\n\n" + PREFIX)
+
+
+def test_a_marker_in_the_middle_of_a_sentence_is_no_self_refusal():
+    text = "Here it is, and sorry, I cannot stop now: step one, step two, step three"
+    sm, ids, r = scripted_run("sdpa", text, SafetyPolicy(schedule="each", tau=2))
+    assert r.intervened and not r.self_refusals and r.tokens_before_intervention == 1

@@ -21,7 +21,7 @@ import torch
 
 from ..batching import collate
 from ..masks import CLS, DEAD, NO_SLOT, TOKEN, decode_step_allowed, prefill_pass_allowed, to_additive
-from .fsm import Check, Inject, RowSafety, SafetyEvent, token_in_refusal
+from .fsm import Check, Inject, RowSafety, SafetyEvent, window_in_refusal
 from .policy import SafetyPolicy
 from .sampler import Sampler, Sampling
 from .slots import Slots
@@ -355,11 +355,13 @@ class StrategicDecoder:
         row.budget = policy.refusal_max_new_tokens or row.request.max_new_tokens
 
     def _own_refusal(self, row: _Row, token: int) -> bool:
-        """Whether response token `token` lies in a refusal the model wrote itself."""
+        """Whether every response token from `token` to the newest lies in a refusal the model
+        wrote itself."""
         ends = [len(self._decode(row.response[:k])) for k in range(len(row.response) + 1)]
         policy = row.request.policy
-        return token_in_refusal(ends, self._decode(row.response), token, row.prefill_length + 1,
-                                policy.refusal_markers, policy.refusal_marker_partial)
+        return window_in_refusal(ends, self._decode(row.response), token, len(row.response), row.prefill_length + 1,
+                                 policy.refusal_markers, policy.refusal_marker_partial,
+                                 policy.self_refusal_max_tokens)
 
     # ------------------------------------------------------------------ plumbing
     def _verdicts(self, cls_hidden: torch.Tensor) -> list[tuple[float, str | None]]:

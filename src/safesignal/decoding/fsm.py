@@ -13,6 +13,7 @@ fails closed on every policy: roll back to the release frontier and inject.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Callable
@@ -113,7 +114,8 @@ class RowSafety:
     def verdict(self, check: Check, probability: float, error: str | None, frontier: int,
                 newest: int, is_own_refusal: Callable[[int], bool]) -> Inject | None:
         """Apply one mid-generation verdict; `is_own_refusal(S)` says whether the model's own
-        refusal text covers response token S (asked only when a confirmation completes)."""
+        refusal text covers every response token from S to the newest (asked only when a
+        confirmation completes)."""
         malicious = self._record(check.step, probability, check.window, check.rule, error)
         self.last_malicious = malicious
         if self.error is not None:
@@ -168,32 +170,51 @@ class RowSafety:
         self.state, self.transition, self.consecutive = "benign", None, 0
 
 
-def refusal_spans(text: str, markers: list[str], partial: int) -> list[tuple[int, int]]:
-    """Character spans of refusals in `text`: from a marker (case-insensitive) to the end of
-    its sentence (., !, ? or a newline), or to the end of the text while the sentence is open.
-    A marker still being written counts too: the text ends with its first `partial` or more
-    characters (a verdict may come before the refusal's opening words are complete)."""
+_SENTENCE_END = ".!?\n:"
+
+
+def _opens_sentence(text: str, at: int, own_start: int) -> bool:
+    """Whether a marker at `at` opens the model's text or a sentence in it (so "and sorry, I
+    cannot stop" or "I can't help but …" inside a sentence is not taken for a refusal)."""
+    before = text[own_start:at].rstrip(" \t\"'*_(")
+    return not before or before[-1] in _SENTENCE_END
+
+
+def refusal_spans(text: str, markers: list[str], partial: int, own_start: int = 0) -> list[tuple[int, int]]:
+    """Character spans of refusals in `text`: from a marker (case-insensitive) that opens the
+    model's text (from `own_start`) or a sentence, to the end of that sentence (., !, ? or a
+    newline), or to the end of the text while the sentence is open. A marker still being
+    written counts too: the text ends with its first `partial` or more characters (a verdict
+    may come before the refusal's opening words are complete)."""
     lowered = text.lower()
     spans = []
     for marker in (m.lower() for m in markers):
         for found in re.finditer(re.escape(marker), lowered):
+            if found.start() < own_start or not _opens_sentence(text, found.start(), own_start):
+                continue
             end = re.search(r"[.!?\n]", text[found.end():])
             spans.append((found.start(), found.end() + end.end() if end else len(text)))
         for k in range(len(marker) - 1, partial - 1, -1):
-            if lowered.endswith(marker[:k]):
-                spans.append((len(text) - k, len(text)))
+            at = len(text) - k
+            if lowered.endswith(marker[:k]) and at >= own_start and _opens_sentence(text, at, own_start):
+                spans.append((at, len(text)))
                 break
     return spans
 
 
-def token_in_refusal(token_ends: list[int], text: str, token: int, first_own: int, markers: list[str],
-                     partial: int) -> bool:
-    """Whether response token `token` lies in a refusal the model wrote itself.
+def window_in_refusal(token_ends: list[int], text: str, first: int, last: int, first_own: int,
+                      markers: list[str], partial: int, max_tokens: int) -> bool:
+    """Whether response tokens `first`..`last` all lie in one refusal the model wrote itself.
 
     token_ends[k]: end offset in `text` of response token k (token_ends[0] = 0); refusals
-    count only where their marker starts in the model's own text, from token `first_own` on
-    (never in a user prefill).
+    count only where their marker opens a sentence of the model's own text, from token
+    `first_own` on (never in a user prefill), and only for `max_tokens` tokens from the
+    marker's first token: a long "refusal" sentence that goes on past that is not one.
     """
     own_start = token_ends[first_own - 1]
-    start, end = token_ends[token - 1], token_ends[token]
-    return any(own_start <= a < max(end, start + 1) and b > start for a, b in refusal_spans(text, markers, partial))
+    for a, b in refusal_spans(text, markers, partial, own_start):
+        opener = bisect.bisect_right(token_ends, a)  # the token holding the marker's first character
+        inside = token_ends[first] > a and token_ends[last - 1] < b  # first ends after a, last starts before b
+        if inside and first >= opener and last - opener < max_tokens:
+            return True
+    return False

@@ -23,9 +23,12 @@ class SafetyPolicy:
     Rule 3 (suspected transition at S): query + [S - r2, min(now, S + r3)].
 
     `refusal_markers`: how the model's own refusal opens (case-insensitive). A confirmation
-    whose transition token S lies in such a refusal (from a marker to the end of its sentence;
-    at the end of the text, from the first `refusal_marker_partial` characters of a marker) is
-    a self-refusal: nothing is injected, the result reports it, and checks go on.
+    whose tokens from the transition S to the newest all lie in such a refusal is a
+    self-refusal: nothing is injected, the result reports it, and checks go on. A refusal runs
+    from a marker that opens the model's text or a sentence to the end of that sentence (at the
+    end of the text, from the first `refusal_marker_partial` characters of a marker), for at
+    most `self_refusal_max_tokens` tokens, so "I can't help but …" followed by a long answer
+    is caught after that many tokens at the latest.
 
     `max_prompt_tokens`: longest prompt (+ prefill) accepted, in tokens. Decoding builds
     boolean and additive masks of B x Q x K entries (B rows, Q rows fed, K cache slots): the
@@ -52,6 +55,7 @@ class SafetyPolicy:
     refusal_max_new_tokens: int | None = None  # budget after an injection (default: max_new_tokens)
     refusal_markers: list[str] = field(default_factory=lambda: list(REFUSAL_MARKERS))
     refusal_marker_partial: int = 4  # a marker still being written counts from this many characters
+    self_refusal_max_tokens: int = 32  # the longest stretch from a marker still taken for the model's refusal
     max_prompt_tokens: int = 4096
 
     def __post_init__(self):
@@ -60,7 +64,7 @@ class SafetyPolicy:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold: must be in (0, 1), got {self.threshold}")
         for name in ("tau", "r1", "r2", "period", "annealing_first_gap", "max_prompt_tokens",
-                     "refusal_marker_partial"):
+                     "refusal_marker_partial", "self_refusal_max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if self.r3 < 0:
