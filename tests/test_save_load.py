@@ -467,3 +467,40 @@ def test_checkpoint_is_written_from_the_given_state_dict(lora, home, tmp_path):
         if trained in name:
             torch.testing.assert_close(loaded_state[name], tensor, atol=0, rtol=0)
             assert not torch.equal(loaded_state[name], sm.state_dict()[name])
+
+
+def _fine_tune_in_place(sm: SafetyModel) -> None:
+    """Stand-in for full fine-tuning: move every base weight."""
+    with torch.no_grad():
+        for param in sm.model.parameters():
+            param.add_(0.05)
+
+
+def test_lora_on_a_full_checkpoint_reloads_on_the_fine_tuned_weights(home):
+    full = home / "runs" / "full"
+    sm = SafetyModel.from_pretrained("tiny-llama")
+    _fine_tune_in_place(sm)
+    sm.save_pretrained(full)
+
+    on_full = SafetyModel.from_pretrained(full)
+    on_full.add_lora(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    with torch.no_grad():
+        for name, param in on_full.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5, generator=torch.Generator().manual_seed(3))
+    on_full.eval()
+    lora = home / "runs" / "lora-on-full"
+    on_full.save_pretrained(lora)
+    assert _saved_config(lora)["base_model"] == {"kind": "home", "path": "runs/full"}
+    _assert_same(on_full, SafetyModel.from_pretrained(lora), atol=1e-5)
+
+
+def test_lora_on_a_full_checkpoint_outside_home_cannot_be_saved(home, tmp_path):
+    full = tmp_path / "elsewhere" / "full"
+    sm = SafetyModel.from_pretrained("tiny-llama")
+    _fine_tune_in_place(sm)
+    sm.save_pretrained(full)
+    on_full = SafetyModel.from_pretrained(full).add_lora(r=4, alpha=8, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match="base model reference"):
+        on_full.save_pretrained(tmp_path / "lora")
+    assert not (tmp_path / "lora").exists()

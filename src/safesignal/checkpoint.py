@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .home import relative_to_home
 from .io import atomic_write_json, recover_interrupted_replace, replace_directory
 
 CHECKPOINT_CONFIG = "safesignal.json"
@@ -180,6 +181,11 @@ def load_checkpoint(cls, path: str | os.PathLike, *, base_model=None, dtype=None
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True, **kwargs)
+        # These weights are the base any new adapter sits on, not the base they were trained
+        # from: name this directory (relative to the home), or nothing outside it, so a LoRA
+        # save refuses rather than pointing its adapter at the un-fine-tuned weights.
+        relative = relative_to_home(directory)
+        config.base_model = {"kind": "home", "path": relative} if relative is not None else None
     model.eval()
     sm = cls(model, tokenizer, config)
     load_head(sm, head_path)
