@@ -63,6 +63,16 @@ def test_generate_reads_stdin_in_bounded_batches(checkpoint_dir, monkeypatch, ca
     assert [(r["prompt"], r["text"]) for r in batched] == [(r["prompt"], r["text"]) for r in one_by_one]
 
 
+def test_sampled_generate_does_not_depend_on_the_batch_size(checkpoint_dir, monkeypatch, capsys):
+    argv = ["generate", "--model", str(checkpoint_dir), "--max_new_tokens", "8", "--temperature", "1.5",
+            "--seed", "7", "--threshold", "0.99"]
+    lines = "Hi\n" * 4
+    batched = _run(argv + ["--batch_size", "4"], lines, monkeypatch, capsys)
+    one_by_one = _run(argv + ["--batch_size", "1"], lines, monkeypatch, capsys)
+    assert [r["text"] for r in batched] == [r["text"] for r in one_by_one]
+    assert len({r["text"] for r in batched}) > 1  # duplicate lines sample independently
+
+
 @pytest.mark.parametrize("bad", ["0", "-2"])
 def test_batch_size_must_be_positive(bad, capsys):
     with pytest.raises(SystemExit):

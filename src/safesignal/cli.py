@@ -107,13 +107,19 @@ def _cmd_generate(args, overrides: list[str]) -> int:
 
     policy = _load_policy(args, overrides)
     model = SafetyModel.from_pretrained(args.model)
+    sampling, done = _sampling(args), 0
     for prompts in _batches(_prompts(args), args.batch_size):
+        # Line k of the input samples with seed + k, whatever the batch it lands in, so the
+        # output does not depend on --batch_size and duplicate lines sample independently.
+        if args.seed is not None:
+            sampling["seed"] = [args.seed + done + k for k in range(len(prompts))]
+        done += len(prompts)
         results = model.generate_batch(
             prompts,
             policy=policy,
             max_new_tokens=args.max_new_tokens,
             prefills=[args.prefill] * len(prompts),
-            **_sampling(args),
+            **sampling,
         )
         for prompt, r in zip(prompts, results):
             record = {
