@@ -106,3 +106,11 @@ def test_write_then_read_jsonl_round_trips(tmp_path):
     write_jsonl(tmp_path / "r.jsonl", records)
     assert [obj for _, obj in read_jsonl(tmp_path / "r.jsonl")] == records
     assert json.loads((tmp_path / "r.jsonl").read_text().splitlines()[1]) == records[1]
+
+
+def test_replacing_an_empty_directory_leaves_nothing_beside_it(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    replace_directory(target, fill_with("one"), is_ours=is_ours, what="checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (target / "payload.txt").read_text() == "one"

@@ -47,3 +47,15 @@ def test_a_user_directory_named_like_the_next_checkpoint_is_never_replaced(tmp_p
     with pytest.raises(NotOursError, match=r"checkpoint-1: directory is not empty"):
         train(tiny_config(tmp_path, *QUICK))
     assert (run / "checkpoint-1" / "notes.txt").read_text() == "mine"
+
+
+def test_a_users_final_dir_is_refused_before_any_training(tmp_path, monkeypatch):
+    import safesignal.training.trainer as trainer_module
+
+    final = tmp_path / "mine"
+    final.mkdir()
+    (final / "notes.txt").write_text("mine")
+    monkeypatch.setattr(trainer_module.SafetyTrainer, "train", lambda *a, **k: pytest.fail("trained first"))
+    with pytest.raises(NotOursError, match=str(final)):
+        train(tiny_config(tmp_path, *QUICK, "--final_dir", str(final)))
+    assert sorted(p.name for p in final.iterdir()) == ["notes.txt"]

@@ -113,11 +113,9 @@ def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def claim_directory(path: str | os.PathLike, is_ours: Callable[[Path], bool], what: str) -> Path:
-    """Make sure `path` is missing, empty or one of ours (`is_ours`); create it. Never deletes.
-
-    `what` names the kind of directory in the error ("checkpoint", "data directory", ...).
-    """
+def refuse_unless_ours(path: str | os.PathLike, is_ours: Callable[[Path], bool], what: str) -> None:
+    """Raise NotOursError naming `path` unless it is missing, an empty directory or one of ours
+    (`is_ours`). Reads only: callers check before spending work, then write."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotOursError(f"{path}: exists and is not a directory; refusing to write a {what} there")
@@ -126,6 +124,15 @@ def claim_directory(path: str | os.PathLike, is_ours: Callable[[Path], bool], wh
             f"{path}: directory is not empty and does not hold a safesignal {what}; refusing to write "
             f"there (nothing was changed). Choose another directory or empty it yourself."
         )
+
+
+def claim_directory(path: str | os.PathLike, is_ours: Callable[[Path], bool], what: str) -> Path:
+    """Make sure `path` is missing, empty or one of ours (`is_ours`); create it. Never deletes.
+
+    `what` names the kind of directory in the error ("checkpoint", "data directory", ...).
+    """
+    refuse_unless_ours(path, is_ours, what)
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -143,8 +150,7 @@ def replace_directory(target: str | os.PathLike, fill: Callable[[Path], None], *
     lives at `.<name>.old`; `recover_interrupted_replace` puts it back after a crash there.
     """
     target = Path(target)
-    if target.exists() and not (is_empty_dir(target) or is_ours(target)):
-        claim_directory(target, is_ours, what)  # raises NotOursError naming the directory
+    refuse_unless_ours(target, is_ours, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
@@ -158,8 +164,8 @@ def replace_directory(target: str | os.PathLike, fill: Callable[[Path], None], *
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if backup.exists() and is_ours(backup):
-        shutil.rmtree(backup, ignore_errors=True)  # the previous copy, which `is_ours` recognised
+    if backup.exists() and (is_ours(backup) or is_empty_dir(backup)):
+        shutil.rmtree(backup, ignore_errors=True)  # the previous copy: ours, or the empty directory it replaced
     return target
 
 
@@ -173,6 +179,6 @@ def recover_interrupted_replace(target: str | os.PathLike, is_ours: Callable[[Pa
 
 
 __all__ = [
-    "DataError", "NotOursError", "atomic_write_json", "atomic_write_text", "claim_directory",
+    "DataError", "NotOursError", "atomic_write_json", "atomic_write_text", "claim_directory", "refuse_unless_ours",
     "iter_jsonl_lines", "read_jsonl", "recover_interrupted_replace", "replace_directory", "write_jsonl",
 ]

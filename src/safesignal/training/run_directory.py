@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..io import atomic_write_json, claim_directory
+from ..io import atomic_write_json, claim_directory, refuse_unless_ours
 from ..checkpoint import CHECKPOINT_CONFIG
 
 RUN_MARKER = "safesignal_run.json"
@@ -27,9 +27,7 @@ def is_run_directory(path: Path) -> bool:
 
 def check_run_directory(output_dir: str | Path) -> None:
     """Raise (naming it) unless `output_dir` is missing, empty or a safesignal run. Read-only."""
-    path = Path(output_dir)
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or is_run_directory(path))):
-        claim_directory(path, is_run_directory, WHAT)  # refuses, and names the directory
+    refuse_unless_ours(output_dir, is_run_directory, WHAT)
 
 
 def mark_run_directory(output_dir: str | Path) -> None:

@@ -41,7 +41,8 @@ from ..data.dataset import EncodedDataset, encode_records
 from ..data.schema import read_jsonl
 from ..formatting import PromptFormatter
 from ..home import safesignal_home
-from ..io import atomic_write_json, atomic_write_text, replace_directory
+from ..checkpoint import is_checkpoint
+from ..io import atomic_write_json, atomic_write_text, refuse_unless_ours, replace_directory
 from ..metrics import classifier_metrics
 from ..model import SafetyModel
 from .collator import EpochToCollator, SafetyCollator
@@ -262,6 +263,10 @@ def build_datasets(config: SafetyTrainingConfig, model: SafetyModel):
     return train_set, evaluation
 
 
+def final_model_dir(config: SafetyTrainingConfig) -> Path:
+    return Path(config.final_dir or Path(config.output_dir) / "final")
+
+
 def train(config: SafetyTrainingConfig, resume: bool | str = False, callbacks=()) -> Path:
     """Run a full training job (on every rank of a distributed launch); returns the final model's directory.
 
@@ -272,6 +277,8 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False, callbacks=()
     # Every rank checks before the writer marks (no rank sees a half-made directory), so all
     # of them stop on a directory that is not ours.
     check_run_directory(config.output_dir)
+    # The final model's directory too, before any training time is spent on it.
+    refuse_unless_ours(final_model_dir(config), is_checkpoint, "checkpoint")
     PartialState().wait_for_everyone()
     if writer:
         mark_run_directory(config.output_dir)
@@ -309,7 +316,7 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False, callbacks=()
         )
     output = trainer.train(resume_from_checkpoint=resume or None)
     metrics = trainer.evaluate() if eval_set is not None else None
-    final_dir = Path(config.final_dir or Path(config.output_dir) / "final")
+    final_dir = final_model_dir(config)
     if writer:
         model.save_pretrained(final_dir)
         atomic_write_text(final_dir / "training_config.json", config.to_json_string())
