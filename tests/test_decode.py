@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import ARCHS, ATTNS, make_safety_model
 
-from decoding_scripts import PREFIX, PROMPTS, force_head, peaked, script_head, script_lm
+from decoding_scripts import PREFIX, PROMPTS, force_head, peaked, script_head, script_lm, text_ids
 
 from safesignal.decoding import Request, StrategicDecoder
 from safesignal.decoding.policy import SafetyPolicy
@@ -354,3 +354,15 @@ def test_a_sliding_window_shorter_than_the_sequence_is_rejected():
         sm.generate(PROMPTS[0], max_new_tokens=8)
 
 
+
+
+def test_a_fixed_length_stream_equals_the_fixed_length_generate():
+    sm = make_safety_model("llama", "sdpa")
+    script_head(sm, [], default=-5.0)
+    script_lm(sm, text_ids(sm, "ab"))  # then EOS forever: only ignore_eos reaches the budget
+    expected = sm.generate(PROMPTS[0], max_new_tokens=9, ignore_eos=True)
+    assert len(expected.token_ids) == 9 and expected.finish_reason == "length"
+    script_lm(sm, text_ids(sm, "ab"))  # the script is consumed per call
+    streamed = list(sm.stream(PROMPTS[0], max_new_tokens=9, ignore_eos=True))
+    assert "".join(d.text for d in streamed) == expected.text
+    assert streamed[-1].result.token_ids == expected.token_ids

@@ -237,6 +237,7 @@ class SafetyModel(nn.Module):
         max_new_tokens: int = 256,
         prefill: str | None = None,
         stop: list[str] | None = None,
+        ignore_eos: bool = False,
         **sampling,
     ):
         """Yield `StreamDelta`s (text delta, new safety events) as decoding releases them.
@@ -246,7 +247,8 @@ class SafetyModel(nn.Module):
         add up to the final text. The last delta has `done=True` and the `GenerationResult`.
         """
         request = Request(_as_messages(messages), prefill=prefill, policy=policy or SafetyPolicy(),
-                          sampling=Sampling(**sampling), max_new_tokens=max_new_tokens, stop=list(stop or []))
+                          sampling=Sampling(**sampling), max_new_tokens=max_new_tokens, stop=list(stop or []),
+                          ignore_eos=ignore_eos)
         for chunk in self._decoder().stream([request]):
             result = chunk.results[0] if chunk.results else None
             if chunk.deltas[0] or chunk.events[0] or result is not None:
