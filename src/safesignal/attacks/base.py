@@ -6,9 +6,10 @@ with ``safesignal.config.load_config``."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..data.sources import normalise
+from ..plugins import Registry
 
 
 @dataclass
@@ -50,22 +51,11 @@ class Attack:
                           behaviour_id=behaviour_id(behaviour), **kw)
 
 
-_REGISTRY: dict[str, type[Attack]] = {}
-
-
-def register(cls: type[Attack]) -> type[Attack]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"attack {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def attack_names() -> list[str]:
-    return sorted(_REGISTRY)
+_ATTACKS = Registry("attack")
+register = _ATTACKS.register
+attack_names = _ATTACKS.names
 
 
 def get_attack(name: str, tokenizer=None, **config) -> Attack:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown attack {name!r}; known: {', '.join(attack_names())}")
-    cls = _REGISTRY[name]
-    return cls(cls.config_class(**config), tokenizer=tokenizer)
+    cls, built = _ATTACKS.build(name, config)
+    return cls(built, tokenizer=tokenizer)

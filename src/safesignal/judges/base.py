@@ -10,8 +10,10 @@ model's words). The metadata is optional and the same for every model: a baselin
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
+
+from ..plugins import Registry
 
 
 @dataclass(frozen=True)
@@ -49,27 +51,12 @@ class Judge(ABC):
         return [self.judge(item) for item in items]
 
 
-_REGISTRY: dict[str, type[Judge]] = {}
-
-
-def register(cls: type[Judge]) -> type[Judge]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"judge {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def judge_names() -> list[str]:
-    return sorted(_REGISTRY)
+_JUDGES = Registry("judge")
+register = _JUDGES.register
+judge_names = _JUDGES.names
 
 
 def get_judge(name: str, **config) -> Judge:
     """The judge `name` with its config dataclass built from `config` (unknown keys refused)."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown judge {name!r}; known: {', '.join(judge_names())}")
-    cls = _REGISTRY[name]
-    known = {f.name for f in fields(cls.config_class)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise TypeError(f"judge {name!r}: unknown config keys {unknown}; known: {sorted(known)}")
-    return cls(cls.config_class(**config))
+    cls, built = _JUDGES.build(name, config)
+    return cls(built)
