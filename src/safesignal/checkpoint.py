@@ -111,7 +111,8 @@ def write_checkpoint_files(sm, directory: Path, state_dict: dict | None = None) 
     """
     directory = Path(directory)
     if state_dict is None:
-        inner, head = None, {name: tensor for name, tensor in sm.state_dict().items() if name in HEAD_TENSORS}
+        # The module's own tensors; building its whole state dict just for these would walk every weight.
+        inner, head = None, {"head.weight": sm.head.weight, "head.bias": sm.head.bias, "cls_embedding": sm.cls_embedding}
     else:
         missing = [name for name in HEAD_TENSORS if name not in state_dict]
         if missing:
