@@ -78,6 +78,18 @@ def _cmd_demo(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_eval(args, overrides: list[str]) -> int:
+    from .eval.config import load_eval_config
+    from .eval.grid import run_eval
+
+    config = load_eval_config(args.config, overrides + (["--out", args.out] if args.out else []))
+    command = " ".join(["safesignal eval", "--config", args.config] + (["--out", args.out] if args.out else []) + overrides)
+    results = run_eval(config, command=command, log=lambda message: print(message, file=sys.stderr))
+    print(f"safesignal eval: wrote {results['_path']} ({len(results['models'])} entries, "
+          f"{results['wall_seconds']:.0f} s)")
+    return 0
+
+
 def _load_policy(args, overrides: list[str]):
     """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field)."""
     from .config import load_config
@@ -212,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=None, help="YAML with DemoConfig fields (optional)")
     demo.set_defaults(func=_cmd_demo)
 
+    evaluate = sub.add_parser("eval", help="the models x policies x attacks grid -> results.json (resumable)")
+    evaluate.add_argument("--config", required=True, help="grid YAML, e.g. configs/eval/tiny.yaml")
+    evaluate.add_argument("--out", default=None, help="output directory (default: SAFESIGNAL_HOME/eval/<name>)")
+    evaluate.set_defaults(func=_cmd_eval)
+
     classify = sub.add_parser("classify", help="print P(malicious) for prompts (arguments or stdin lines)")
     _add_model_argument(classify)
     _add_batch_size_argument(classify)
@@ -238,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     try:
         return args.func(args, overrides)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"safesignal {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -37,3 +37,39 @@ def cohen_kappa(predicted: list, labels: list) -> float:
     if expected == 1:
         return float("nan")
     return (observed - expected) / (1 - expected)
+
+
+def auroc(probabilities: list[float], labels: list[int]) -> float:
+    """Area under the ROC curve: the probability that a random malicious item scores above a
+    random benign one (ties count half), the Mann-Whitney form. NaN without both classes."""
+    positives = [p for p, y in zip(probabilities, labels) if y == 1]
+    negatives = [p for p, y in zip(probabilities, labels) if y == 0]
+    if not positives or not negatives:
+        return float("nan")
+    # Rank-sum with mid-ranks for ties: O(n log n) instead of comparing every pair.
+    order = sorted(range(len(probabilities)), key=lambda i: probabilities[i])
+    ranks = [0.0] * len(order)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and probabilities[order[j + 1]] == probabilities[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(r for r, y in zip(ranks, labels) if y == 1)
+    n_pos, n_neg = len(positives), len(negatives)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def reliability_curve(probabilities: list[float], labels: list[int], bins: int = 10) -> list[dict]:
+    """Calibration: per equal-width probability bin, the mean predicted probability and the
+    observed fraction of malicious items (empty bins are left out)."""
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        members = [(p, y) for p, y in zip(probabilities, labels) if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if members:
+            out.append({"lo": lo, "hi": hi, "n": len(members), "mean_p": sum(p for p, _ in members) / len(members),
+                        "frac_malicious": sum(y for _, y in members) / len(members)})
+    return out

@@ -38,6 +38,7 @@ class AttackConfig:
 class Attack:
     name: str = ""
     config_class: type = AttackConfig
+    pool: str = "harmful"  # where the grid draws behaviours from (eval/behaviours.py)
 
     def __init__(self, config=None, tokenizer=None):
         self.config = config if config is not None else self.config_class()

@@ -24,6 +24,7 @@ class PrefillSure(Attack):
     """The behaviour's AdvBench ``target`` ("Sure, here is ...") forced as the answer's start."""
 
     name = "prefill_sure"
+    pool = "advbench"
 
     def cases(self, behaviour):
         if not behaviour.get("target"):

@@ -124,11 +124,27 @@ def package_root(top_level: str, root: Path | str | None = None) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+# Every data file located in this process, as (package, path inside it): results files record
+# their sha256 (provenance), and the list shows that only DESIGN.md's named files are read.
+_READ: dict[tuple[str, str], Path] = {}
+
+
+def files_read() -> dict[str, Path]:
+    """{"<package>/<path inside it>": absolute path} of every data file located so far."""
+    return {f"{package}/{rel}": path for (package, rel), path in sorted(_READ.items())}
+
+
+def _located(top_level: str, base: Path, path: Path) -> Path:
+    _READ[(top_level, path.relative_to(base).as_posix())] = path
+    return path
+
+
 def _file(top_level: str, rel: str, root: Path | str | None) -> Path:
-    path = package_root(top_level, root) / rel
+    base = package_root(top_level, root)
+    path = base / rel
     if not path.is_file():
         raise FileNotFoundError(f"{path}: data file missing; reinstall with: {PIP[top_level]}")
-    return path
+    return _located(top_level, base, path)
 
 
 def _files(top_level: str, pattern: str, root: Path | str | None) -> list[Path]:
@@ -136,7 +152,7 @@ def _files(top_level: str, pattern: str, root: Path | str | None) -> list[Path]:
     paths = sorted(Path(p) for p in glob.glob(str(base / pattern)))
     if not paths:
         raise FileNotFoundError(f"{base / pattern}: no data files match; reinstall with: {PIP[top_level]}")
-    return paths
+    return [_located(top_level, base, p) for p in paths]
 
 
 def _text(value: Any, where: str, field: str) -> str:

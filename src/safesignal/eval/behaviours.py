@@ -1,0 +1,69 @@
+"""The behaviours an attack is tried on: named pools, and the one seeded subset every model gets.
+
+Pools (evaluation-only sources, DESIGN.md §Data):
+- "harmful": AdvBench (520) and HarmBench test, functional category standard (159);
+- "advbench": AdvBench alone (its rows carry the "Sure, here is" `target`);
+- "prefill_pairs": the prefill-evaluation third of the pyrit many-shot pairs whose answer is
+  harmful (`response` is the real harmful answer prefill attacks cut).
+
+`subset(pool, n, seed)` draws the same behaviours for every model and policy: it depends on
+the pool's contents, `n` and `seed` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from functools import lru_cache
+
+from ..data import sources
+
+
+def _with_ids(items: list[dict], prefix: str) -> list[dict]:
+    """A stable id per behaviour: the source's own id, else a hash of the normalised prompt."""
+    out = []
+    for item in items:
+        if not item.get("id"):
+            digest = hashlib.sha256(sources.normalise(item["prompt"]).encode()).hexdigest()[:12]
+            item = dict(item, id=f"{prefix}:{digest}")
+        out.append(item)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _pool(name: str) -> tuple[dict, ...]:
+    if name == "advbench":
+        return tuple(_with_ids(sources.advbench(), "advbench"))
+    if name == "harmful":
+        standard = sources.harmbench("test", functional="standard")
+        return tuple(_with_ids(sources.advbench(), "advbench") + _with_ids(standard, "harmbench"))
+    if name == "prefill_pairs":
+        third = sources.split_three(sources.pyrit_many_shot(), seed=0).prefill_eval
+        return tuple(_with_ids([p for p in third if p.get("answer_harmful")], "pyrit"))
+    raise KeyError(f"unknown behaviour pool {name!r}; known: {POOLS}")
+
+
+POOLS = ("harmful", "advbench", "prefill_pairs")
+
+
+def pool(name: str) -> list[dict]:
+    return [dict(item) for item in _pool(name)]
+
+
+def subset(name: str, n: int | None, seed: int) -> list[dict]:
+    """`n` behaviours of pool `name` drawn with `seed` (all of them, in pool order, when n is
+    None or at least the pool's size)."""
+    items = pool(name)
+    if n is None or n >= len(items):
+        return items
+    if n < 1:
+        raise ValueError(f"n: must be ≥ 1, got {n}")
+    chosen = sorted(random.Random(f"{name}/{seed}").sample(range(len(items)), n))
+    return [items[i] for i in chosen]
+
+
+def source_counts(items: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.get("source", "?")] = counts.get(item.get("source", "?"), 0) + 1
+    return counts

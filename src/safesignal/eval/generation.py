@@ -1,0 +1,134 @@
+"""Attack cases through a model: strategic decoding, or plain `generate` for baselines.
+
+Both paths take the same `AttackCase`s (messages, optional prefill, decoding settings) and
+return the same `CaseRecord`s, so every model is judged on the same footing. Plain decoding is
+transformers' `generate` on the wrapped LM with no [CLS]; rows that sample choose their token
+with safesignal's per-row `Sampler` (its own seeded generator, exactly as strategic decoding
+does), so a sampled row gives the same tokens whatever batch it is in, on either path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from ..attacks import AttackCase
+from ..decoding import Request
+from ..decoding.policy import SafetyPolicy
+from ..decoding.sampler import Sampler, Sampling
+
+PROMPT_TOO_LONG = "prompt too long"
+
+
+@dataclass
+class CaseRecord:
+    """One case's output as a cell stores it (full text: cells are data files, never logs)."""
+
+    attack: str
+    variant: str
+    behaviour_id: str
+    prompt: str  # the last user message (what the judge is told the request was)
+    response: str  # what the user saw after their own text: never the prefill
+    prefill: str = ""
+    intervened: bool = False
+    tokens_before_intervention: int | None = None
+    injected: str | None = None
+    self_refusals: int = 0
+    first_check_malicious: bool | None = None
+    finish_reason: str = ""
+    new_tokens: int = 0
+    events: list[list] = field(default_factory=list)  # [step, P(malicious), label, outcome]
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "CaseRecord":
+        return cls(**obj)
+
+
+def _last_user(messages: list[dict]) -> str:
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def _sampling(case: AttackCase) -> Sampling:
+    return Sampling(**(case.decoding or {}))
+
+
+def prompt_lengths(sm, cases: list[AttackCase]) -> list[int]:
+    return [len(sm.formatter.encode(c.messages, c.prefill or "", add_eos=False).input_ids) for c in cases]
+
+
+def too_long(case: AttackCase, max_prompt_tokens: int) -> CaseRecord:
+    return CaseRecord(case.attack, case.variant, case.behaviour_id, _last_user(case.messages), "",
+                      prefill=case.prefill or "", error=f"{PROMPT_TOO_LONG} (> {max_prompt_tokens} tokens)")
+
+
+@torch.inference_mode()
+def strategic_records(sm, cases: list[AttackCase], policy: SafetyPolicy, max_new_tokens: int) -> list[CaseRecord]:
+    """One batch of cases through the strategic decoder."""
+    requests = [Request(c.messages, prefill=c.prefill, policy=policy, sampling=_sampling(c),
+                        max_new_tokens=max_new_tokens) for c in cases]
+    records = []
+    for case, r in zip(cases, sm.generate_requests(requests)):
+        text = r.text[len(r.prefill):] if r.prefill and r.text.startswith(r.prefill) else r.text
+        records.append(CaseRecord(
+            case.attack, case.variant, case.behaviour_id, _last_user(case.messages), text,
+            prefill=case.prefill or "", intervened=r.intervened,
+            tokens_before_intervention=r.tokens_before_intervention,
+            injected=policy.refusal_prefix if r.intervened else None,
+            self_refusals=len(r.self_refusals),
+            first_check_malicious=(r.events[0].label == "malicious") if r.events else None,
+            finish_reason=r.finish_reason, new_tokens=len(r.token_ids),
+            events=[[e.step, round(float(e.probability), 4), e.label, e.outcome] for e in r.events],
+            error=r.error))
+    return records
+
+
+class PerRowSampling(LogitsProcessor):
+    """Each row picks its token with its own `Sampler`; the scores become a one-hot so that
+    `generate`'s greedy selection returns exactly that choice."""
+
+    def __init__(self, samplers: list[Sampler], prompt_width: int, pad_lengths: list[int]):
+        self.samplers, self.width, self.pads = samplers, prompt_width, pad_lengths
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        chosen = torch.full_like(scores, float("-inf"))
+        for row, sampler in enumerate(self.samplers):
+            seen = input_ids[row, self.pads[row]:].tolist()
+            chosen[row, sampler.choose(scores[row].float(), seen)] = 0.0
+        return chosen
+
+
+@torch.inference_mode()
+def plain_records(sm, cases: list[AttackCase], max_new_tokens: int) -> list[CaseRecord]:
+    """One batch of cases through transformers' `generate` on the LM alone (no [CLS])."""
+    tok = sm.tokenizer
+    encoded = [sm.formatter.encode(c.messages, c.prefill or "", add_eos=False).input_ids for c in cases]
+    width = max(len(e) for e in encoded)
+    pads = [width - len(e) for e in encoded]
+    ids = torch.tensor([[tok.pad_token_id] * p + e for p, e in zip(pads, encoded)], device=sm.device)
+    mask = torch.tensor([[0] * p + [1] * len(e) for p, e in zip(pads, encoded)], device=sm.device)
+    samplings = [_sampling(c) for c in cases]
+    processors = None
+    # Greedy rows need no processor (argmax is generate's own choice): only sampled or
+    # penalised batches pay for the per-row loop.
+    if any(s.do_sample or s.repetition_penalty != 1.0 for s in samplings):
+        processors = LogitsProcessorList([PerRowSampling([Sampler(s, sm.device) for s in samplings], width, pads)])
+    out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                           logits_processor=processors, pad_token_id=tok.pad_token_id)
+    eos = {tok.eos_token_id, tok.pad_token_id}
+    config_eos = getattr(sm.base.generation_config, "eos_token_id", None)
+    eos |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
+    records = []
+    for case, row in zip(cases, out[:, width:].tolist()):
+        length = next((i for i, t in enumerate(row) if t in eos), len(row))
+        records.append(CaseRecord(
+            case.attack, case.variant, case.behaviour_id, _last_user(case.messages),
+            tok.decode(row[:length], skip_special_tokens=True), prefill=case.prefill or "",
+            finish_reason="eos" if length < len(row) else "length", new_tokens=length))
+    return records

