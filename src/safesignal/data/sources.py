@@ -166,6 +166,16 @@ def _read_json(path: Path) -> Any:
         raise DataError([f"{path}: not UTF-8: {err.reason} at byte {err.start}"]) from None
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise DataError([f"{path}{line}: invalid YAML: {getattr(err, 'problem', None) or type(err).__name__}"]) from None
+
+
 def _json_objects(path: Path) -> Iterator[tuple[str, dict]]:
     """(where, object) for each item of a JSON array of objects; `where` is "file: item i"."""
     data = _read_json(path)
@@ -329,13 +339,7 @@ def pyrit_airt_seeds(root: Path | str | None = None) -> list[dict]:
     """
     out = []
     for path in _files("pyrit", PYRIT_AIRT_GLOB, root):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                doc = yaml.safe_load(fh)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise DataError([f"{path}{line}: invalid YAML: {getattr(err, 'problem', None) or type(err).__name__}"]) from None
+        doc = _read_yaml(path)
         if not isinstance(doc, dict) or not isinstance(doc.get("seeds"), list):
             raise DataError([f"{path}: seeds: expected a YAML mapping with a 'seeds' list"])
         file_category = _categories(doc.get("harm_categories"))
@@ -685,13 +689,7 @@ def pyrit_jailbreak_templates(folders: Iterable[str] = PYRIT_TEMPLATE_FOLDERS,
     out = []
     for folder in folders:
         for path in _files("pyrit", f"{PYRIT_TEMPLATES}/{folder}/**/*.yaml", root):
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    doc = yaml.safe_load(fh)
-            except yaml.YAMLError as err:
-                mark = getattr(err, "problem_mark", None)
-                line = f":{mark.line + 1}" if mark is not None else ""
-                raise DataError([f"{path}{line}: invalid YAML: {getattr(err, 'problem', None) or type(err).__name__}"]) from None
+            doc = _read_yaml(path)
             if not isinstance(doc, dict):
                 raise DataError([f"{path}: expected a YAML mapping"])
             parameters = doc.get("parameters") or []
