@@ -2,7 +2,6 @@
 κ against a hand computation, and agreement on pyrit's 105 human refusal labels."""
 
 import math
-import re
 
 import pytest
 import torch

