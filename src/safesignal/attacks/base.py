@@ -76,6 +76,12 @@ register = _ATTACKS.register
 attack_names = _ATTACKS.names
 
 
+def attack_pool(name: str, **config) -> str:
+    """The behaviour pool attack `name` draws from (its config is checked, no attack is built)."""
+    cls, _ = _ATTACKS.build(name, config)
+    return cls.pool
+
+
 def get_attack(name: str, tokenizer=None, **config) -> Attack:
     cls, built = _ATTACKS.build(name, config)
     return cls(built, tokenizer=tokenizer)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..attacks import AttackCase, get_attack
+from ..attacks import AttackCase, attack_pool, get_attack
 from ..decoding.policy import SafetyPolicy
 from ..home import safesignal_home
 from ..io import atomic_write_json, claim_directory, read_jsonl
@@ -124,10 +124,8 @@ class Grid:
     def _behaviours(self) -> dict[str, list[dict]]:
         out = {}
         for spec in self.config.attacks:
-            attack = get_attack(spec.attack, **spec.config)
-            pool = getattr(attack, "pool", "harmful")
-            n = spec.n or self.config.n
-            out[spec.results_key] = behaviour_pools.subset(pool, n, self.config.seed)
+            pool = attack_pool(spec.attack, **spec.config)
+            out[spec.results_key] = behaviour_pools.subset(pool, spec.n or self.config.n, self.config.seed)
         return out
 
     # ------------------------------------------------------------------ cells

@@ -95,6 +95,10 @@ def attack_entry(records: list[CaseRecord], scorer: Scorer, *, excerpts: int = 2
         "traces": _traces(usable, traces, threshold),
         "excerpts": _excerpts(usable, excerpts, scorer.leak_k),
     }
+    if n == 0:  # every case was skipped (prompts too long): no rate to report
+        for key in ("asr_leak", "asr_keyword", "asr_leak_mean", "asr_keyword_mean"):
+            entry[key] = None
+        entry["asr_leak_by_k"] = {k: None for k in entry["asr_leak_by_k"]}
     return entry
 
 
