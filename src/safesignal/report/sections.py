@@ -23,6 +23,7 @@ REFUSAL_SET_LABELS = {
     "edgy": "Over-refusal: edgy benign prompts",
     "heldout_benign": "Refusal: held-out benign prompts",
 }
+ABLATIONS_PER_TABLE = 3
 EXCERPT_PROMPT_CHARS = 50  # the results file truncates already; the report never shows more
 EXCERPT_OUTPUT_CHARS = 60
 
@@ -72,7 +73,7 @@ def _header(results: dict) -> list[tuple[str, str]]:
 
 def _entry_column(name: str, entry: dict) -> Cell:
     policy = policy_of(name, entry)
-    details = [policy] if policy != "default" else []
+    details = [policy] if policy != "default" and not name.endswith(policy) else []
     details += [f"{entry['decoding']} decoding"] if entry.get("decoding") else []
     return Cell(name, ", ".join(details))
 
@@ -263,12 +264,16 @@ def _ablations(results: dict) -> Section | None:
     if not ablations:
         return None
     defaults = dict(default_entries(results))
-    named = []
+    tables = []
     for model in dict.fromkeys(model_of(n, e) for n, e in ablations):
-        named += [(model, defaults[model])] if model in defaults else []
-        named += [(n, e) for n, e in ablations if model_of(n, e) == model]
-    return Section("Ablations and controls", "ablations", [
-        "Entries whose policy is not the default, each beside its model's default entry.", asr_table(results, named)])
+        reference = [(model, defaults[model])] if model in defaults else []
+        own = [(n, e) for n, e in ablations if model_of(n, e) == model]
+        # A few entries per table, each table repeating the default: seven columns of
+        # intervals do not fit a page.
+        for start in range(0, len(own), ABLATIONS_PER_TABLE):
+            tables.append(asr_table(results, reference + own[start:start + ABLATIONS_PER_TABLE]))
+    return Section("Ablations and controls", "ablations",
+                   ["Entries whose policy is not the default, each beside its model's default entry."] + tables)
 
 
 def _classifier(results: dict) -> Section | None:

@@ -305,7 +305,17 @@ def scatter_chart(points: list[Point], *, title: str, x_label: str, y_label: str
         label = shorten(point.label)
         box = _free_label_box(plot, x, y, text_width(label), taken)
         taken.append(box)
-        plot.add(_text(box[0], box[3] - 3, label, fill="#222"))  # dark text: the light palette colours read badly
+        middle = (box[1] + box[3]) / 2
+        if abs(middle - y) > FONT_SIZE:  # a label nudged away from its dot gets a leader line back to it
+            edge = box[0] if box[0] > x else box[2]
+            plot.add(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{edge:.1f}" y2="{middle:.1f}" stroke="{colour(index)}" '
+                     f'stroke-width="1"/>')
+        # Anchored at the edge nearest the dot, so the estimated width never leaves a gap there.
+        # Dark text: the lighter palette colours read badly as text.
+        if box[0] > x:
+            plot.add(_text(box[0], box[3] - 3, label, fill="#222"))
+        else:
+            plot.add(_text(box[2], box[3] - 3, label, fill="#222", anchor="end"))
     return plot.svg(title)
 
 
