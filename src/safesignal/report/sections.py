@@ -400,7 +400,8 @@ def _excerpts(results: dict) -> Section | None:
         return None
     return Section("Output excerpts", "excerpts", [
         f"Short truncated excerpts (prompt ≤ {EXCERPT_PROMPT_CHARS}, output ≤ {EXCERPT_OUTPUT_CHARS} characters) with "
-        "the verdict the results file records for each.", Table(["Model", "Attack", "Prompt", "Output", "Verdict"], rows)],
+        "the verdict the results file records for each.",
+        Table(["Model", "Attack", "Prompt", "Output", "Verdict"], rows)],
         collapsed=True)
 
 
