@@ -90,6 +90,19 @@ def _cmd_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_report(args, overrides: list[str]) -> int:
+    if overrides:
+        raise SystemExit(f"report: unexpected arguments {overrides}")
+    from pathlib import Path
+
+    from .report import load_results, write_report
+
+    results_path = Path(args.results)
+    paths = write_report(load_results(results_path), args.out or results_path.parent, source=str(results_path))
+    print(f"safesignal report: wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
 def _load_policy(args, overrides: list[str]):
     """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field)."""
     from .config import load_config
@@ -228,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", required=True, help="grid YAML, e.g. configs/eval/tiny.yaml")
     evaluate.add_argument("--out", default=None, help="output directory (default: SAFESIGNAL_HOME/eval/<name>)")
     evaluate.set_defaults(func=_cmd_eval)
+
+    report = sub.add_parser("report", help="report.html and report.md (tables and plots) from a results.json")
+    report.add_argument("results", help="results.json written by `safesignal eval` or `safesignal demo`")
+    report.add_argument("--out", default=None, help="output folder (default: the results file's folder)")
+    report.set_defaults(func=_cmd_report)
 
     classify = sub.add_parser("classify", help="print P(malicious) for prompts (arguments or stdin lines)")
     _add_model_argument(classify)
