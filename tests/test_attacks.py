@@ -319,3 +319,12 @@ def test_gcg_transfer_has_13_suffixes():
     cases = get_attack("gcg_transfer").cases(BEHAVIOUR)
     assert len(cases) == 13 and len({c.variant for c in cases}) == 13
     assert all(c.messages[0]["content"].startswith(BEHAVIOUR["prompt"] + " ") for c in cases)
+
+
+def test_gcg_transfer_takes_a_chosen_subset_of_suffixes():
+    all_cases = get_attack("gcg_transfer").cases(BEHAVIOUR)
+    cases = get_attack("gcg_transfer", suffixes=[3, 0]).cases(BEHAVIOUR)
+    assert [c.variant for c in cases] == ["gcg_3", "gcg_0"]
+    assert [c.messages for c in cases] == [all_cases[3].messages, all_cases[0].messages]
+    with pytest.raises(ValueError, match="0..12"):
+        get_attack("gcg_transfer", suffixes=[13])

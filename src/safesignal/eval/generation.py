@@ -132,3 +132,37 @@ def plain_records(sm, cases: list[AttackCase], max_new_tokens: int) -> list[Case
             tok.decode(row[:length], skip_special_tokens=True), prefill=case.prefill or "",
             finish_reason="eos" if length < len(row) else "length", new_tokens=length))
     return records
+
+
+def length_batches(sm, cases: list[AttackCase], batch_size: int) -> tuple[list[list[int]], list[int]]:
+    """Case indices in batches of similar prompt length (less padding), and the prompt lengths.
+    The cut depends only on the cases, so a resumed run rebuilds the same batches."""
+    lengths = prompt_lengths(sm, cases)
+    order = sorted(range(len(cases)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)], lengths
+
+
+def run_batch(sm, cases: list[AttackCase], lengths: list[int], decoding: str, policy: SafetyPolicy,
+              max_new_tokens: int) -> list[CaseRecord]:
+    """One batch on either path; a case whose prompt is over the policy's max_prompt_tokens is
+    recorded as skipped instead of failing the batch."""
+    fits = [c for c, n in zip(cases, lengths) if n <= policy.max_prompt_tokens]
+    made = iter(([] if not fits else strategic_records(sm, fits, policy, max_new_tokens) if decoding == "strategic"
+                 else plain_records(sm, fits, max_new_tokens)))
+    return [next(made) if n <= policy.max_prompt_tokens else too_long(c, policy.max_prompt_tokens)
+            for c, n in zip(cases, lengths)]
+
+
+def run_cases(sm, cases: list[AttackCase], decoding: str, policy: SafetyPolicy, *, max_new_tokens: int,
+              batch_size: int, desc: str = "generate", progress: bool = True) -> list[CaseRecord]:
+    """Every case, batched by prompt length, records back in case order (no storage: the demo;
+    the grid stores each batch, store.py)."""
+    from tqdm import tqdm
+
+    batches, lengths = length_batches(sm, cases, batch_size)
+    records: list[CaseRecord | None] = [None] * len(cases)
+    for batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
+        for i, r in zip(batch, run_batch(sm, [cases[i] for i in batch], [lengths[i] for i in batch], decoding,
+                                         policy, max_new_tokens)):
+            records[i] = r
+    return records

@@ -26,7 +26,7 @@ from ..home import safesignal_home
 from ..io import atomic_write_json, claim_directory, read_jsonl
 from . import behaviours as behaviour_pools
 from .config import EvalConfig, ModelSpec, PolicySpec
-from .generation import CaseRecord, plain_records, prompt_lengths, strategic_records, too_long
+from .generation import CaseRecord, length_batches, run_batch
 from .scoring import Scorer, attack_entry, refusal_entry
 from .store import CellFile, fingerprint
 
@@ -132,9 +132,7 @@ class Grid:
     def _run_cell(self, sm, entry: str, key: str, cases: list[AttackCase], decoding: str,
                   policy: SafetyPolicy, head: str | None, model_path: str) -> list[CaseRecord]:
         c = self.config
-        lengths = prompt_lengths(sm, cases)
-        order = sorted(range(len(cases)), key=lambda i: (lengths[i], i))
-        batches = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size)]
+        batches, lengths = length_batches(sm, cases, c.batch_size)
         settings = {"model": model_path, "dtype": c.dtype, "decoding": decoding, "head": head,
                     "policy": asdict(policy) if decoding == "strategic" else None,
                     "max_new_tokens": c.max_new_tokens, "batch_size": c.batch_size,
@@ -142,22 +140,10 @@ class Grid:
         cell = CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
                         {"entry": entry, "key": key, "cases": len(cases)})
         todo = [b for b in range(len(batches)) if b not in cell.done]
-        bar = tqdm(todo, desc=f"{entry} {key}", unit="batch", leave=False, disable=not self.progress)
-        for b in bar:
-            batch = [cases[i] for i in batches[b]]
-            fits = [x for x, i in zip(batch, batches[b]) if lengths[i] <= policy.max_prompt_tokens]
-            if decoding == "strategic":
-                made = strategic_records(sm, fits, policy, c.max_new_tokens) if fits else []
-            else:
-                made = plain_records(sm, fits, c.max_new_tokens) if fits else []
-            made_iter = iter(made)
-            records = [next(made_iter) if lengths[i] <= policy.max_prompt_tokens else too_long(x, policy.max_prompt_tokens)
-                       for x, i in zip(batch, batches[b])]
-            cell.add(b, records)
-        by_index = {}
-        for b, idx in enumerate(batches):
-            for i, r in zip(idx, cell.done[b]):
-                by_index[i] = r
+        for b in tqdm(todo, desc=f"{entry} {key}", unit="batch", leave=False, disable=not self.progress):
+            cell.add(b, run_batch(sm, [cases[i] for i in batches[b]], [lengths[i] for i in batches[b]], decoding,
+                                  policy, c.max_new_tokens))
+        by_index = {i: r for b, idx in enumerate(batches) for i, r in zip(idx, cell.done[b])}
         return [by_index[i] for i in range(len(cases))]
 
     # ------------------------------------------------------------------ entries
@@ -183,11 +169,17 @@ class Grid:
                 entry["attacks"][attack_spec.results_key] = attack_entry(
                     records, scorer, excerpts=c.excerpts, traces=c.traces, threshold=policy.threshold)
             detail = {}
-            for kind, prompts in (("edgy", self.edgy), ("heldout_benign", self.heldout)):
+            o = c.over_refusal
+            for kind, prompts, limit in (("edgy", self.edgy, o.policies_edgy),
+                                         ("heldout_benign", self.heldout, o.policies_heldout_benign)):
+                if policy_name != "default" and limit is not None:
+                    prompts = prompts[:limit]
+                if not prompts:
+                    continue
                 records = self._run_cell(sm, name, f"benign_{kind}", _user_cases(kind, prompts), decoding, policy,
                                          pspec.head, spec.path)
                 detail[kind] = refusal_entry(records, scorer)
-            entry["over_refusal"] = detail["edgy"]["rate"]
+            entry["over_refusal"] = detail["edgy"]["rate"] if "edgy" in detail else None
             entry["over_refusal_detail"] = detail
             if policy_name == "default":
                 self._default_extras(sm, spec, entry, decoding, policy)
