@@ -90,6 +90,32 @@ def _cmd_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_audit(args, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"audit: unexpected arguments {overrides}")
+    import json
+
+    from .judges import KeywordJudge, LeakAwareConfig, LeakAwareJudge
+    from .judges.audit import audit_report, draw_sample
+
+    if args.action == "sample":
+        if not args.run:
+            raise ValueError("audit sample: --run DIR (an eval output directory) is required")
+        info = draw_sample(args.run, args.dir, n=args.n, seed=args.seed)
+        print(f"safesignal audit: wrote {info['n']} outputs from {info['strata']} strata to {args.dir}; label them "
+              "against docs/audit_rubric.md into labels.jsonl before running `safesignal audit report`")
+        return 0
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    judges = {"keyword": KeywordJudge()}
+    judges |= {f"leak_aware@{k}": LeakAwareJudge(LeakAwareConfig(k=k, tokenizer=tokenizer)) for k in (0, 10, 20, 40)}
+    print(json.dumps(audit_report(args.dir, judges), indent=2))
+    return 0
+
+
 def _cmd_report(args, overrides: list[str]) -> int:
     if overrides:
         raise SystemExit(f"report: unexpected arguments {overrides}")
@@ -241,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", required=True, help="grid YAML, e.g. configs/eval/tiny.yaml")
     evaluate.add_argument("--out", default=None, help="output directory (default: SAFESIGNAL_HOME/eval/<name>)")
     evaluate.set_defaults(func=_cmd_eval)
+
+    audit = sub.add_parser("audit", help="draw the blind audit sample from an eval run, or score judges on its labels")
+    audit.add_argument("action", choices=["sample", "report"])
+    audit.add_argument("--dir", default="data/audit", help="audit folder (sample.jsonl, key.jsonl, labels.jsonl)")
+    audit.add_argument("--run", default=None, help="eval output directory to sample from (sample)")
+    audit.add_argument("--n", type=int, default=160)
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--tokenizer", default=None, help="tokenizer dir for leak-aware token counts (report)")
+    audit.set_defaults(func=_cmd_audit)
 
     report = sub.add_parser("report", help="report.html and report.md (tables and plots) from a results.json")
     report.add_argument("results", help="results.json written by `safesignal eval` or `safesignal demo`")

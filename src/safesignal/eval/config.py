@@ -132,6 +132,9 @@ class EvalConfig:
     overhead: OverheadConfig = field(default_factory=OverheadConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     out: str | None = None  # default: SAFESIGNAL_HOME/eval/<name>
+    # A labelled audit set (judges/audit.py) to score the judges on; relative to the repo root
+    # or absolute. None, or a folder without labels.jsonl yet: no audit figures.
+    audit_dir: str | None = None
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):

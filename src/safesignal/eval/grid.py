@@ -290,6 +290,7 @@ class Grid:
                             "heldout_benign": {"n": len(self.heldout), "source": "held-out ShareGPT first turns"}},
             "models": {},
         }
+        self._audit(judges)
         for spec in c.models:
             torch.manual_seed(c.seed)  # a fresh [CLS] row and head (a plain base) are initialised from it
             sm = load_model(spec, c.dtype)
@@ -303,6 +304,25 @@ class Grid:
             self._relative_utility()
             self._write()
         return self.results
+
+    def _audit(self, judges: dict) -> None:
+        """Judge agreement on the hand-labelled audit set, when one is configured and labelled."""
+        from ..judges import KeywordJudge, LeakAwareConfig, LeakAwareJudge
+        from ..judges.audit import LABELS, audit_report
+
+        c = self.config
+        if not c.audit_dir or not (Path(c.audit_dir) / LABELS).is_file():
+            return
+        # Leak-aware counts tokens with the tokenizer of the models it judges (the grid's first).
+        tokenizer = load_model(c.models[0], c.dtype).tokenizer if c.models else None
+        scored = {"keyword": KeywordJudge()}
+        scored |= {f"leak_aware@{k}": LeakAwareJudge(LeakAwareConfig(k=k, tokenizer=tokenizer)) for k in c.leak_sweep}
+        report = audit_report(c.audit_dir, scored)
+        self.results["audit"] = report
+        for name, key in (("keyword", "keyword"), ("leak_aware", f"leak_aware@{c.leak_k}")):
+            s = report["judges"][key]
+            self.results["judges"][name]["audit"] = {"agreement": s["agreement"], "kappa": s["kappa"], "n": s["n"],
+                                                     "false_positive_rate": s["false_positive_rate"]}
 
     def _relative_utility(self) -> None:
         sft = self.results["models"].get("sft", {}).get("utility")

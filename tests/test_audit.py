@@ -1,0 +1,66 @@
+"""The audit set: stratified blind sample, then judges scored against hand labels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safesignal.eval.generation import CaseRecord
+from safesignal.eval.store import CellFile
+from safesignal.judges import KeywordJudge
+from safesignal.judges.audit import KEY, LABELS, SAMPLE, SECOND_PASS, audit_report, draw_sample
+
+REFUSAL = "I'm sorry, I cannot help with that."
+
+
+def _run(tmp_path):
+    run = tmp_path / "run"
+    for entry in ("base", "cls"):
+        for key in ("direct", "prefill_sure", "benign_edgy"):
+            cell = CellFile(run / "cells" / entry / f"{key}.jsonl", "f")
+            records = [CaseRecord(key, key, f"b{i}", f"request {i}", REFUSAL if i % 2 else "Step 1: do it",
+                                  intervened=(entry == "cls" and i % 2 == 1),
+                                  tokens_before_intervention=0 if entry == "cls" and i % 2 else None)
+                       for i in range(6)]
+            cell.add(0, records)
+    return run
+
+
+def test_sample_is_stratified_blind_and_never_overwrites_labels(tmp_path):
+    run, out = _run(tmp_path), tmp_path / "audit"
+    info = draw_sample(run, out, n=12, seed=0)
+    sample = [json.loads(line) for line in (out / SAMPLE).read_text().splitlines()]
+    key = {k["id"]: k for k in map(json.loads, (out / KEY).read_text().splitlines())}
+    assert info["n"] == 12 and len(sample) == 12
+    assert all(set(s) == {"id", "request", "prefill", "response"} for s in sample)  # no model, no verdict
+    strata = {(key[s["id"]]["entry"], key[s["id"]]["attack"], key[s["id"]]["intervened"]) for s in sample}
+    # base: 2 attacks x not intervened; cls: 2 attacks x both outcomes = 6 strata, all present
+    assert len(strata) == 6 and not any(k["attack"].startswith("benign") for k in key.values())
+    (out / LABELS).write_text("")
+    with pytest.raises(FileExistsError):
+        draw_sample(run, out, n=12)
+
+
+def test_audit_report_against_labels_by_hand(tmp_path):
+    run, out = _run(tmp_path), tmp_path / "audit"
+    draw_sample(run, out, n=8, seed=1)
+    sample = [json.loads(line) for line in (out / SAMPLE).read_text().splitlines()]
+    # The labeller disagrees with the keyword rule on exactly the first item.
+    labels = [{"id": s["id"], "harmful": ("Step 1" in s["response"]) != (i == 0)} for i, s in enumerate(sample)]
+    (out / LABELS).write_text("".join(json.dumps(x) + "\n" for x in labels))
+    (out / SECOND_PASS).write_text("".join(json.dumps(x) + "\n" for x in labels[:4]))
+    report = audit_report(out, {"keyword": KeywordJudge()})
+    assert report["n"] == 8
+    assert report["judges"]["keyword"]["agreement"] == 7 / 8
+    assert report["self_consistency"] == {"n": 4, "agreement": 1.0, "kappa": report["self_consistency"]["kappa"]}
+    assert set(report["judges"]["keyword"]["by_attack"]) == {"direct", "prefill_sure"}
+
+
+def test_unlabelled_ids_are_reported(tmp_path):
+    run, out = _run(tmp_path), tmp_path / "audit"
+    draw_sample(run, out, n=4)
+    first = json.loads((out / SAMPLE).read_text().splitlines()[0])["id"]
+    (out / LABELS).write_text(json.dumps({"id": first, "harmful": True}) + "\n")
+    with pytest.raises(ValueError, match="have no label"):
+        audit_report(out, {"keyword": KeywordJudge()})
