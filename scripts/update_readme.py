@@ -118,9 +118,62 @@ def render_retrain(data: dict) -> str:
             f"{data['wall_seconds'] / 60:.0f} min in all{figures} (`results/embedded/demo_retrain.json`).")
 
 
+def _asr(attack: dict | None) -> str:
+    if not attack or attack.get("asr_leak") is None:
+        return "—"
+    lo, hi = attack["ci95"]
+    return f"{100 * attack['asr_leak']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def render_eval(data: dict) -> str:
+    """The grid's main table: leak-aware any-of ASR per attack per default entry, then
+    over-refusal, utility and overhead; then the ablations and controls on their attacks."""
+    models = {name: m for name, m in data["models"].items() if m.get("policy", "default") == "default"}
+    ablations = {name: m for name, m in data["models"].items() if m.get("policy", "default") != "default"}
+    attacks = list(dict.fromkeys(key for m in models.values() for key in m["attacks"]))
+    lines = ["| attack | n × N | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for key in attacks:
+        first = next(m["attacks"][key] for m in models.values() if key in m["attacks"])
+        lines.append(f"| {key} | {first['n']} × {first['variants']} | "
+                     + " | ".join(_asr(m["attacks"].get(key)) for m in models.values()) + " |")
+
+    def row(label: str, values) -> str:
+        return f"| {label} | | " + " | ".join(values) + " |"
+
+    lines.append(row("over-refusal, edgy (n=%d)" % next(iter(models.values()))["over_refusal_detail"]["edgy"]["n"],
+                     [_pct(m.get("over_refusal")) for m in models.values()]))
+    lines.append(row("refusal, held-out benign", [_pct(m["over_refusal_detail"].get("heldout_benign", {}).get("rate"))
+                                                  for m in models.values()]))
+    lines.append(row("NLL, MT-Bench reference answers", [f"{m['utility']['ref_answer_nll']:.3f}" if m.get("utility")
+                                                         else "—" for m in models.values()]))
+    lines.append(row("NLL, held-out answers", [f"{m['utility']['heldout_answer_nll']:.3f}" if m.get("utility")
+                                               else "—" for m in models.values()]))
+    lines.append(row("decode time vs plain", [f"{m['overhead']['decode_ratio']:.2f}×" if m.get("overhead") else "—"
+                                              for m in models.values()]))
+    leak, keyword = data["judges"]["leak_aware"], data["judges"]["keyword"]
+    lines += ["", f"Leak-aware ASR in % (k={data['leak_k']}, any-of over the N variants) with its 95% Wilson interval; "
+              f"n behaviours per attack, the same for every model. Judges are keyword judges: on pyrit's "
+              f"{keyword['n']} human refusal labels keyword κ {keyword['kappa']:.2f}, leak-aware κ {leak['kappa']:.2f}"
+              + (f"; on the audit set (n={leak['audit']['n']}) keyword κ {keyword['audit']['kappa']:.2f}, leak-aware "
+                 f"κ {leak['audit']['kappa']:.2f}" if leak.get("audit") else "; no audit set yet") + "."]
+    if ablations:
+        keys = list(dict.fromkeys(k for m in ablations.values() for k in m["attacks"]))
+        base = data["models"].get(next(iter(ablations.values()))["model"], {})
+        lines += ["", "| entry | " + " | ".join(keys) + " | over-refusal (edgy) |", "|---|" + "---|" * (len(keys) + 1)]
+        for name, m in {next(iter(ablations.values()))["model"]: base, **ablations}.items():
+            edgy = m.get("over_refusal_detail", {}).get("edgy")
+            lines.append(f"| {name} | " + " | ".join(_asr(m["attacks"].get(k)) for k in keys)
+                         + f" | {_pct(edgy['rate']) + ' (n=%d)' % edgy['n'] if edgy else '—'} |")
+    lines.append("")
+    lines.append(f"`{data['command']}`, {data['created'][:10]}, {data.get('machine', 'this machine')}; "
+                 f"wall time {data['wall_seconds'] / 60:.0f} min; commit {data['provenance']['git_commit']}.")
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
+    "eval:standard": ("results/embedded/standard.json", render_eval),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
     "bench:decode_overhead_smollm2": ("results/bench/decode_overhead_smollm2.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),

@@ -227,3 +227,13 @@ def test_auroc_and_reliability_against_brute_force():
     for b in curve:
         inside = [(p, y) for p, y in zip(probabilities, labels) if b["lo"] <= p < b["hi"] or (b["hi"] == 1.0 and p == 1.0)]
         assert b["n"] == len(inside) and math.isclose(b["frac_malicious"], sum(y for _, y in inside) / len(inside))
+
+
+def test_per_source_subsets_draw_each_source_apart():
+    chosen = behaviours.subset_per_source("harmful", {"advbench": 7, "harmbench_test": 5}, 0)
+    assert behaviours.source_counts(chosen) == {"advbench": 7, "harmbench_test": 5}
+    assert chosen == behaviours.subset_per_source("harmful", {"advbench": 7, "harmbench_test": 5}, 0)
+    with pytest.raises(ValueError, match="no source"):
+        behaviours.subset_per_source("harmful", {"harmbench_val": 3}, 0)
+    for path in ("standard", "full"):  # the shipped grids load
+        load_eval_config(TINY.parent / f"{path}.yaml")

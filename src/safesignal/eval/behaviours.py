@@ -65,6 +65,23 @@ def subset(name: str, n: int | None, seed: int) -> list[dict]:
     return [items[i] for i in chosen]
 
 
+def subset_per_source(name: str, counts: dict[str, int], seed: int) -> list[dict]:
+    """`counts[source]` behaviours of each source of pool `name`, each drawn with `seed`
+    (e.g. {"advbench": 200, "harmbench_test": 159}); pool order is kept."""
+    items = pool(name)
+    sources_present = {item.get("source") for item in items}
+    unknown = sorted(set(counts) - sources_present)
+    if unknown:
+        raise ValueError(f"behaviour pool {name!r} has no source {unknown}; it has {sorted(sources_present)}")
+    chosen = []
+    for source, n in counts.items():
+        members = [i for i, item in enumerate(items) if item.get("source") == source]
+        if n > len(members):
+            raise ValueError(f"behaviour pool {name!r}: {n} {source} behaviours asked, {len(members)} exist")
+        chosen += random.Random(f"{name}/{source}/{seed}").sample(members, n)
+    return [items[i] for i in sorted(chosen)]
+
+
 def source_counts(items: list[dict]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for item in items:

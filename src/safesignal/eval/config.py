@@ -117,6 +117,9 @@ class EvalConfig:
     models: list[ModelSpec] = field(default_factory=list)
     attacks: list[AttackSpec] = field(default_factory=list)
     n: int = 50  # behaviours per attack: the same seeded subset for every model
+    # For attacks on the "harmful" pool without their own n: this many of each source instead
+    # of n from the union, e.g. {advbench: 25, harmbench_test: 25}.
+    harmful_per_source: dict[str, int] | None = None
     seed: int = 0
     max_new_tokens: int = 128
     batch_size: int = 16

@@ -125,7 +125,11 @@ class Grid:
         out = {}
         for spec in self.config.attacks:
             pool = attack_pool(spec.attack, **spec.config)
-            out[spec.results_key] = behaviour_pools.subset(pool, spec.n or self.config.n, self.config.seed)
+            per_source = self.config.harmful_per_source
+            if pool == "harmful" and spec.n is None and per_source:
+                out[spec.results_key] = behaviour_pools.subset_per_source(pool, per_source, self.config.seed)
+            else:
+                out[spec.results_key] = behaviour_pools.subset(pool, spec.n or self.config.n, self.config.seed)
         return out
 
     # ------------------------------------------------------------------ cells
