@@ -3,6 +3,7 @@
 and a neutral one (safesignal.eval.streaming; issue 18).
 
     python benchmarks/streaming_detection.py --model smollm2-cls [--n 40] [--answer-tokens 64]
+        [--schedules annealing,periodic,each] [--preambles 30,60,150,300]
         [--out results/bench/streaming_detection.json]
 
 Writes the benchmark's dict with machine, command, date and wall time (and prints it as the
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--schedules", default="annealing,periodic,each")
+    parser.add_argument("--preambles", default="30,60,150,300", help="spliced preamble lengths, tokens")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -36,7 +38,8 @@ def main() -> None:
     started = time.perf_counter()
     sm = SafetyModel.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).merge_lora().eval()
     config = StreamingBenchmarkConfig(n=args.n, answer_tokens=args.answer_tokens, batch_size=args.batch_size,
-                                      schedules=tuple(args.schedules.split(",")))
+                                      schedules=tuple(args.schedules.split(",")),
+                                      preamble_tokens=tuple(int(n) for n in args.preambles.split(",")))
     summary = run_streaming_benchmark(sm, config)
     summary.update(model=args.model, dtype=args.dtype, machine=machine(),
                    total_wall_s=round(time.perf_counter() - started, 1))
