@@ -119,6 +119,25 @@ def test_injection_off_tracks_with_rule1_and_rule3_and_never_injects():
     assert (check.rule, check.window, action) == ("rule3", (2, 5), None)
 
 
+def test_injection_off_records_where_injection_would_have_refused():
+    fsm = RowSafety(SafetyPolicy(strategic_decoding=False))
+    fsm.first_verdict(MAL, None, None, frontier=0)  # injection on refuses here at once
+    assert fsm.events[-1].outcome == "confirmed"
+    fsm = RowSafety(SafetyPolicy(strategic_decoding=False, tau=3, schedule="each"))
+    fsm.first_verdict(BEN, None, None, frontier=0)
+    outcomes = [(run(fsm, t, t, p), fsm.events[-1].outcome)[1] for t, p in ((1, MAL), (2, MAL), (3, MAL), (4, MAL))]
+    assert outcomes == [None, None, "confirmed", None]  # the tau-th consecutive malicious verdict, once
+    own = RowSafety(SafetyPolicy(strategic_decoding=False, tau=2, schedule="each"))
+    own.first_verdict(BEN, None, None, frontier=0)
+    run(own, 1, 1, MAL)
+    run(own, 2, 2, MAL, own_refusal=lambda token: True)
+    assert own.events[-1].outcome == "self_refusal" and own.state == "benign"  # as with injection on
+    pending = RowSafety(SafetyPolicy(strategic_decoding=False, tau=3, schedule="each"))
+    pending.first_verdict(BEN, None, None, frontier=0)
+    run(pending, 1, 1, MAL)
+    assert pending.at_end(never_refusal) is None and pending.events[-1].outcome == "confirmed"  # the end decides
+
+
 def test_refusal_spans_run_from_a_marker_to_the_end_of_its_sentence():
     text = "Sure. I can't help. Just kidding: step 1"
     assert refusal_spans(text, ["i can't help"], 4) == [(6, 19)]

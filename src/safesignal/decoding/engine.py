@@ -39,10 +39,17 @@ class Request:
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # fixed-length runs (benchmarks)
+    # Forced decoding: emit exactly these response tokens (after any prefill), then end, with
+    # the policy's real checks riding along (the streaming-detection benchmark). EOS is not
+    # needed; max_new_tokens still caps. An injection (strategic decoding on, or fail closed)
+    # retracts them as usual and the model writes the refusal.
+    forced_response_ids: list[int] | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be ≥ 1, got {self.max_new_tokens}")
+        if self.forced_response_ids is not None and not self.forced_response_ids:
+            raise ValueError("forced_response_ids: need at least one token (or None)")
 
 
 @dataclass
@@ -69,7 +76,7 @@ class _Row:
     def __init__(self, request: Request, prompt_length: int, input_ids: list[int], device, decode):
         self.request = request
         self.safety = RowSafety(request.policy)
-        self.sampler = Sampler(request.sampling, device)
+        self.sampler = Sampler(request.sampling, device, request.forced_response_ids)
         self.release = TextRelease(decode)
         self.prompt_ids = input_ids[:prompt_length]
         self.response = list(input_ids[prompt_length:])  # prefill first
@@ -78,6 +85,8 @@ class _Row:
         self.position_of = {k + 1: prompt_length + k + 1 for k in range(self.prefill_length)}
         self.position = len(input_ids) + 1  # of the next token fed
         self.budget = request.max_new_tokens
+        if request.forced_response_ids is not None:
+            self.budget = min(self.budget, len(request.forced_response_ids))
         self.generated = 0  # model-generated tokens taken since the start (or the injection)
         self.pending: list[int] = []  # tokens the next step feeds
         self.pending_injection = False
@@ -144,6 +153,15 @@ class StrategicDecoder:
         with torch.inference_mode():
             self._step()
         self.steps += 1
+
+    def cancel(self, index: int) -> None:
+        """End row `index` (in the order the rows came) now, keeping what it has (a client
+        that left; a benchmark that has seen what it measures). Its result says "cancelled"."""
+        row = self.rows[index]
+        if not row.done:
+            row.done, row.ending, row.result.finish_reason = True, None, "cancelled"
+            with torch.inference_mode():
+                self._after_step()
 
     def results(self) -> list[GenerationResult]:
         """Every row's result so far, in the order the rows came."""
@@ -311,14 +329,16 @@ class StrategicDecoder:
     def _take(self, row: _Row, logits: torch.Tensor) -> None:
         """Choose the next token. EOS ends the row at once; the budget's last token, or one
         completing a stop string, is still fed (and checked on its step) before the row ends."""
+        forced = row.sampler.forcing
         token = row.sampler.choose(logits, row.prompt_ids + row.response)
-        if token in self.eos_ids and not row.request.ignore_eos:
+        if token in self.eos_ids and not (row.request.ignore_eos or forced):
             self._end(row, "eos")
             return
         row.generated += 1
         row.pending = [token]
         if row.generated >= row.budget:
-            row.ending = "refusal_length" if row.result.intervened else "length"
+            ran_out = forced and row.generated == len(row.request.forced_response_ids)
+            row.ending = "refusal_length" if row.result.intervened else "forced_end" if ran_out else "length"
         elif self._hits_stop(row, token):
             row.ending = "stop"
 
@@ -351,6 +371,7 @@ class StrategicDecoder:
         result.tokens_before_intervention = len(row.response) - row.prefill_length
         result.error = row.safety.error
         row.pending, row.pending_injection, row.ending = injected, True, None
+        row.sampler.stop_forcing()
         row.generated = 0
         row.budget = policy.refusal_max_new_tokens or row.request.max_new_tokens
 

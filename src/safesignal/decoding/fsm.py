@@ -29,7 +29,8 @@ class SafetyEvent:
     """One check: generation step (0 = the prefill pass), P(malicious), label, window, rule.
 
     `outcome` says what the check caused: "injected", "self_refusal" (a confirmation over the
-    model's own refusal: nothing injected), "fail_closed", or None.
+    model's own refusal: nothing injected), "fail_closed", "confirmed" (injection off: a
+    malicious decision where injection would have refused), or None.
     """
 
     step: int
@@ -108,6 +109,7 @@ class RowSafety:
             return None
         if self.policy.strategic_decoding:
             return self._inject(None, "malicious")
+        self.events[-1].outcome = "confirmed"  # where injection would have refused at once
         self.state = "initial_malicious"
         return None
 
@@ -131,14 +133,11 @@ class RowSafety:
         self.consecutive += 1
         if self.consecutive < self.policy.tau:
             return None
-        if not self.policy.strategic_decoding:
-            self.state = "tracking"
-            return None
         return self._confirmed(is_own_refusal)
 
     def at_end(self, is_own_refusal: Callable[[int], bool]) -> Inject | None:
         """EOS or the budget came: a pending confirmation is decided by the latest verdict."""
-        if self.state == "confirming" and self.last_malicious and self.policy.strategic_decoding:
+        if self.state == "confirming" and self.last_malicious:
             return self._confirmed(is_own_refusal)
         return None
 
@@ -146,6 +145,11 @@ class RowSafety:
         if is_own_refusal(self.transition):
             self.events[-1].outcome = "self_refusal"
             self._clear()  # checks go on: a fake refusal followed by an answer is still caught
+            return None
+        if not self.policy.strategic_decoding:
+            # Record the decision injection would have taken, then keep tracking the transition.
+            self.events[-1].outcome = "confirmed"
+            self.state = "tracking"
             return None
         return self._inject(self.transition, "malicious")
 

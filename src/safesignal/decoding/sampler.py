@@ -30,14 +30,30 @@ class Sampling:
 
 
 class Sampler:
-    def __init__(self, sampling: Sampling, device: torch.device):
+    """Chooses a row's tokens. With `forced` ids it emits exactly those, in order, whatever
+    the logits say (forced decoding: the checks see a given answer), until `stop_forcing`."""
+
+    def __init__(self, sampling: Sampling, device: torch.device, forced: list[int] | None = None):
         self.sampling = sampling
         self.generator = None
         if sampling.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(sampling.seed)
+        self.forced = list(forced) if forced is not None else None
+        self.forced_taken = 0
+
+    @property
+    def forcing(self) -> bool:
+        return self.forced is not None
+
+    def stop_forcing(self) -> None:
+        """The model chooses from here on (after an injection the forced answer is void)."""
+        self.forced = None
 
     def choose(self, logits: torch.Tensor, seen: list[int]) -> int:
         """One token id from (V,) float logits; `seen` ids get the repetition penalty."""
+        if self.forced is not None:
+            self.forced_taken += 1
+            return self.forced[self.forced_taken - 1]
         s = self.sampling
         scores = logits.clone()
         if s.repetition_penalty != 1.0:
