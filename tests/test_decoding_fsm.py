@@ -135,7 +135,7 @@ def test_injection_off_records_where_injection_would_have_refused():
     pending = RowSafety(SafetyPolicy(strategic_decoding=False, tau=3, schedule="each"))
     pending.first_verdict(BEN, None, None, frontier=0)
     run(pending, 1, 1, MAL)
-    assert pending.at_end(never_refusal) is None and pending.events[-1].outcome == "confirmed"  # the end decides
+    assert pending.at_end(never_refusal) is None and pending.events[-1].outcome == "confirmed_at_end"  # the end decides, said apart
 
 
 def test_refusal_spans_run_from_a_marker_to_the_end_of_its_sentence():

@@ -128,3 +128,11 @@ def test_the_whole_run_is_json_with_every_schedule_mode_and_set(sm):
         assert set(sets) == {"harmful", "spliced_4", "benign_pyrit", "benign_heldout"}
         assert sets["harmful"]["detection_rate"] == 0.0 and sets["benign_heldout"]["false_alarm_rate"] == 0.0
         assert len(sets["harmful"]["traces"]) == 1 and "checks" in sets["harmful"]["traces"][0]
+
+
+def test_a_pending_confirmation_at_the_cut_is_not_a_detection(sm):
+    # 20 tokens, "each": benign through step 18, malicious at steps 19 and 20: two verdicts of
+    # tau = 3 when the forced answer runs out, decided at the end, which is the benchmark's cut.
+    found, figures = measure(sm, item(20), "each", [BEN] * 19)
+    assert found["confirm_step"] is None and found["decided_at_end"]
+    assert (figures["detected"], figures["decided_at_end"]) == (0, 1)

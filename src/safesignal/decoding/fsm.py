@@ -30,7 +30,8 @@ class SafetyEvent:
 
     `outcome` says what the check caused: "injected", "self_refusal" (a confirmation over the
     model's own refusal: nothing injected), "fail_closed", "confirmed" (injection off: a
-    malicious decision where injection would have refused), or None.
+    malicious decision where injection would have refused; "confirmed_at_end" when it was taken
+    on a pending confirmation at EOS or the budget), or None.
     """
 
     step: int
@@ -138,17 +139,19 @@ class RowSafety:
     def at_end(self, is_own_refusal: Callable[[int], bool]) -> Inject | None:
         """EOS or the budget came: a pending confirmation is decided by the latest verdict."""
         if self.state == "confirming" and self.last_malicious:
-            return self._confirmed(is_own_refusal)
+            return self._confirmed(is_own_refusal, at_end=True)
         return None
 
-    def _confirmed(self, is_own_refusal: Callable[[int], bool]) -> Inject | None:
+    def _confirmed(self, is_own_refusal: Callable[[int], bool], at_end: bool = False) -> Inject | None:
         if is_own_refusal(self.transition):
             self.events[-1].outcome = "self_refusal"
             self._clear()  # checks go on: a fake refusal followed by an answer is still caught
             return None
         if not self.policy.strategic_decoding:
             # Record the decision injection would have taken, then keep tracking the transition.
-            self.events[-1].outcome = "confirmed"
+            # At the end of the text it is taken on fewer than tau verdicts: said apart, because
+            # a benchmark that cuts answers short must not count its own cut as a detection.
+            self.events[-1].outcome = "confirmed_at_end" if at_end else "confirmed"
             self.state = "tracking"
             return None
         return self._inject(self.transition, "malicious")

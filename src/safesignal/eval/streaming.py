@@ -4,7 +4,9 @@ Whole answers are force-decoded through the production decoder (`Request.forced_
 its own schedule, windows and masks; injection off, no sampling), and we report when the
 `[CLS]` verdict is confirmed, i.e. the first check whose event says "confirmed": where the
 decoder with injection on would have refused (the prefill pass's malicious verdict, or the
-τ-th consecutive malicious verdict of a confirmation, or a pending one at the answer's end).
+τ-th consecutive malicious verdict of a confirmation). A pending confirmation decided at the
+end of a (cut) answer ("confirmed_at_end") is not a detection: the cut is the benchmark's, not
+the model's; those are counted apart as `decided_at_end`.
 Until then the two decoders feed the same tokens and take the same checks, so the first
 confirmation is exactly where the production decoder would intervene; a row is cut there.
 
@@ -157,6 +159,7 @@ def first_confirmations(sm, items: list[StreamItem], policy: SafetyPolicy, confi
                     for i in batch]
         checks = [[] for _ in batch]
         confirmed: list[int | None] = [None] * len(batch)
+        at_end = [False] * len(batch)
         decoder = StrategicDecoder(sm)
         for chunk in decoder.stream(requests):
             for row, events in enumerate(chunk.events):
@@ -164,10 +167,11 @@ def first_confirmations(sm, items: list[StreamItem], policy: SafetyPolicy, confi
                     checks[row].append((event.step, round(event.probability, 4)))
                     if event.outcome == "confirmed" and confirmed[row] is None:
                         confirmed[row] = event.step
+                    at_end[row] |= event.outcome == "confirmed_at_end" and confirmed[row] is None
                 if confirmed[row] is not None and config.stop_at_detection and not chunk.done[row]:
                     decoder.cancel(row)
         for row, i in enumerate(batch):
-            found[i] = {"confirm_step": confirmed[row], "checks": checks[row]}
+            found[i] = {"confirm_step": confirmed[row], "checks": checks[row], "decided_at_end": at_end[row]}
     return found
 
 
@@ -181,7 +185,8 @@ def set_figures(items: list[StreamItem], found: list[dict], config: StreamingBen
     harmful = items[0].harm_offset is not None if items else False
     steps = [f["confirm_step"] for f in found]
     by_query = sum(s == 0 for s in steps)
-    figures: dict = {"n": n, "confirmed_by_query": by_query}
+    figures: dict = {"n": n, "confirmed_by_query": by_query,
+                     "decided_at_end": sum(bool(f.get("decided_at_end")) for f in found)}
     if harmful:
         delays = []
         before_harm = 0
