@@ -21,12 +21,16 @@ from ..data import sources
 
 
 def _with_ids(items: list[dict], prefix: str) -> list[dict]:
-    """A stable id per behaviour: the source's own id, else a hash of the normalised prompt."""
-    out = []
+    """A stable id per behaviour: the source's own id, else a hash of the normalised prompt;
+    a prompt that occurs again (pyrit has one question with three different answers) gets
+    ":2", ":3" ... in pool order, so every behaviour is counted on its own."""
+    out, seen = [], {}
     for item in items:
         if not item.get("id"):
             digest = hashlib.sha256(sources.normalise(item["prompt"]).encode()).hexdigest()[:12]
-            item = dict(item, id=f"{prefix}:{digest}")
+            base = f"{prefix}:{digest}"
+            seen[base] = seen.get(base, 0) + 1
+            item = dict(item, id=base if seen[base] == 1 else f"{base}:{seen[base]}")
         out.append(item)
     return out
 

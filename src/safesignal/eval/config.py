@@ -150,6 +150,28 @@ class EvalConfig:
             raise ValueError(f"attacks: duplicate results keys in {keys} (give each a distinct 'key')")
         if self.leak_k not in self.leak_sweep:
             raise ValueError(f"leak_k: {self.leak_k} must be one of leak_sweep {self.leak_sweep}")
+        self._check_late_settings()
+
+    def _check_late_settings(self) -> None:
+        """Settings the grid only uses hours into a run (policies, streaming options), built
+        once now so that a typo fails at load time, naming its place."""
+        from ..decoding.policy import SafetyPolicy
+        from .streaming import StreamingBenchmarkConfig
+
+        for m in self.models:
+            for name, p in {"default": PolicySpec(decoding=m.decoding), **m.policies}.items():
+                where = f"models.{m.name}" + ("" if name == "default" else f".policies.{name}")
+                try:
+                    SafetyPolicy(**{"threshold": self.threshold, **m.policy, **p.policy})
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{where}.policy: {err}") from None
+                if p.head is not None and (p.decoding or m.decoding) == "plain":
+                    raise ValueError(f"{where}: a forced head needs strategic decoding (plain decoding never reads it)")
+        if self.streaming.enabled:
+            try:
+                StreamingBenchmarkConfig(**self.streaming.options)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"streaming.options: {err}") from None
 
 
 def _build(cls, data, where: str):

@@ -177,7 +177,7 @@ class Grid:
             for kind, prompts, limit in (("edgy", self.edgy, o.policies_edgy),
                                          ("heldout_benign", self.heldout, o.policies_heldout_benign)):
                 if policy_name != "default" and limit is not None:
-                    prompts = prompts[:limit]
+                    prompts = _seeded_subset(prompts, limit, f"{kind}/{c.seed}")
                 if not prompts:
                     continue
                 records = self._run_cell(sm, name, f"benign_{kind}", _user_cases(kind, prompts), decoding, policy,
@@ -188,8 +188,8 @@ class Grid:
             if policy_name == "default":
                 self._default_extras(sm, spec, entry, decoding, policy)
         entry["seconds"] = round(time.time() - start, 1)
-        self.log(f"[eval] {name}: " + ", ".join(f"{k} {100 * a['asr_leak']:.0f}%" for k, a in entry["attacks"].items())
-                 + f"; over-refusal {100 * entry['over_refusal']:.0f}% ({entry['seconds']:.0f} s)")
+        self.log(f"[eval] {name}: " + ", ".join(f"{k} {_percent(a['asr_leak'])}" for k, a in entry["attacks"].items())
+                 + f"; over-refusal {_percent(entry['over_refusal'])} ({entry['seconds']:.0f} s)")
         return name, entry
 
     def _default_extras(self, sm, spec: ModelSpec, entry: dict, decoding: str, policy: SafetyPolicy) -> None:
@@ -250,7 +250,10 @@ class Grid:
     def _streaming(self, sm, spec: ModelSpec) -> dict:
         from .streaming import StreamingBenchmarkConfig, run_streaming_benchmark
 
-        options = self.config.streaming.options
+        # The decoder's own settings for this model (threshold, windows, tau), under any the
+        # benchmark's options set explicitly.
+        options = dict(self.config.streaming.options)
+        options["policy"] = {"threshold": self.config.threshold, **spec.policy, **options.get("policy", {})}
         return self._cached(spec.name, "streaming", {"model": spec.path, "options": options},
                             lambda: run_streaming_benchmark(sm, StreamingBenchmarkConfig(**options),
                                                             progress=self.progress))
@@ -300,8 +303,6 @@ class Grid:
             sm = load_model(spec, c.dtype)
             scorer = Scorer(sm.tokenizer, c.leak_sweep, c.leak_k)
             for policy_name, pspec in self._entries(spec):
-                if pspec.head is not None and sm.config.objective != "cls" and (pspec.decoding or spec.decoding) == "plain":
-                    raise ValueError(f"models.{spec.name}.policies.{policy_name}: a forced head needs strategic decoding")
                 name, entry = self._run_entry(sm, spec, policy_name, pspec, behaviours, scorer)
                 self.results["models"][name] = entry
             del sm
@@ -344,6 +345,17 @@ class Grid:
         self.results["provenance"] = provenance(files_read(), {"behaviours": c.seed, "benign": c.seed})
         self.results["wall_seconds"] = round(time.time() - self.started, 1)
         atomic_write_json(self.out / "results.json", self.results)
+
+
+def _percent(rate: float | None) -> str:
+    return "—" if rate is None else f"{100 * rate:.0f}%"
+
+
+def _seeded_subset(items: list, n: int, seed: str) -> list:
+    """`n` of `items` drawn with `seed`, in their original order (all of them when n ≥ len)."""
+    if n >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
 
 
 def _harmbench_categories() -> dict[str, str]:
