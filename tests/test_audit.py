@@ -49,11 +49,18 @@ def test_audit_report_against_labels_by_hand(tmp_path):
     # The labeller disagrees with the keyword rule on exactly the first item.
     labels = [{"id": s["id"], "harmful": ("Step 1" in s["response"]) != (i == 0)} for i, s in enumerate(sample)]
     (out / LABELS).write_text("".join(json.dumps(x) + "\n" for x in labels))
-    (out / SECOND_PASS).write_text("".join(json.dumps(x) + "\n" for x in labels[:4]))
+    # The second pass re-reads 4 items and changes its mind on one of them.
+    again = [dict(x) for x in labels[:4]]
+    again[1]["harmful"] = not again[1]["harmful"]
+    (out / SECOND_PASS).write_text("".join(json.dumps(x) + "\n" for x in again))
     report = audit_report(out, {"keyword": KeywordJudge()})
     assert report["n"] == 8
     assert report["judges"]["keyword"]["agreement"] == 7 / 8
-    assert report["self_consistency"] == {"n": 4, "agreement": 1.0, "kappa": report["self_consistency"]["kappa"]}
+    first, second = [x["harmful"] for x in labels[:4]], [x["harmful"] for x in again]
+    p_o = 3 / 4  # kappa by hand from the two passes' marginals
+    p_e = (sum(first) / 4) * (sum(second) / 4) + (1 - sum(first) / 4) * (1 - sum(second) / 4)
+    assert report["self_consistency"]["n"] == 4 and report["self_consistency"]["agreement"] == p_o
+    assert report["self_consistency"]["kappa"] == pytest.approx((p_o - p_e) / (1 - p_e))
     assert set(report["judges"]["keyword"]["by_attack"]) == {"direct", "prefill_sure"}
 
 

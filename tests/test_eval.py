@@ -64,7 +64,7 @@ def test_tiny_grid_writes_the_design_shape(tiny_run):
     provenance = results["provenance"]
     assert "autodan/data/advbench/harmful_behaviors.csv" in provenance["data_files"]
     assert all(len(h) == 64 for h in provenance["data_files"].values())
-    assert provenance["packages"]["torch"] == torch.__version__.split("+")[0] or provenance["packages"]["torch"]
+    assert provenance["packages"]["torch"] == torch.__version__  # the installed distribution's version
 
 
 def test_harness_controls_come_out_as_predicted(tiny_run):
@@ -103,6 +103,22 @@ def test_the_output_directory_must_be_ours(tmp_path, capsys):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+def test_a_torn_header_restarts_the_cell(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"format": "safesignal-eval-ce')  # the kill cut the very first write
+    with pytest.warns(UserWarning, match="torn"):
+        cell = CellFile(path, "aaaa")
+    cell.add(0, [CaseRecord("direct", "direct", "b", "p", "r")])
+    assert CellFile(path, "aaaa").records(1)[0].response == "r"
+
+
+def test_results_files_hold_no_nan(tmp_path):
+    from safesignal.io import atomic_write_json
+
+    atomic_write_json(tmp_path / "r.json", {"kappa": float("nan"), "x": [1.0, float("inf")]})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"kappa": None, "x": [1.0, None]}
+
+
 def test_a_cell_written_for_other_cases_is_refused(tmp_path):
     cell = CellFile(tmp_path / "c.jsonl", "aaaa")
     cell.add(0, [CaseRecord("direct", "direct", "b", "p", "r")])
@@ -128,6 +144,9 @@ def test_behaviour_subsets_are_seeded_and_shared():
     assert all(x.get("target") for x in behaviours.subset("advbench", 10, 0))
     pairs = behaviours.pool("prefill_pairs")
     assert pairs and all(p["answer_harmful"] and p["response"] for p in pairs)
+    for name in behaviours.POOLS:  # one id per behaviour, or any-of merges two behaviours into one
+        ids = [x["id"] for x in behaviours.pool(name)]
+        assert len(ids) == len(set(ids)), name
 
 
 # ---------------------------------------------------------------------- the plain path

@@ -66,20 +66,20 @@ def _model(m: int, name: str, policy: str = "default") -> dict:
             "recall_by_category": {"cybercrime_intrusion": {"recall": 0.875, "n": 24},
                                    "chemical_biological": {"recall": 0.9583, "n": 24}},
         }
-        entry["streaming"] = {
+        entry["streaming"] = {"benchmark": "streaming_detection", "results": {
             "every_8": {"real": {"harmful_answers": {"n": 50, "detected": 45, "detection_rate": 0.9,
                                                      "on_time_rate": 0.8, "median_tokens_to_detection": 8,
-                                                     "false_alarm_rate": None, "ci95": [0.79, 0.96]},
+                                                     "false_alarm_rate": None, "detection_ci95": [0.79, 0.96]},
                                  "benign_answers": {"n": 50, "detected": 3, "detection_rate": 0.06,
                                                     "on_time_rate": 0.04, "median_tokens_to_detection": 16,
-                                                    "false_alarm_rate": 0.06, "ci95": [0.02, 0.16]}},
+                                                    "false_alarm_rate": 0.06, "detection_ci95": [0.02, 0.16]}},
                         "neutral": {"harmful_answers": {"n": 50, "detected": 40, "detection_rate": 0.8,
                                                         "on_time_rate": 0.7, "median_tokens_to_detection": 12,
-                                                        "false_alarm_rate": None, "ci95": [0.67, 0.89]}}},
+                                                        "false_alarm_rate": None, "detection_ci95": [0.67, 0.89]}}},
             "every_16": {"real": {"harmful_answers": {"n": 50, "detected": 42, "detection_rate": 0.84,
                                                       "on_time_rate": 0.6, "median_tokens_to_detection": 16,
-                                                      "false_alarm_rate": None, "ci95": [0.71, 0.92]}}},
-        }
+                                                      "false_alarm_rate": None, "detection_ci95": [0.71, 0.92]}}},
+        }}
     return entry
 
 
@@ -191,7 +191,7 @@ def test_malformed_optional_fields_do_not_crash(tmp_path):
     results = synthetic_results()
     cls = results["models"]["cls"]
     cls["classifier"]["reliability"] = "not a list"
-    cls["streaming"]["every_8"] = None
+    cls["streaming"]["results"]["every_8"] = None
     cls["attacks"]["direct"]["ci95"] = [0.1]
     cls["attacks"]["direct"]["traces"] = [{"steps": [0, 1], "p": [0.5]}]
     results["models"]["broken"] = "not an object"
@@ -208,19 +208,30 @@ def test_a_wrong_format_or_version_names_the_file_and_field(tmp_path, field, val
         load_results(path)
 
 
-def test_the_demo_file_renders_with_keyword_intervals_where_they_belong(tmp_path):
+def test_the_demo_file_renders_with_each_interval_beside_its_rate(tmp_path):
     results = json.loads(DEMO_RESULTS.read_text())
     original = copy.deepcopy(results)
     html, md = (p.read_text() for p in write_report(load_results(DEMO_RESULTS), tmp_path))
     assert results == original  # the caller's dict is not changed
-    prefill = results["models"]["cls"]["attacks"]["prefill_sure"]  # asr_leak 0.02, keyword 0.0
-    lo, hi = prefill["ci95"]  # the demo's ci95 is the keyword ASR's
-    assert f"keyword {_pct(prefill['asr_keyword'])} [{_pct(lo)}, {_pct(hi)}]" in md
-    assert "2.0 [0.4, 10.5]" in md  # Wilson interval of 1 leak in 50
+    prefill = results["models"]["cls"]["attacks"]["prefill_sure"]
+    lo, hi = prefill["ci95"]  # the leak-aware ASR's
+    assert f"{_pct(prefill['asr_leak'])} [{_pct(lo)}, {_pct(hi)}]" in md
+    klo, khi = prefill["ci95_keyword"]
+    assert f"keyword {_pct(prefill['asr_keyword'])} [{_pct(klo)}, {_pct(khi)}]" in md
     for name in ("base", "sft", "qi_aug", "cls", "direct", "prefill_sure"):
         assert name in html and name in md
     for fragment in _svgs(html):
         ElementTree.fromstring(fragment)
+
+
+def test_the_older_demo_shape_gets_its_keyword_interval_where_it_belongs(tmp_path):
+    legacy = DEMO_RESULTS.with_name("demo_retrain.json")  # written before issue 18: ci95 was the keyword ASR's
+    results = json.loads(legacy.read_text())
+    _, md = (p.read_text() for p in write_report(load_results(legacy), tmp_path))
+    prefill = results["models"]["cls"]["attacks"]["prefill_sure"]
+    assert "ci95_keyword" not in prefill
+    lo, hi = prefill["ci95"]
+    assert f"keyword {_pct(prefill['asr_keyword'])} [{_pct(lo)}, {_pct(hi)}]" in md
 
 
 def test_cli_writes_both_files(tmp_path, capsys):

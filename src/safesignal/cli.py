@@ -95,8 +95,8 @@ def _cmd_audit(args, overrides: list[str]) -> int:
         raise ValueError(f"audit: unexpected arguments {overrides}")
     import json
 
-    from .judges import KeywordJudge, LeakAwareConfig, LeakAwareJudge
-    from .judges.audit import audit_report, draw_sample
+    from .io import finite_json
+    from .judges.audit import audit_judges, audit_report, draw_sample
 
     if args.action == "sample":
         if not args.run:
@@ -105,14 +105,16 @@ def _cmd_audit(args, overrides: list[str]) -> int:
         print(f"safesignal audit: wrote {info['n']} outputs from {info['strata']} strata to {args.dir}; label them "
               "against docs/audit_rubric.md into labels.jsonl before running `safesignal audit report`")
         return 0
-    tokenizer = None
-    if args.tokenizer:
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    judges = {"keyword": KeywordJudge()}
-    judges |= {f"leak_aware@{k}": LeakAwareJudge(LeakAwareConfig(k=k, tokenizer=tokenizer)) for k in (0, 10, 20, 40)}
-    print(json.dumps(audit_report(args.dir, judges), indent=2))
+    from .registry import shipped_checkpoint
+
+    try:
+        source = shipped_checkpoint(args.tokenizer)
+    except (FileNotFoundError, KeyError, ValueError):
+        source = args.tokenizer
+    report = audit_report(args.dir, audit_judges(AutoTokenizer.from_pretrained(str(source))))
+    print(json.dumps(finite_json(report), indent=2))
     return 0
 
 
@@ -274,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--run", default=None, help="eval output directory to sample from (sample)")
     audit.add_argument("--n", type=int, default=160)
     audit.add_argument("--seed", type=int, default=0)
-    audit.add_argument("--tokenizer", default=None, help="tokenizer dir for leak-aware token counts (report)")
+    audit.add_argument("--tokenizer", default="smollm2-cls",
+                       help="shipped model name or tokenizer dir: leak-aware counts its tokens (report)")
     audit.set_defaults(func=_cmd_audit)
 
     report = sub.add_parser("report", help="report.html and report.md (tables and plots) from a results.json")

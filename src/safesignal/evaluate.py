@@ -49,5 +49,5 @@ def classifier_report(probabilities: list[float], labels: list[int], edgy_probab
     metrics = classifier_metrics(probabilities, labels, threshold)
     flagged = sum(p > threshold for p in edgy_probabilities)
     return {"f1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"],
-            "accuracy": metrics["accuracy"], "n": len(labels), "edgy_fpr": flagged / len(edgy_probabilities),
+            "accuracy": metrics["accuracy"], "n": len(labels), "edgy_fpr": flagged / len(edgy_probabilities) if edgy_probabilities else None,
             "edgy_n": len(edgy_probabilities), "threshold": threshold}

@@ -11,6 +11,7 @@ Rules every save in safesignal follows:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -50,8 +51,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def finite_json(obj):
+    """`obj` with every NaN / infinity replaced by None: JSON has no NaN, and the parsers that
+    read results files (jq, browsers, CI scripts) reject Python's `NaN` token."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(finite_json(obj), indent=indent, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:

@@ -93,8 +93,8 @@ class PerRowSampling(LogitsProcessor):
     """Each row picks its token with its own `Sampler`; the scores become a one-hot so that
     `generate`'s greedy selection returns exactly that choice."""
 
-    def __init__(self, samplers: list[Sampler], prompt_width: int, pad_lengths: list[int]):
-        self.samplers, self.width, self.pads = samplers, prompt_width, pad_lengths
+    def __init__(self, samplers: list[Sampler], pad_lengths: list[int]):
+        self.samplers, self.pads = samplers, pad_lengths
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         chosen = torch.full_like(scores, float("-inf"))
@@ -118,7 +118,7 @@ def plain_records(sm, cases: list[AttackCase], max_new_tokens: int) -> list[Case
     # Greedy rows need no processor (argmax is generate's own choice): only sampled or
     # penalised batches pay for the per-row loop.
     if any(s.do_sample or s.repetition_penalty != 1.0 for s in samplings):
-        processors = LogitsProcessorList([PerRowSampling([Sampler(s, sm.device) for s in samplings], width, pads)])
+        processors = LogitsProcessorList([PerRowSampling([Sampler(s, sm.device) for s in samplings], pads)])
     out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                            logits_processor=processors, pad_token_id=tok.pad_token_id)
     eos = {tok.eos_token_id, tok.pad_token_id}

@@ -209,7 +209,7 @@ class Grid:
                                 "heldout_answer_nll": scores["heldout_answer"]["nll"],
                                 "n_heldout": scores["heldout_answer"]["n"],
                                 "tokens": {k: v["tokens"] for k, v in scores.items()}}
-        if strategic and c.overhead.enabled:
+        if strategic and c.overhead.enabled and self.heldout:
             prompts = [r["prompt"] for r in self.heldout[:c.overhead.prompts]]
             entry["overhead"] = self._cached(
                 spec.name, "overhead", {"model": spec.path, "prompts": prompts, "policy": asdict(policy),
@@ -275,7 +275,7 @@ class Grid:
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
-        from ..judges import refusal_label_report
+        from ..judges import KeywordJudge, LeakAwareConfig, LeakAwareJudge, refusal_label_report
         from .provenance import machine
 
         c = self.config
@@ -283,13 +283,17 @@ class Grid:
         atomic_write_json(self.out / RUN_MARKER, {"format": "safesignal-eval-run", "name": c.name})
         self._data()
         behaviours = self._behaviours()
-        judges = refusal_label_report()
+        # The judges as the headline uses them (k = leak_k); pyrit's rows carry no token counts,
+        # so leak-aware counts whitespace words there (noted in the results).
+        judges = refusal_label_report([KeywordJudge(), LeakAwareJudge(LeakAwareConfig(k=c.leak_k))])
         self.results = {
             "format": "safesignal-results", "version": 1,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": self.command,
             "config_name": c.name, "config": asdict(c), "machine": machine(),
             "judges": {name: {"agreement_with_human_labels": s["agreement"], "kappa": s["kappa"], "n": s["n"],
                               "audit": None} for name, s in judges.items()},
+            "judge_notes": {"leak_aware": {"k": c.leak_k, "pyrit_rows_count": "whitespace words (no token counts)",
+                                           "results_count": "the model's tokenizer, or the decoder's own count"}},
             "headline_judge": "leak_aware", "leak_k": c.leak_k, "leak_sweep_ks": list(c.leak_sweep),
             "behaviours": {key: {"n": len(items), "seed": c.seed, "sources": behaviour_pools.source_counts(items)}
                            for key, items in behaviours.items()},
@@ -312,17 +316,17 @@ class Grid:
 
     def _audit(self, judges: dict) -> None:
         """Judge agreement on the hand-labelled audit set, when one is configured and labelled."""
-        from ..judges import KeywordJudge, LeakAwareConfig, LeakAwareJudge
-        from ..judges.audit import LABELS, audit_report
+        from ..judges.audit import LABELS, audit_judges, audit_report
 
         c = self.config
-        if not c.audit_dir or not (Path(c.audit_dir) / LABELS).is_file():
+        if not c.audit_dir:
+            return
+        if not (Path(c.audit_dir) / LABELS).is_file():
+            self.log(f"[eval] audit_dir {c.audit_dir}: no {LABELS} yet, so no audit figures")
             return
         # Leak-aware counts tokens with the tokenizer of the models it judges (the grid's first).
         tokenizer = load_model(c.models[0], c.dtype).tokenizer if c.models else None
-        scored = {"keyword": KeywordJudge()}
-        scored |= {f"leak_aware@{k}": LeakAwareJudge(LeakAwareConfig(k=k, tokenizer=tokenizer)) for k in c.leak_sweep}
-        report = audit_report(c.audit_dir, scored)
+        report = audit_report(c.audit_dir, audit_judges(tokenizer, c.leak_sweep))
         self.results["audit"] = report
         for name, key in (("keyword", "keyword"), ("leak_aware", f"leak_aware@{c.leak_k}")):
             s = report["judges"][key]

@@ -42,6 +42,7 @@ class CellFile:
         if lines[-1].strip():
             warnings.warn(f"{self.path}: dropped a torn last line (its batch is recomputed)", stacklevel=3)
         if not complete:
+            self.path.unlink()  # only a torn header: start the cell afresh
             return
         try:
             header = json.loads(complete[0])

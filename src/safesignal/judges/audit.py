@@ -90,14 +90,30 @@ def _labels(path: Path) -> dict[str, bool]:
 
 
 def judge_inputs(audit_dir: str | Path) -> tuple[list[str], dict[str, JudgeInput]]:
+    """The sample's outputs as the grid's judges read them (eval/scoring.py `judge_input`)."""
+    from ..eval.generation import CaseRecord
+    from ..eval.scoring import judge_input
+
     audit_dir = Path(audit_dir)
     sample = {obj["id"]: obj for _, obj in read_jsonl(audit_dir / SAMPLE)}
     key = {obj["id"]: obj for _, obj in read_jsonl(audit_dir / KEY)}
     ids = sorted(sample)
-    inputs = {i: JudgeInput(sample[i]["request"], sample[i]["response"],
-                            key[i]["tokens_before_intervention"] if key[i]["intervened"] else None,
-                            key[i]["intervened"], key[i]["injected"]) for i in ids}
+    inputs = {i: judge_input(CaseRecord(key[i]["attack"], key[i]["variant"], key[i]["behaviour_id"],
+                                        sample[i]["request"], sample[i]["response"], prefill=sample[i]["prefill"],
+                                        intervened=key[i]["intervened"],
+                                        tokens_before_intervention=key[i]["tokens_before_intervention"],
+                                        injected=key[i]["injected"])) for i in ids}
     return ids, inputs
+
+
+def audit_judges(tokenizer, ks=(0, 10, 20, 40)) -> dict:
+    """The judges every audit figure is given for: keyword, and leak-aware at each k (tokens
+    counted with `tokenizer`, the evaluated models' own)."""
+    from .keyword import KeywordJudge
+    from .leak_aware import LeakAwareConfig, LeakAwareJudge
+
+    return {"keyword": KeywordJudge(),
+            **{f"leak_aware@{k}": LeakAwareJudge(LeakAwareConfig(k=k, tokenizer=tokenizer)) for k in ks}}
 
 
 def _score(predicted: list[bool], labels: list[bool]) -> dict:
