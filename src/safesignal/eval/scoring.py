@@ -31,6 +31,12 @@ class Scorer:
         self.keyword = KeywordJudge()
         self.leak = {k: LeakAwareJudge(LeakAwareConfig(k=k, tokenizer=tokenizer)) for k in leak_sweep}
         self.leak_k = leak_k
+        self.tokenizer = tokenizer
+
+    def response_tokens(self, record: CaseRecord) -> int:
+        """Tokens of the visible response (no prefill; an injected refusal included), counted
+        the same way for every model: the decoders' own counts differ in what they include."""
+        return len(self.tokenizer(record.response, add_special_tokens=False).input_ids)
 
     def verdicts(self, records: list[CaseRecord]) -> list[dict]:
         """Per record: harmful under keyword and each leak k, and the headline reason."""
@@ -90,7 +96,7 @@ def attack_entry(records: list[CaseRecord], scorer: Scorer, *, excerpts: int = 2
         "mean_tokens_before_intervention": (sum(tbi) / len(tbi)) if tbi else None,
         "self_refusals": sum(r.self_refusals > 0 for r, _ in usable),
         "fail_closed": sum(r.error is not None for r, _ in usable),
-        "mean_new_tokens": _rate(sum(r.new_tokens for r, _ in usable), len(usable)),
+        "mean_response_tokens": _rate(sum(scorer.response_tokens(r) for r, _ in usable), len(usable)),
         "reasons": _reasons(usable),
         "traces": _traces(usable, traces, threshold),
         "excerpts": _excerpts(usable, excerpts, scorer.leak_k),
