@@ -119,12 +119,17 @@ def test_results_files_hold_no_nan(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == {"kappa": None, "x": [1.0, None]}
 
 
-def test_a_cell_written_for_other_cases_is_refused(tmp_path):
+def test_a_cell_written_for_other_cases_is_set_aside_not_mixed(tmp_path):
     cell = CellFile(tmp_path / "c.jsonl", "aaaa")
     cell.add(0, [CaseRecord("direct", "direct", "b", "p", "r")])
-    with pytest.raises(DataError, match="fingerprint"):
-        CellFile(tmp_path / "c.jsonl", "bbbb")
-    assert CellFile(tmp_path / "c.jsonl", "aaaa").records(1)[0].response == "r"
+    with pytest.warns(UserWarning, match="other cases"):
+        fresh = CellFile(tmp_path / "c.jsonl", "bbbb")
+    assert fresh.records(1) is None  # nothing of the old cell is reused
+    kept = tmp_path / "c.stale-aaaa.jsonl.old"
+    assert kept.is_file() and '"r"' in kept.read_text()  # and nothing is deleted
+    (tmp_path / "x.jsonl").write_text('{"format": "something else"}\n')
+    with pytest.raises(DataError, match="not an eval cell"):
+        CellFile(tmp_path / "x.jsonl", "aaaa")
 
 
 def test_config_errors_name_the_field(tmp_path):

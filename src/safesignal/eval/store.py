@@ -7,7 +7,9 @@ that are missing, with the same composition as the uninterrupted run would have 
 gives the same records even where batching changes the floating-point path (bf16).
 
 The first line is a header with the cell's fingerprint (a hash of its cases and settings): a
-file written for other cases or settings is refused, never mixed. A torn last line (a write cut
+cell written for other cases or settings is never mixed in: it is set aside beside the new one
+(`<key>.stale-<fingerprint>.jsonl.old`) and the cell is recomputed. A file that is not an eval
+cell is refused. A torn last line (a write cut
 by the kill) is dropped with a warning and its batch recomputed.
 """
 
@@ -51,8 +53,13 @@ class CellFile:
         if header.get("format") != CELL_FORMAT:
             raise DataError([f"{self.path}:1: format: expected {CELL_FORMAT!r}, not an eval cell"])
         if header.get("fingerprint") != self.fingerprint:
-            raise DataError([f"{self.path}:1: fingerprint: this cell was written for other cases or settings "
-                             f"({header.get('fingerprint')} != {self.fingerprint}); use another --out or delete it"])
+            # Our own cell, written for other cases or settings (a changed config or attack):
+            # set it aside, never mix it in and never delete it, and compute this cell afresh.
+            stale = self.path.with_name(f"{self.path.stem}.stale-{header.get('fingerprint')}{self.path.suffix}.old")
+            os.replace(self.path, stale)
+            warnings.warn(f"{self.path}: written for other cases or settings ({header.get('fingerprint')} != "
+                          f"{self.fingerprint}); kept as {stale.name}, recomputing", stacklevel=3)
+            return
         for number, line in enumerate(complete[1:], start=2):
             try:
                 obj = json.loads(line)
