@@ -97,6 +97,14 @@ class _Row:
         self.events_sent = 0
 
 
+def stop_token_ids(model) -> set[int]:
+    """The ids that end an answer: the tokenizer's EOS and the LM's generation-config EOS(es)."""
+    eos = {model.tokenizer.eos_token_id}
+    config_eos = getattr(model.base.generation_config, "eos_token_id", None)
+    eos |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
+    return {e for e in eos if e is not None}
+
+
 class StrategicDecoder:
     """Runs strategic decoding for a batch of requests on a SafetyModel (duck-typed: anything
     with tokenizer, formatter, cls_token_id, device, base, hidden_states, lm_logits, cls_logits)."""
@@ -106,10 +114,7 @@ class StrategicDecoder:
         self.tokenizer = model.tokenizer
         self.model_calls = 0  # forwards issued: 1 prefill pass + 1 per step, whatever the batch size
         self.steps = 0
-        eos = {self.tokenizer.eos_token_id}
-        config_eos = getattr(model.base.generation_config, "eos_token_id", None)
-        eos |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
-        self.eos_ids = {e for e in eos if e is not None}
+        self.eos_ids = stop_token_ids(model)
 
     # ------------------------------------------------------------------ public
     def generate(self, requests: list[Request]) -> list[GenerationResult]:

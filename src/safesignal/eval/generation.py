@@ -16,6 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..attacks import AttackCase
 from ..decoding import Request
+from ..decoding.engine import stop_token_ids
 from ..decoding.policy import SafetyPolicy
 from ..decoding.sampler import Sampler, Sampling
 
@@ -89,6 +90,16 @@ def strategic_records(sm, cases: list[AttackCase], policy: SafetyPolicy, max_new
     return records
 
 
+def left_padded(sm, encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(input ids, attention mask, pad count per row) of token lists padded on the left, as
+    transformers' `generate` expects."""
+    width = max(len(e) for e in encoded)
+    pads = [width - len(e) for e in encoded]
+    ids = torch.tensor([[sm.tokenizer.pad_token_id] * p + e for p, e in zip(pads, encoded)], device=sm.device)
+    mask = torch.tensor([[0] * p + [1] * len(e) for p, e in zip(pads, encoded)], device=sm.device)
+    return ids, mask, pads
+
+
 class PerRowSampling(LogitsProcessor):
     """Each row picks its token with its own `Sampler`; the scores become a one-hot so that
     `generate`'s greedy selection returns exactly that choice."""
@@ -108,11 +119,9 @@ class PerRowSampling(LogitsProcessor):
 def plain_records(sm, cases: list[AttackCase], max_new_tokens: int) -> list[CaseRecord]:
     """One batch of cases through transformers' `generate` on the LM alone (no [CLS])."""
     tok = sm.tokenizer
-    encoded = [sm.formatter.encode(c.messages, c.prefill or "", add_eos=False).input_ids for c in cases]
-    width = max(len(e) for e in encoded)
-    pads = [width - len(e) for e in encoded]
-    ids = torch.tensor([[tok.pad_token_id] * p + e for p, e in zip(pads, encoded)], device=sm.device)
-    mask = torch.tensor([[0] * p + [1] * len(e) for p, e in zip(pads, encoded)], device=sm.device)
+    ids, mask, pads = left_padded(sm, [sm.formatter.encode(c.messages, c.prefill or "", add_eos=False).input_ids
+                                       for c in cases])
+    width = ids.shape[1]
     samplings = [_sampling(c) for c in cases]
     processors = None
     # Greedy rows need no processor (argmax is generate's own choice): only sampled or
@@ -121,9 +130,7 @@ def plain_records(sm, cases: list[AttackCase], max_new_tokens: int) -> list[Case
         processors = LogitsProcessorList([PerRowSampling([Sampler(s, sm.device) for s in samplings], pads)])
     out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                            logits_processor=processors, pad_token_id=tok.pad_token_id)
-    eos = {tok.eos_token_id, tok.pad_token_id}
-    config_eos = getattr(sm.base.generation_config, "eos_token_id", None)
-    eos |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
+    eos = stop_token_ids(sm) | {tok.pad_token_id}  # generate pads a finished row
     records = []
     for case, row in zip(cases, out[:, width:].tolist()):
         length = next((i for i, t in enumerate(row) if t in eos), len(row))
@@ -166,3 +173,11 @@ def run_cases(sm, cases: list[AttackCase], decoding: str, policy: SafetyPolicy, 
                                          policy, max_new_tokens)):
             records[i] = r
     return records
+
+
+def user_cases(kind: str, records: list[dict], with_prefill: bool = False) -> list[AttackCase]:
+    """A case per record: its prompt as the only user turn (benign sets, the demo's requests).
+    The behaviour id is the record's `id`, else `<kind>:<position>`; `with_prefill` forces the
+    record's `meta.prefill`."""
+    return [AttackCase([{"role": "user", "content": r["prompt"]}], kind, kind, r.get("id") or f"{kind}:{i}",
+                       prefill=r["meta"]["prefill"] if with_prefill else None) for i, r in enumerate(records)]

@@ -13,15 +13,14 @@ import time
 import torch
 
 from ..decoding import Request
+from .generation import left_padded
 
 
 @torch.inference_mode()
 def decode_ratio(sm, prompts: list[str], policy, *, new_tokens: int = 64, repeats: int = 2) -> dict:
     tok = sm.tokenizer
-    encoded = [sm.formatter.encode([{"role": "user", "content": p}], "", add_eos=False).input_ids for p in prompts]
-    width = max(len(e) for e in encoded)
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded], device=sm.device)
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=sm.device)
+    ids, mask, _ = left_padded(sm, [sm.formatter.encode([{"role": "user", "content": p}], "", add_eos=False).input_ids
+                                    for p in prompts])
 
     def plain():
         sm.base.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
