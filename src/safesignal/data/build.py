@@ -341,6 +341,17 @@ def build(config: DataBuildConfig) -> dict:
     return summary
 
 
+def evaluation_sets(config: DataBuildConfig | None = None) -> dict[str, list[dict]]:
+    """Build the data (deterministic) and return its evaluation records by `meta.set`
+    (classifier | refusal | edgy | utility): what the demo and the eval grid score on."""
+    config = config or DataBuildConfig()
+    build(config)
+    sets: dict[str, list[dict]] = {}
+    for _, record in read_jsonl(config.resolved_out_dir() / "evaluation.jsonl"):
+        sets.setdefault(record["meta"]["set"], []).append(record)
+    return sets
+
+
 def format_summary(summary: dict) -> str:
     lines = []
     for name, info in summary["files"].items():

@@ -12,11 +12,10 @@ the pool's contents, `n` and `seed` only.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from functools import lru_cache
 
-from ..attacks.base import POOLS
+from ..attacks.base import POOLS, behaviour_id
 from ..data import sources
 
 
@@ -27,8 +26,7 @@ def _with_ids(items: list[dict], prefix: str) -> list[dict]:
     out, seen = [], {}
     for item in items:
         if not item.get("id"):
-            digest = hashlib.sha256(sources.normalise(item["prompt"]).encode()).hexdigest()[:12]
-            base = f"{prefix}:{digest}"
+            base = behaviour_id({"prompt": item["prompt"], "source": prefix})
             seen[base] = seen.get(base, 0) + 1
             item = dict(item, id=base if seen[base] == 1 else f"{base}:{seen[base]}")
         out.append(item)

@@ -23,10 +23,10 @@ from tqdm import tqdm
 from ..attacks import AttackCase, attack_pool, get_attack
 from ..decoding.policy import SafetyPolicy
 from ..home import safesignal_home
-from ..io import atomic_write_json, claim_directory, read_jsonl
+from ..io import atomic_write_json, claim_directory
 from . import behaviours as behaviour_pools
 from .config import EvalConfig, ModelSpec, PolicySpec
-from .generation import CaseRecord, length_batches, run_batch
+from .generation import CaseRecord, length_batches, run_batch, user_cases
 from .scoring import Scorer, attack_entry, refusal_entry
 from .store import CellFile, fingerprint
 
@@ -69,10 +69,6 @@ def load_model(spec: ModelSpec, dtype: str):
     return sm.eval()
 
 
-def _user_cases(kind: str, prompts: list[dict]) -> list[AttackCase]:
-    return [AttackCase([{"role": "user", "content": p["prompt"]}], kind, kind, p["id"]) for p in prompts]
-
-
 class Grid:
     def __init__(self, config: EvalConfig, command: str, log=print, progress: bool = True):
         self.config, self.command, self.log, self.progress = config, command, log, progress
@@ -82,13 +78,9 @@ class Grid:
 
     # ------------------------------------------------------------------ data
     def _data(self) -> None:
-        from ..data.build import DataBuildConfig, build
+        from ..data.build import evaluation_sets
 
-        data_config = DataBuildConfig()
-        build(data_config)
-        sets: dict[str, list[dict]] = {}
-        for _, record in read_jsonl(data_config.resolved_out_dir() / "evaluation.jsonl"):
-            sets.setdefault(record["meta"]["set"], []).append(record)
+        sets = evaluation_sets()
         rng = random.Random(f"benign/{self.config.seed}")
         edgy = sets["edgy"]
         if self.config.over_refusal.edgy is not None:
@@ -180,7 +172,7 @@ class Grid:
                     prompts = _seeded_subset(prompts, limit, f"{kind}/{c.seed}")
                 if not prompts:
                     continue
-                records = self._run_cell(sm, name, f"benign_{kind}", _user_cases(kind, prompts), decoding, policy,
+                records = self._run_cell(sm, name, f"benign_{kind}", user_cases(kind, prompts), decoding, policy,
                                          pspec.head, spec.path)
                 detail[kind] = refusal_entry(records, scorer)
             entry["over_refusal"] = detail["edgy"]["rate"] if "edgy" in detail else None
@@ -301,10 +293,12 @@ class Grid:
                             "heldout_benign": {"n": len(self.heldout), "source": "held-out ShareGPT first turns"}},
             "models": {},
         }
-        self._audit(judges)
-        for spec in c.models:
+        for index, spec in enumerate(c.models):
             torch.manual_seed(c.seed)  # a fresh [CLS] row and head (a plain base) are initialised from it
             sm = load_model(spec, c.dtype)
+            if index == 0:
+                # Leak-aware counts tokens with the tokenizer of the models it judges (the grid's first).
+                self._audit(sm.tokenizer)
             scorer = Scorer(sm.tokenizer, c.leak_sweep, c.leak_k)
             for policy_name, pspec in self._entries(spec):
                 name, entry = self._run_entry(sm, spec, policy_name, pspec, behaviours, scorer)
@@ -314,7 +308,7 @@ class Grid:
             self._write()
         return self.results
 
-    def _audit(self, judges: dict) -> None:
+    def _audit(self, tokenizer) -> None:
         """Judge agreement on the hand-labelled audit set, when one is configured and labelled."""
         from ..judges.audit import LABELS, audit_judges, audit_report
 
@@ -324,8 +318,6 @@ class Grid:
         if not (Path(c.audit_dir) / LABELS).is_file():
             self.log(f"[eval] audit_dir {c.audit_dir}: no {LABELS} yet, so no audit figures")
             return
-        # Leak-aware counts tokens with the tokenizer of the models it judges (the grid's first).
-        tokenizer = load_model(c.models[0], c.dtype).tokenizer if c.models else None
         report = audit_report(c.audit_dir, audit_judges(tokenizer, c.leak_sweep))
         self.results["audit"] = report
         for name, key in (("keyword", "keyword"), ("leak_aware", f"leak_aware@{c.leak_k}")):
