@@ -42,6 +42,16 @@ def test_sample_is_stratified_blind_and_never_overwrites_labels(tmp_path):
         draw_sample(run, out, n=12)
 
 
+def test_sample_skips_set_aside_cells_and_torn_lines(tmp_path):
+    run, out = _run(tmp_path), tmp_path / "audit"
+    (run / "cells" / "cls").rename(run / "cells" / "cls.stale-0123456789abcdef")
+    with open(run / "cells" / "base" / "direct.jsonl", "a") as f:
+        f.write('{"batch": 1, "records": [{"att')  # a batch the kill cut: the run recomputes it
+    info = draw_sample(run, out, n=24, seed=0)
+    key = [json.loads(line) for line in (out / KEY).read_text().splitlines()]
+    assert info["n"] == 12 and {k["entry"] for k in key} == {"base"}  # 2 attacks x 6 rows, the torn one not among them
+
+
 def test_audit_report_against_labels_by_hand(tmp_path):
     run, out = _run(tmp_path), tmp_path / "audit"
     draw_sample(run, out, n=8, seed=1)

@@ -19,7 +19,7 @@ from safesignal.eval import behaviours
 from safesignal.eval.config import load_eval_config
 from safesignal.eval.generation import CaseRecord, plain_records
 from safesignal.eval.scoring import Scorer, attack_entry
-from safesignal.eval.store import CellFile
+from safesignal.eval.store import MODEL_FILE, CellFile, weights_digest
 from safesignal.eval.utility import answer_nll
 from safesignal.io import DataError
 from safesignal.metrics import auroc, reliability_curve
@@ -95,6 +95,30 @@ def test_a_killed_run_resumes_to_the_same_results(tiny_run, tmp_path):
         assert main(["eval", "--config", str(TINY), "--out", str(copy_dir)]) == 0
     resumed = json.loads((copy_dir / "results.json").read_text())
     assert _strip_timing(resumed) == _strip_timing(results)
+
+
+def test_cells_computed_with_other_weights_are_set_aside(tiny_run, tmp_path):
+    out, results = tiny_run
+    copy_dir = tmp_path / "retrained"
+    shutil.copytree(out, copy_dir)
+    marker = copy_dir / "cells" / "base" / MODEL_FILE
+    recorded = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**recorded, "weights_sha256": "f" * 64}))  # as if base were retrained
+    with pytest.warns(UserWarning, match="other weights"):
+        assert main(["eval", "--config", str(TINY), "--out", str(copy_dir)]) == 0
+    kept = copy_dir / "cells" / f"base.stale-{'f' * 16}"
+    assert (kept / "direct.jsonl").is_file()  # the old cells are kept, not deleted
+    assert json.loads(marker.read_text()) == recorded  # recomputed with the weights loaded now
+    assert _strip_timing(json.loads((copy_dir / "results.json").read_text())) == _strip_timing(results)
+
+
+def test_weights_digest_sees_one_changed_weight():
+    sm = make_safety_model("llama", "eager")
+    before = weights_digest(sm)
+    assert weights_digest(make_safety_model("llama", "eager")) == before  # same weights, same digest
+    with torch.no_grad():
+        next(sm.parameters()).view(-1)[3] += 1e-3
+    assert weights_digest(sm) != before
 
 
 def test_the_output_directory_must_be_ours(tmp_path, capsys):

@@ -28,7 +28,7 @@ from . import behaviours as behaviour_pools
 from .config import EvalConfig, ModelSpec, PolicySpec
 from .generation import CaseRecord, length_batches, run_batch, user_cases
 from .scoring import Scorer, attack_entry, refusal_entry
-from .store import CellFile, fingerprint
+from .store import CellFile, claim_entry_dir, fingerprint, weights_digest
 
 RUN_MARKER = "safesignal_eval.json"
 HEAD_FORCE_BIAS = 20.0  # sigmoid(±20) = 1 − 2e-9: every verdict is the forced one
@@ -151,7 +151,7 @@ class Grid:
         c = self.config
         decoding = pspec.decoding or spec.decoding
         policy = SafetyPolicy(**{"threshold": c.threshold, **spec.policy, **pspec.policy})
-        name = spec.name if policy_name == "default" else f"{spec.name}:{policy_name}"
+        name = _entry_name(spec, policy_name)
         start = time.time()
         entry: dict = {"model": spec.name, "policy": policy_name, "decoding": decoding, "checkpoint": spec.path,
                        "head": pspec.head, "policy_overrides": {**spec.policy, **pspec.policy}, "attacks": {}}
@@ -300,6 +300,9 @@ class Grid:
                 # Leak-aware counts tokens with the tokenizer of the models it judges (the grid's first).
                 self._audit(sm.tokenizer)
             scorer = Scorer(sm.tokenizer, c.leak_sweep, c.leak_k)
+            weights = weights_digest(sm)
+            for policy_name, _ in self._entries(spec):
+                claim_entry_dir(self.out / "cells" / _entry_name(spec, policy_name), weights)
             for policy_name, pspec in self._entries(spec):
                 name, entry = self._run_entry(sm, spec, policy_name, pspec, behaviours, scorer)
                 self.results["models"][name] = entry
@@ -341,6 +344,10 @@ class Grid:
         self.results["provenance"] = provenance(files_read(), {"behaviours": c.seed, "benign": c.seed})
         self.results["wall_seconds"] = round(time.time() - self.started, 1)
         atomic_write_json(self.out / "results.json", self.results)
+
+
+def _entry_name(spec: ModelSpec, policy_name: str) -> str:
+    return spec.name if policy_name == "default" else f"{spec.name}:{policy_name}"
 
 
 def _percent(rate: float | None) -> str:

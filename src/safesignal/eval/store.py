@@ -11,6 +11,10 @@ cell written for other cases or settings is never mixed in: it is set aside besi
 (`<key>.stale-<fingerprint>.jsonl.old`) and the cell is recomputed. A file that is not an eval
 cell is refused. A torn last line (a write cut
 by the kill) is dropped with a warning and its batch recomputed.
+
+A cell's settings name its model by path, so each entry's directory also records a digest of
+the weights it was computed with (`model.json`): a directory written by other weights at the
+same path (a retrained checkpoint) is set aside whole (`<entry>.stale-<digest>`), never reused.
 """
 
 from __future__ import annotations
@@ -25,10 +29,57 @@ from ..io import DataError
 from .generation import CaseRecord
 
 CELL_FORMAT = "safesignal-eval-cell"
+MODEL_FORMAT = "safesignal-eval-model"
+MODEL_FILE = "model.json"
+STALE = ".stale-"  # the infix of everything set aside (cells and entry directories)
+
+
+def is_set_aside(path: Path) -> bool:
+    return STALE in Path(path).name
 
 
 def fingerprint(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_digest(module) -> str:
+    """sha256 of every parameter and buffer (name, dtype, shape, bytes), in name order: the
+    weights as loaded, whatever the checkpoint's file layout."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def claim_entry_dir(directory: Path, weights: str) -> None:
+    """Bind an entry's cell directory to the weights it is computed with. A directory that
+    records other weights is moved aside whole (its cells and cached figures), not deleted."""
+    directory = Path(directory)
+    marker = directory / MODEL_FILE
+    if marker.is_file():
+        try:
+            stored = json.loads(marker.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError([f"{marker}:{err.lineno}: invalid JSON ({err.msg})"]) from None
+        if stored.get("format") != MODEL_FORMAT:
+            raise DataError([f"{marker}: format: expected {MODEL_FORMAT!r}"])
+        if stored.get("weights_sha256") == weights:
+            return
+        stale = directory.with_name(f"{directory.name}{STALE}{str(stored.get('weights_sha256'))[:16]}")
+        n = 1
+        while stale.exists():  # set aside twice: keep both
+            stale, n = directory.with_name(f"{directory.name}{STALE}{str(stored.get('weights_sha256'))[:16]}.{n}"), n + 1
+        os.replace(directory, stale)
+        warnings.warn(f"{directory}: computed with other weights ({str(stored.get('weights_sha256'))[:16]} != "
+                      f"{weights[:16]}); kept as {stale.name}, recomputing", stacklevel=2)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps({"format": MODEL_FORMAT, "weights_sha256": weights}) + "\n", encoding="utf-8")
+    os.replace(tmp, marker)
 
 
 class CellFile:
@@ -55,7 +106,7 @@ class CellFile:
         if header.get("fingerprint") != self.fingerprint:
             # Our own cell, written for other cases or settings (a changed config or attack):
             # set it aside, never mix it in and never delete it, and compute this cell afresh.
-            stale = self.path.with_name(f"{self.path.stem}.stale-{header.get('fingerprint')}{self.path.suffix}.old")
+            stale = self.path.with_name(f"{self.path.stem}{STALE}{header.get('fingerprint')}{self.path.suffix}.old")
             os.replace(self.path, stale)
             warnings.warn(f"{self.path}: written for other cases or settings ({header.get('fingerprint')} != "
                           f"{self.fingerprint}); kept as {stale.name}, recomputing", stacklevel=3)

@@ -29,12 +29,16 @@ SAMPLE, KEY, LABELS, SECOND_PASS = "sample.jsonl", "key.jsonl", "labels.jsonl", 
 
 
 def _cell_records(run_dir: Path, entries: list[str] | None):
-    """(entry, key, record dict) for every attack cell of an eval run (benign sets excluded)."""
+    """(entry, key, record dict) for every attack cell of an eval run (benign sets and cells
+    set aside excluded; a torn last line, a batch the run will recompute, is skipped)."""
+    from ..eval.store import is_set_aside
+
     for path in sorted((run_dir / "cells").glob("*/*.jsonl")):
         entry, key = path.parent.name, path.stem
-        if key.startswith("benign_") or (entries is not None and entry not in entries):
+        if key.startswith("benign_") or is_set_aside(path.parent) or (entries is not None and entry not in entries):
             continue
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
+        lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # the text after the last "\n" is torn
+        for number, line in enumerate(lines[1:], start=2):
             try:
                 for record in json.loads(line)["records"]:
                     yield entry, key, record
