@@ -112,6 +112,17 @@ def test_cells_computed_with_other_weights_are_set_aside(tiny_run, tmp_path):
     assert _strip_timing(json.loads((copy_dir / "results.json").read_text())) == _strip_timing(results)
 
 
+def test_plan_lists_the_cells_the_run_computed(tiny_run, capsys):
+    out, results = tiny_run
+    assert main(["eval", "--config", str(TINY), "--out", str(out), "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    planned = {tuple(line.split()[:2]): int(line.split()[2]) for line in lines[:-1]}
+    ran = {(name, key): a["cases"] for name, entry in results["models"].items() for key, a in entry["attacks"].items()}
+    assert {k: v for k, v in planned.items() if not k[1].startswith("benign_")} == ran
+    assert all(line.endswith("started") for line in lines[:-1])
+    assert f"{len(lines) - 1} cells" in lines[-1] and "(0 in cells not started)" in lines[-1]
+
+
 def test_weights_digest_sees_one_changed_weight():
     sm = make_safety_model("llama", "eager")
     before = weights_digest(sm)

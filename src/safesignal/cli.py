@@ -83,6 +83,19 @@ def _cmd_eval(args, overrides: list[str]) -> int:
     from .eval.grid import run_eval
 
     config = load_eval_config(args.config, overrides + (["--out", args.out] if args.out else []))
+    if args.plan:
+        from .eval.grid import plan_eval
+
+        rows = plan_eval(config)
+        width = max(len(f"{r['entry']} {r['key']}") for r in rows)
+        for r in rows:
+            print(f"{r['entry'] + ' ' + r['key']:<{width}}  {r['cases']:>7} cases  {r['decoding']:<9}"
+                  f"{'  started' if r['started'] else ''}")
+        total = sum(r["cases"] for r in rows)
+        todo = sum(r["cases"] for r in rows if not r["started"])
+        print(f"safesignal eval --plan: {len(rows)} cells, {total} cases ({todo} in cells not started), "
+              f"at most {config.max_new_tokens} new tokens each; nothing was run")
+        return 0
     command = " ".join(["safesignal eval", "--config", args.config] + (["--out", args.out] if args.out else []) + overrides)
     results = run_eval(config, command=command, log=lambda message: print(message, file=sys.stderr))
     print(f"safesignal eval: wrote {results['_path']} ({len(results['models'])} entries, "
@@ -268,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="the models x policies x attacks grid -> results.json (resumable)")
     evaluate.add_argument("--config", required=True, help="grid YAML, e.g. configs/eval/tiny.yaml")
     evaluate.add_argument("--out", default=None, help="output directory (default: SAFESIGNAL_HOME/eval/<name>)")
+    evaluate.add_argument("--plan", action="store_true",
+                          help="list every cell, its number of cases and whether it is started; run nothing")
     evaluate.set_defaults(func=_cmd_eval)
 
     audit = sub.add_parser("audit", help="draw the blind audit sample from an eval run, or score judges on its labels")

@@ -265,6 +265,36 @@ class Grid:
         atomic_write_json(path, {"fingerprint": stamp, "result": result})
         return result
 
+    # ------------------------------------------------------------------ plan
+    def plan(self) -> list[dict]:
+        """Every cell the grid would compute, with its number of cases and whether it is
+        already started (a cell file exists) in the output directory; nothing is generated. Loads the first model
+        only, for its tokenizer (prefill_k cuts real answers at k tokens)."""
+        c = self.config
+        self._data()
+        behaviours = self._behaviours()
+        tokenizer = load_model(c.models[0], c.dtype).tokenizer
+        benign = {"benign_edgy": (self.edgy, c.over_refusal.policies_edgy),
+                  "benign_heldout_benign": (self.heldout, c.over_refusal.policies_heldout_benign)}
+        rows = []
+        for spec in c.models:
+            for policy_name, pspec in self._entries(spec):
+                name = _entry_name(spec, policy_name)
+                cells = {}
+                for attack_spec in c.attacks:
+                    if policy_name == "default" or attack_spec.on_policies:
+                        attack = get_attack(attack_spec.attack, tokenizer=tokenizer, **attack_spec.config)
+                        cells[attack_spec.results_key] = sum(len(attack.cases(b)) for b in behaviours[attack_spec.results_key])
+                for key, (prompts, limit) in benign.items():
+                    n = len(prompts) if policy_name == "default" or limit is None else min(limit, len(prompts))
+                    if n:
+                        cells[key] = n
+                for key, n in cells.items():
+                    stored = (self.out / "cells" / name / f"{key}.jsonl").is_file()
+                    rows.append({"entry": name, "key": key, "cases": n, "decoding": pspec.decoding or spec.decoding,
+                                 "started": stored})
+        return rows
+
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
         from ..judges import KeywordJudge, LeakAwareConfig, LeakAwareJudge, refusal_label_report
@@ -365,6 +395,10 @@ def _harmbench_categories() -> dict[str, str]:
     from ..data.sources import harmbench, normalise
 
     return {normalise(h["prompt"]): h["category"] for h in harmbench("test") if h.get("category")}
+
+
+def plan_eval(config: EvalConfig) -> list[dict]:
+    return Grid(config, "safesignal eval --plan", progress=False).plan()
 
 
 def run_eval(config: EvalConfig, command: str = "safesignal eval", log=print, progress: bool = True) -> dict:
