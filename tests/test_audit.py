@@ -81,3 +81,12 @@ def test_unlabelled_ids_are_reported(tmp_path):
     (out / LABELS).write_text(json.dumps({"id": first, "harmful": True}) + "\n")
     with pytest.raises(ValueError, match="have no label"):
         audit_report(out, {"keyword": KeywordJudge()})
+
+
+def test_cli_sample_keeps_to_the_named_entries(tmp_path):
+    from safesignal.cli import main
+
+    run, out = _run(tmp_path), tmp_path / "audit"
+    assert main(["audit", "sample", "--run", str(run), "--dir", str(out), "--n", "30", "--entries", "base"]) == 0
+    key = [json.loads(line) for line in (out / KEY).read_text().splitlines()]
+    assert len(key) == 12 and {k["entry"] for k in key} == {"base"}

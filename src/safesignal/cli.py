@@ -114,7 +114,8 @@ def _cmd_audit(args, overrides: list[str]) -> int:
     if args.action == "sample":
         if not args.run:
             raise ValueError("audit sample: --run DIR (an eval output directory) is required")
-        info = draw_sample(args.run, args.dir, n=args.n, seed=args.seed)
+        entries = [e.strip() for e in args.entries.split(",") if e.strip()] if args.entries else None
+        info = draw_sample(args.run, args.dir, n=args.n, seed=args.seed, entries=entries)
         print(f"safesignal audit: wrote {info['n']} outputs from {info['strata']} strata to {args.dir}; label them "
               "against docs/audit_rubric.md into labels.jsonl before running `safesignal audit report`")
         return 0
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--run", default=None, help="eval output directory to sample from (sample)")
     audit.add_argument("--n", type=int, default=160)
     audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--entries", default=None,
+                       help="comma-separated grid entries to sample (default: all), e.g. base,sft,qi_aug,cls")
     audit.add_argument("--tokenizer", default="smollm2-cls",
                        help="shipped model name or tokenizer dir: leak-aware counts its tokens (report)")
     audit.set_defaults(func=_cmd_audit)
