@@ -123,6 +123,17 @@ def test_plan_lists_the_cells_the_run_computed(tiny_run, capsys):
     assert f"{len(lines) - 1} cells" in lines[-1] and "(0 in cells not started)" in lines[-1]
 
 
+def test_provenance_names_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    from safesignal.eval import provenance
+    from safesignal.eval.grid import Grid
+
+    monkeypatch.setattr(provenance, "git_commit", lambda: "a" * 40)
+    grid = Grid(load_eval_config(TINY, ["--out", str(tmp_path / "run")]), "test")
+    monkeypatch.setattr(provenance, "git_commit", lambda: "b" * 40)  # a commit lands during the run
+    grid._write()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["provenance"]["git_commit"] == "a" * 40
+
+
 def test_weights_digest_sees_one_changed_weight():
     sm = make_safety_model("llama", "eager")
     before = weights_digest(sm)

@@ -75,6 +75,9 @@ class Grid:
         self.out = Path(config.out) if config.out else safesignal_home() / "eval" / config.name
         self.started = time.time()
         self.results: dict = {}
+        from .provenance import git_commit
+
+        self.commit = git_commit()  # the code this run executes, not HEAD when it ends
 
     # ------------------------------------------------------------------ data
     def _data(self) -> None:
@@ -371,7 +374,7 @@ class Grid:
         from .provenance import provenance
 
         c = self.config
-        self.results["provenance"] = provenance(files_read(), {"behaviours": c.seed, "benign": c.seed})
+        self.results["provenance"] = provenance(files_read(), {"behaviours": c.seed, "benign": c.seed}, self.commit)
         self.results["wall_seconds"] = round(time.time() - self.started, 1)
         atomic_write_json(self.out / "results.json", self.results)
 

@@ -52,6 +52,7 @@ def machine() -> str:
     return f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}, python {platform.python_version()}"
 
 
-def provenance(data_files: dict[str, Path], seeds: dict) -> dict:
-    return {"git_commit": git_commit(), "packages": package_versions(),
+def provenance(data_files: dict[str, Path], seeds: dict, commit: str | None = None) -> dict:
+    """`commit`: the code's commit as read when the run started (HEAD may move during a long run)."""
+    return {"git_commit": commit if commit is not None else git_commit(), "packages": package_versions(),
             "data_files": {name: sha256(path) for name, path in sorted(data_files.items())}, "seeds": seeds}
