@@ -25,7 +25,7 @@ from safesignal.io import DataError
 from safesignal.metrics import auroc, reliability_curve
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "eval" / "tiny.yaml"
-TIMING = ("created", "wall_seconds", "command")
+TIMING = ("created", "wall_seconds", "command", "reused_batches")
 
 
 def _strip_timing(results: dict) -> dict:
@@ -95,6 +95,7 @@ def test_a_killed_run_resumes_to_the_same_results(tiny_run, tmp_path):
         assert main(["eval", "--config", str(TINY), "--out", str(copy_dir)]) == 0
     resumed = json.loads((copy_dir / "results.json").read_text())
     assert _strip_timing(resumed) == _strip_timing(results)
+    assert results["reused_batches"] == 0 and resumed["reused_batches"] > 0
 
 
 def test_cells_computed_with_other_weights_are_set_aside(tiny_run, tmp_path):

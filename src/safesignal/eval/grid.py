@@ -75,6 +75,7 @@ class Grid:
         self.out = Path(config.out) if config.out else safesignal_home() / "eval" / config.name
         self.started = time.time()
         self.results: dict = {}
+        self.reused_batches = 0  # batches read back from an earlier run's cells: wall time covers only the rest
         from .provenance import git_commit
 
         self.commit = git_commit()  # the code this run executes, not HEAD when it ends
@@ -139,6 +140,7 @@ class Grid:
         cell = CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
                         {"entry": entry, "key": key, "cases": len(cases)})
         todo = [b for b in range(len(batches)) if b not in cell.done]
+        self.reused_batches += len(batches) - len(todo)
         for b in tqdm(todo, desc=f"{entry} {key}", unit="batch", leave=False, disable=not self.progress):
             cell.add(b, run_batch(sm, [cases[i] for i in batches[b]], [lengths[i] for i in batches[b]], decoding,
                                   policy, c.max_new_tokens))
@@ -376,6 +378,7 @@ class Grid:
         c = self.config
         self.results["provenance"] = provenance(files_read(), {"behaviours": c.seed, "benign": c.seed}, self.commit)
         self.results["wall_seconds"] = round(time.time() - self.started, 1)
+        self.results["reused_batches"] = self.reused_batches
         atomic_write_json(self.out / "results.json", self.results)
 
 
