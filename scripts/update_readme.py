@@ -162,7 +162,10 @@ def render_eval(data: dict) -> str:
               f"n behaviours per attack, the same for every model. Judges are keyword judges: on pyrit's "
               f"{keyword['n']} human refusal labels keyword κ {keyword['kappa']:.2f}, leak-aware κ {leak['kappa']:.2f}"
               + (f"; on the audit set (n={leak['audit']['n']}) keyword κ {keyword['audit']['kappa']:.2f}, leak-aware "
-                 f"κ {leak['audit']['kappa']:.2f}" if leak.get("audit") else "; no audit set yet") + "."]
+                 f"κ {leak['audit']['kappa']:.2f}, and each calls {_pct(keyword['audit']['false_positive_rate'])} / "
+                 f"{_pct(leak['audit']['false_positive_rate'])} % of the outputs a reader labelled not harmful \"harmful\" (mostly "
+                 "off-topic or degenerate text with no refusal), so read a high ASR as an upper bound"
+                 if leak.get("audit") else "; no audit set yet") + "."]
     if ablations:
         keys = list(dict.fromkeys(k for m in ablations.values() for k in m["attacks"]))
         base = data["models"].get(next(iter(ablations.values()))["model"], {})
