@@ -329,12 +329,16 @@ def _streaming(results: dict) -> Section | None:
                     if isinstance(s, dict):
                         rows.append([schedule, mode, set_name, count(s.get("n")), count(s.get("detected"))]
                                     + [rate_with_interval(s.get(rate), s.get(ci)) for rate, ci, _ in STREAMING_RATES]
-                                    + [count(s.get("median_tokens_to_detection"))])
+                                    + [count(s.get("false_alarms_in_response")),
+                                       count(s.get("median_tokens_to_detection"))])
         if not rows:
             continue
         blocks.append(f"{name}: whole answers force-decoded through the check schedule; real and neutral prompts.")
         blocks.append(Table(["Schedule", "Prompt", "Set", "n", "Detected"] + [label for _, _, label in STREAMING_RATES]
-                            + ["Median tokens to detection"], rows))
+                            + ["False alarms in the response", "Median tokens to detection"], rows,
+                            "On a benign set, false alarms at step 0 are the query classifier's verdict on the "
+                            "prompt (benign_pyrit's prompts are harmful questions, so under the real prompt those "
+                            "are correct refusals); the response-level ones are counted apart."))
         charts = [figures.streaming_rates(streaming, "detection_rate", f"{name}: detection rate"),
                   figures.streaming_rates(streaming, "on_time_rate", f"{name}: on-time rate (≤ 20 tokens)")]
         blocks.append([Figure(chart, "On benign answers a detection is a false alarm.") for chart in charts if chart])
