@@ -114,3 +114,14 @@ def test_replacing_an_empty_directory_leaves_nothing_beside_it(tmp_path):
     replace_directory(target, fill_with("one"), is_ours=is_ours, what="checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (target / "payload.txt").read_text() == "one"
+
+
+def test_an_atomic_write_gets_the_mode_of_an_ordinary_new_file(tmp_path):
+    import os
+    import stat
+
+    ordinary = tmp_path / "ordinary.txt"
+    ordinary.write_text("x")  # the mode open() gives a new file under this umask
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "atomic.txt") == mode(ordinary)
