@@ -37,10 +37,13 @@ class NotOursError(FileExistsError):
 
 
 # ---------------------------------------------------------------------------------- files
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; done once, at import
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -53,7 +56,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             handle.write(text)
         # mkstemp creates the file 0600; a results file or report is meant to be read like any
         # other file the user writes, so give it the mode their umask gives new files.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
