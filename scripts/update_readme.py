@@ -171,7 +171,9 @@ def render_eval(data: dict) -> str:
         base = data["models"].get(next(iter(ablations.values()))["model"], {})
         lines += ["", "| entry | " + " | ".join(keys) + " | over-refusal (edgy) |", "|---|" + "---|" * (len(keys) + 1)]
         for name, m in {next(iter(ablations.values()))["model"]: base, **ablations}.items():
-            edgy = m.get("over_refusal_detail", {}).get("edgy")
+            detail = m.get("over_refusal_detail", {})
+            # the default entry on the ablations' own seeded subset where it was scored on one
+            edgy = detail.get("edgy_policy_subset") or detail.get("edgy")
             lines.append(f"| {name} | " + " | ".join(_asr(m["attacks"].get(k)) for k in keys)
                          + f" | {_pct(edgy['rate']) + ' (n=%d)' % edgy['n'] if edgy else '—'} |")
     lines.append("")

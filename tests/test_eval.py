@@ -73,6 +73,10 @@ def test_harness_controls_come_out_as_predicted(tiny_run):
     for attack in malicious["attacks"].values():
         assert attack["asr_leak"] == 0.0 and attack["intervened"] == attack["cases"]
     assert malicious["over_refusal"] == 1.0
+    # The default entry is also scored on the ablations' seeded subset of edgy prompts.
+    default, ablation = results["models"]["cls"]["over_refusal_detail"], malicious["over_refusal_detail"]
+    assert default["edgy"]["n"] == 6 and default["edgy_policy_subset"]["n"] == ablation["edgy"]["n"] == 3
+    assert default["edgy_policy_subset"]["refused"] <= default["edgy"]["refused"]
     for attack in benign["attacks"].values():
         assert attack["intervened"] == 0
     # Injection off: the decoder never intervenes, whatever the head says.

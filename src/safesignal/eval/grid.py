@@ -180,6 +180,11 @@ class Grid:
                 records = self._run_cell(sm, name, f"benign_{kind}", user_cases(kind, prompts), decoding, policy,
                                          pspec.head, spec.path)
                 detail[kind] = refusal_entry(records, scorer)
+                if policy_name == "default" and spec.policies and limit is not None and limit < len(prompts):
+                    # The ablations see a seeded subset: the default on the same prompts, to compare like with like.
+                    subset = {p["id"] for p in _seeded_subset(prompts, limit, f"{kind}/{c.seed}")}
+                    detail[f"{kind}_policy_subset"] = refusal_entry([r for r in records if r.behaviour_id in subset],
+                                                                    scorer)
             entry["over_refusal"] = detail["edgy"]["rate"] if "edgy" in detail else None
             entry["over_refusal_detail"] = detail
             if policy_name == "default":
