@@ -60,6 +60,10 @@ def test_tiny_grid_writes_the_design_shape(tiny_run):
     assert set(results["models"]["cls"]["classifier"]) >= {"f1", "precision", "recall", "edgy_fpr", "auroc", "reliability"}
     assert "classifier" not in results["models"]["base"]
     assert results["models"]["cls"]["attacks"]["gcg_transfer"]["variants"] == 13
+    # an attack's own batch_size cuts its cells: 13 cases in batches of 4, a header line first
+    out, _ = tiny_run
+    assert len((out / "cells" / "cls" / "gcg_transfer.jsonl").read_text().splitlines()) == 1 + 4
+    assert len((out / "cells" / "cls" / "direct.jsonl").read_text().splitlines()) == 1 + 1  # 2 cases, batch 8
     assert results["behaviours"]["gcg_transfer"]["n"] == 1 and results["behaviours"]["direct"]["n"] == 2
     provenance = results["provenance"]
     assert "autodan/data/advbench/harmful_behaviors.csv" in provenance["data_files"]
@@ -191,6 +195,9 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="--nope"):
         load_eval_config(TINY, ["--nope", "3"])
     assert load_eval_config(TINY, ["--n", "5"]).n == 5
+    bad.write_text("attacks:\n  - {attack: direct}\n  - {attack: many_shot, batch_size: 0}\n")
+    with pytest.raises(ValueError, match=r"attacks\[1\] \(many_shot\)\.batch_size"):
+        load_eval_config(bad)
 
 
 def test_behaviour_subsets_are_seeded_and_shared():

@@ -66,6 +66,9 @@ class AttackSpec:
     config: dict = field(default_factory=dict)  # the attack's config dataclass fields
     n: int | None = None  # behaviours (default: EvalConfig.n)
     on_policies: bool = False  # also run on the ablation / control entries
+    # Cases per batch for this attack's cells (default: EvalConfig.batch_size): long prompts
+    # (many-shot, templates) cost attention memory quadratic in their length per batch.
+    batch_size: int | None = None
 
     @property
     def results_key(self) -> str:
@@ -148,6 +151,11 @@ class EvalConfig:
         keys = [a.results_key for a in self.attacks]
         if len(set(keys)) != len(keys):
             raise ValueError(f"attacks: duplicate results keys in {keys} (give each a distinct 'key')")
+        for i, a in enumerate(self.attacks):
+            if a.batch_size is not None and a.batch_size < 1:
+                raise ValueError(f"attacks[{i}] ({a.results_key}).batch_size: {a.batch_size} must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: {self.batch_size} must be at least 1")
         if self.leak_k not in self.leak_sweep:
             raise ValueError(f"leak_k: {self.leak_k} must be one of leak_sweep {self.leak_sweep}")
         self._check_late_settings()

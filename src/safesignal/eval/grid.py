@@ -130,12 +130,14 @@ class Grid:
 
     # ------------------------------------------------------------------ cells
     def _run_cell(self, sm, entry: str, key: str, cases: list[AttackCase], decoding: str,
-                  policy: SafetyPolicy, head: str | None, model_path: str) -> list[CaseRecord]:
+                  policy: SafetyPolicy, head: str | None, model_path: str,
+                  batch_size: int | None = None) -> list[CaseRecord]:
         c = self.config
-        batches, lengths = length_batches(sm, cases, c.batch_size)
+        batch_size = batch_size or c.batch_size
+        batches, lengths = length_batches(sm, cases, batch_size)
         settings = {"model": model_path, "dtype": c.dtype, "decoding": decoding, "head": head,
                     "policy": asdict(policy) if decoding == "strategic" else None,
-                    "max_new_tokens": c.max_new_tokens, "batch_size": c.batch_size,
+                    "max_new_tokens": c.max_new_tokens, "batch_size": batch_size,
                     "cases": [[x.messages, x.prefill, x.decoding, x.variant, x.behaviour_id] for x in cases]}
         cell = CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
                         {"entry": entry, "key": key, "cases": len(cases)})
@@ -166,7 +168,8 @@ class Grid:
                     continue
                 attack = get_attack(attack_spec.attack, tokenizer=sm.tokenizer, **attack_spec.config)
                 cases = [case for b in behaviours[attack_spec.results_key] for case in attack.cases(b)]
-                records = self._run_cell(sm, name, attack_spec.results_key, cases, decoding, policy, pspec.head, spec.path)
+                records = self._run_cell(sm, name, attack_spec.results_key, cases, decoding, policy, pspec.head, spec.path,
+                                         attack_spec.batch_size)
                 entry["attacks"][attack_spec.results_key] = attack_entry(
                     records, scorer, excerpts=c.excerpts, traces=c.traces, threshold=policy.threshold)
             detail = {}
