@@ -143,6 +143,22 @@ def test_provenance_names_the_commit_the_run_started_from(tmp_path, monkeypatch)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["provenance"]["git_commit"] == "a" * 40
 
 
+def test_a_plain_cell_is_recomputed_when_the_prompt_limit_changes(tiny_run, tmp_path):
+    import yaml
+
+    out, _ = tiny_run
+    copy_dir = tmp_path / "limit"
+    shutil.copytree(out, copy_dir)
+    config = yaml.safe_load(TINY.read_text())
+    config["models"][0]["policy"] = {"max_prompt_tokens": 8}  # base is decoded plainly: every prompt is too long
+    changed = tmp_path / "tiny_limit.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    with pytest.warns(UserWarning, match="other cases or settings"):
+        assert main(["eval", "--config", str(changed), "--out", str(copy_dir)]) == 0
+    direct = json.loads((copy_dir / "results.json").read_text())["models"]["base"]["attacks"]["direct"]
+    assert direct["cases"] == 0 and direct["skipped"] == 2  # recomputed under the new limit, not reused
+
+
 def test_weights_digest_sees_one_changed_weight():
     sm = make_safety_model("llama", "eager")
     before = weights_digest(sm)

@@ -137,6 +137,8 @@ class Grid:
         batches, lengths = length_batches(sm, cases, batch_size)
         settings = {"model": model_path, "dtype": c.dtype, "decoding": decoding, "head": head,
                     "policy": asdict(policy) if decoding == "strategic" else None,
+                    # the plain path reads only this of the policy: which prompts it skips as too long
+                    "max_prompt_tokens": policy.max_prompt_tokens,
                     "max_new_tokens": c.max_new_tokens, "batch_size": batch_size,
                     "cases": [[x.messages, x.prefill, x.decoding, x.variant, x.behaviour_id] for x in cases]}
         cell = CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
