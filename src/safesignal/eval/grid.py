@@ -25,7 +25,7 @@ from ..decoding.policy import SafetyPolicy
 from ..home import safesignal_home
 from ..io import atomic_write_json, claim_directory
 from . import behaviours as behaviour_pools
-from .config import EvalConfig, ModelSpec, PolicySpec
+from .config import AttackSpec, EvalConfig, ModelSpec, PolicySpec
 from .generation import CaseRecord, length_batches, run_batch, user_cases
 from .scoring import Scorer, attack_entry, refusal_entry
 from .store import CellFile, claim_entry_dir, fingerprint, weights_digest
@@ -155,6 +155,23 @@ class Grid:
     def _entries(self, spec: ModelSpec) -> list[tuple[str, PolicySpec]]:
         return [("default", PolicySpec(decoding=spec.decoding, policy={}))] + list(spec.policies.items())
 
+    def _entry_attacks(self, policy_name: str) -> list[AttackSpec]:
+        """Every attack on the default entry; on an ablation / control, those marked on_policies."""
+        return [a for a in self.config.attacks if policy_name == "default" or a.on_policies]
+
+    def _benign_sets(self, policy_name: str) -> list[tuple[str, list[dict], list[dict] | None]]:
+        """(kind, the prompts this entry runs, the ablations' seeded subset or None when they run
+        the whole set) for each benign set the entry has prompts in."""
+        c, o = self.config, self.config.over_refusal
+        out = []
+        for kind, prompts, limit in (("edgy", self.edgy, o.policies_edgy),
+                                     ("heldout_benign", self.heldout, o.policies_heldout_benign)):
+            subset = _seeded_subset(prompts, limit, f"{kind}/{c.seed}") if limit is not None else None
+            run = prompts if policy_name == "default" or subset is None else subset
+            if run:
+                out.append((kind, run, subset))
+        return out
+
     def _run_entry(self, sm, spec: ModelSpec, policy_name: str, pspec: PolicySpec, behaviours,
                    scorer) -> tuple[str, dict]:
         c = self.config
@@ -165,9 +182,7 @@ class Grid:
         entry: dict = {"model": spec.name, "policy": policy_name, "decoding": decoding, "checkpoint": spec.path,
                        "head": pspec.head, "policy_overrides": {**spec.policy, **pspec.policy}, "attacks": {}}
         with forced_head(sm, pspec.head):
-            for attack_spec in c.attacks:
-                if policy_name != "default" and not attack_spec.on_policies:
-                    continue
+            for attack_spec in self._entry_attacks(policy_name):
                 attack = get_attack(attack_spec.attack, tokenizer=sm.tokenizer, **attack_spec.config)
                 cases = [case for b in behaviours[attack_spec.results_key] for case in attack.cases(b)]
                 records = self._run_cell(sm, name, attack_spec.results_key, cases, decoding, policy, pspec.head, spec.path,
@@ -175,20 +190,14 @@ class Grid:
                 entry["attacks"][attack_spec.results_key] = attack_entry(
                     records, scorer, excerpts=c.excerpts, traces=c.traces, threshold=policy.threshold)
             detail = {}
-            o = c.over_refusal
-            for kind, prompts, limit in (("edgy", self.edgy, o.policies_edgy),
-                                         ("heldout_benign", self.heldout, o.policies_heldout_benign)):
-                if policy_name != "default" and limit is not None:
-                    prompts = _seeded_subset(prompts, limit, f"{kind}/{c.seed}")
-                if not prompts:
-                    continue
+            for kind, prompts, subset in self._benign_sets(policy_name):
                 records = self._run_cell(sm, name, f"benign_{kind}", user_cases(kind, prompts), decoding, policy,
                                          pspec.head, spec.path)
                 detail[kind] = refusal_entry(records, scorer)
-                if policy_name == "default" and spec.policies and limit is not None and limit < len(prompts):
+                if policy_name == "default" and spec.policies and subset is not None and len(subset) < len(prompts):
                     # The ablations see a seeded subset: the default on the same prompts, to compare like with like.
-                    subset = {p["id"] for p in _seeded_subset(prompts, limit, f"{kind}/{c.seed}")}
-                    detail[f"{kind}_policy_subset"] = refusal_entry([r for r in records if r.behaviour_id in subset],
+                    ids = {p["id"] for p in subset}
+                    detail[f"{kind}_policy_subset"] = refusal_entry([r for r in records if r.behaviour_id in ids],
                                                                     scorer)
             entry["over_refusal"] = detail["edgy"]["rate"] if "edgy" in detail else None
             entry["over_refusal_detail"] = detail
@@ -282,32 +291,26 @@ class Grid:
 
     # ------------------------------------------------------------------ plan
     def plan(self) -> list[dict]:
-        """Every cell the grid would compute, with its number of cases and whether it is
-        already started (a cell file exists) in the output directory; nothing is generated. Loads the first model
-        only, for its tokenizer (prefill_k cuts real answers at k tokens)."""
+        """Every cell the grid would compute, with its number of cases and whether it is already
+        started (a cell file exists) in the output directory; nothing is generated. Loads the
+        first model only, for its tokenizer (prefill_k cuts real answers at k tokens)."""
         c = self.config
         self._data()
         behaviours = self._behaviours()
         tokenizer = load_model(c.models[0], c.dtype).tokenizer
-        benign = {"benign_edgy": (self.edgy, c.over_refusal.policies_edgy),
-                  "benign_heldout_benign": (self.heldout, c.over_refusal.policies_heldout_benign)}
         rows = []
         for spec in c.models:
             for policy_name, pspec in self._entries(spec):
                 name = _entry_name(spec, policy_name)
                 cells = {}
-                for attack_spec in c.attacks:
-                    if policy_name == "default" or attack_spec.on_policies:
-                        attack = get_attack(attack_spec.attack, tokenizer=tokenizer, **attack_spec.config)
-                        cells[attack_spec.results_key] = sum(len(attack.cases(b)) for b in behaviours[attack_spec.results_key])
-                for key, (prompts, limit) in benign.items():
-                    n = len(prompts) if policy_name == "default" or limit is None else min(limit, len(prompts))
-                    if n:
-                        cells[key] = n
+                for attack_spec in self._entry_attacks(policy_name):
+                    attack = get_attack(attack_spec.attack, tokenizer=tokenizer, **attack_spec.config)
+                    cells[attack_spec.results_key] = sum(len(attack.cases(b)) for b in behaviours[attack_spec.results_key])
+                for kind, prompts, _ in self._benign_sets(policy_name):
+                    cells[f"benign_{kind}"] = len(prompts)
                 for key, n in cells.items():
-                    stored = (self.out / "cells" / name / f"{key}.jsonl").is_file()
                     rows.append({"entry": name, "key": key, "cases": n, "decoding": pspec.decoding or spec.decoding,
-                                 "started": stored})
+                                 "started": (self.out / "cells" / name / f"{key}.jsonl").is_file()})
         return rows
 
     # ------------------------------------------------------------------ run
@@ -346,9 +349,8 @@ class Grid:
                 self._audit(sm.tokenizer)
             scorer = Scorer(sm.tokenizer, c.leak_sweep, c.leak_k)
             weights = weights_digest(sm)
-            for policy_name, _ in self._entries(spec):
-                claim_entry_dir(self.out / "cells" / _entry_name(spec, policy_name), weights)
             for policy_name, pspec in self._entries(spec):
+                claim_entry_dir(self.out / "cells" / _entry_name(spec, policy_name), weights)
                 name, entry = self._run_entry(sm, spec, policy_name, pspec, behaviours, scorer)
                 self.results["models"][name] = entry
             del sm
