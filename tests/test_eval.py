@@ -198,6 +198,14 @@ def test_a_cell_written_for_other_cases_is_set_aside_not_mixed(tmp_path):
     assert fresh.records(1) is None  # nothing of the old cell is reused
     kept = tmp_path / "c.stale-aaaa.jsonl.old"
     assert kept.is_file() and '"r"' in kept.read_text()  # and nothing is deleted
+    # Back to the first settings, then to the second again: the earlier copy set aside under
+    # the same fingerprint is kept beside the new one, not overwritten.
+    fresh.add(0, [CaseRecord("direct", "direct", "b", "p", "second")])
+    with pytest.warns(UserWarning, match="other cases"):
+        CellFile(tmp_path / "c.jsonl", "aaaa").add(0, [CaseRecord("direct", "direct", "b", "p", "third")])
+    with pytest.warns(UserWarning, match="other cases"):
+        CellFile(tmp_path / "c.jsonl", "bbbb")
+    assert '"r"' in kept.read_text() and '"third"' in (tmp_path / "c.stale-aaaa.1.jsonl.old").read_text()
     (tmp_path / "x.jsonl").write_text('{"format": "something else"}\n')
     with pytest.raises(DataError, match="not an eval cell"):
         CellFile(tmp_path / "x.jsonl", "aaaa")

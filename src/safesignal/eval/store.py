@@ -25,7 +25,7 @@ import os
 import warnings
 from pathlib import Path
 
-from ..io import DataError
+from ..io import DataError, atomic_write_json
 from .generation import CaseRecord
 
 CELL_FORMAT = "safesignal-eval-cell"
@@ -36,6 +36,16 @@ STALE = ".stale-"  # the infix of everything set aside (cells and entry director
 
 def is_set_aside(path: Path) -> bool:
     return STALE in Path(path).name
+
+
+def set_aside(path: Path, stem: str, tag: str, suffix: str = "") -> Path:
+    """Move `path` (a cell file or an entry directory) to `<stem>.stale-<tag><suffix>` beside
+    it, never over an earlier one set aside under the same tag (`.1`, `.2`, ... then)."""
+    target, n = path.with_name(f"{stem}{STALE}{tag}{suffix}"), 1
+    while target.exists():
+        target, n = path.with_name(f"{stem}{STALE}{tag}.{n}{suffix}"), n + 1
+    os.replace(path, target)
+    return target
 
 
 def fingerprint(payload) -> str:
@@ -69,17 +79,11 @@ def claim_entry_dir(directory: Path, weights: str) -> None:
             raise DataError([f"{marker}: format: expected {MODEL_FORMAT!r}"])
         if stored.get("weights_sha256") == weights:
             return
-        stale = directory.with_name(f"{directory.name}{STALE}{str(stored.get('weights_sha256'))[:16]}")
-        n = 1
-        while stale.exists():  # set aside twice: keep both
-            stale, n = directory.with_name(f"{directory.name}{STALE}{str(stored.get('weights_sha256'))[:16]}.{n}"), n + 1
-        os.replace(directory, stale)
-        warnings.warn(f"{directory}: computed with other weights ({str(stored.get('weights_sha256'))[:16]} != "
-                      f"{weights[:16]}); kept as {stale.name}, recomputing", stacklevel=2)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({"format": MODEL_FORMAT, "weights_sha256": weights}) + "\n", encoding="utf-8")
-    os.replace(tmp, marker)
+        old = str(stored.get("weights_sha256"))[:16]
+        stale = set_aside(directory, directory.name, old)
+        warnings.warn(f"{directory}: computed with other weights ({old} != {weights[:16]}); kept as {stale.name}, "
+                      "recomputing", stacklevel=2)
+    atomic_write_json(marker, {"format": MODEL_FORMAT, "weights_sha256": weights})
 
 
 class CellFile:
@@ -106,8 +110,7 @@ class CellFile:
         if header.get("fingerprint") != self.fingerprint:
             # Our own cell, written for other cases or settings (a changed config or attack):
             # set it aside, never mix it in and never delete it, and compute this cell afresh.
-            stale = self.path.with_name(f"{self.path.stem}{STALE}{header.get('fingerprint')}{self.path.suffix}.old")
-            os.replace(self.path, stale)
+            stale = set_aside(self.path, self.path.stem, str(header.get("fingerprint")), f"{self.path.suffix}.old")
             warnings.warn(f"{self.path}: written for other cases or settings ({header.get('fingerprint')} != "
                           f"{self.fingerprint}); kept as {stale.name}, recomputing", stacklevel=3)
             return
