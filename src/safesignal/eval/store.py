@@ -86,6 +86,36 @@ def claim_entry_dir(directory: Path, weights: str) -> None:
     atomic_write_json(marker, {"format": MODEL_FORMAT, "weights_sha256": weights})
 
 
+def cell_lines(path: Path) -> tuple[list[str], bool]:
+    """(complete lines, torn) of a cell file: every line a finished write ended with "\n"; text
+    after the last one is a write the kill cut (torn), never read."""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    return lines[:-1], bool(lines[-1].strip())
+
+
+def cell_header(path: Path, complete: list[str]) -> dict:
+    try:
+        header = json.loads(complete[0])
+    except json.JSONDecodeError as err:
+        raise DataError([f"{path}:1: invalid header ({err.msg})"]) from None
+    if not isinstance(header, dict) or header.get("format") != CELL_FORMAT:
+        raise DataError([f"{path}:1: format: expected {CELL_FORMAT!r}, not an eval cell"])
+    return header
+
+
+def cell_batches(path: Path, complete: list[str]):
+    """(line number, batch index, records as dicts) for each batch line after the header."""
+    for number, line in enumerate(complete[1:], start=2):
+        try:
+            obj = json.loads(line)
+            batch, records = int(obj["batch"]), obj["records"]
+            if not isinstance(records, list):
+                raise TypeError(f"records: expected a list, got {type(records).__name__}")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise DataError([f"{path}:{number}: malformed batch line ({err})"]) from None
+        yield number, batch, records
+
+
 class CellFile:
     def __init__(self, path: Path, fingerprint: str, meta: dict | None = None):
         self.path, self.fingerprint, self.meta = Path(path), fingerprint, meta or {}
@@ -94,19 +124,13 @@ class CellFile:
             self._read()
 
     def _read(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").split("\n")
-        complete = lines[:-1]  # every line a finished write ended with "\n"; the rest is torn
-        if lines[-1].strip():
+        complete, torn = cell_lines(self.path)
+        if torn:
             warnings.warn(f"{self.path}: dropped a torn last line (its batch is recomputed)", stacklevel=3)
         if not complete:
             self.path.unlink()  # only a torn header: start the cell afresh
             return
-        try:
-            header = json.loads(complete[0])
-        except json.JSONDecodeError as err:
-            raise DataError([f"{self.path}:1: invalid header ({err.msg})"]) from None
-        if header.get("format") != CELL_FORMAT:
-            raise DataError([f"{self.path}:1: format: expected {CELL_FORMAT!r}, not an eval cell"])
+        header = cell_header(self.path, complete)
         if header.get("fingerprint") != self.fingerprint:
             # Our own cell, written for other cases or settings (a changed config or attack):
             # set it aside, never mix it in and never delete it, and compute this cell afresh.
@@ -114,13 +138,12 @@ class CellFile:
             warnings.warn(f"{self.path}: written for other cases or settings ({header.get('fingerprint')} != "
                           f"{self.fingerprint}); kept as {stale.name}, recomputing", stacklevel=3)
             return
-        for number, line in enumerate(complete[1:], start=2):
+        for number, batch, records in cell_batches(self.path, complete):
             try:
-                obj = json.loads(line)
-                self.done[int(obj["batch"])] = [CaseRecord.from_json(r) for r in obj["records"]]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                self.done[batch] = [CaseRecord.from_json(r) for r in records]
+            except (KeyError, TypeError, ValueError) as err:
                 raise DataError([f"{self.path}:{number}: malformed batch line ({err})"]) from None
-        if lines[-1].strip():
+        if torn:
             # Rewrite without the torn tail so the next append starts on a fresh line.
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("\n".join(complete) + "\n", encoding="utf-8")

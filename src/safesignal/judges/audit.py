@@ -16,7 +16,6 @@ judge (and the leak-aware judge at each k) against the labels: agreement and Coh
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -31,19 +30,19 @@ SAMPLE, KEY, LABELS, SECOND_PASS = "sample.jsonl", "key.jsonl", "labels.jsonl", 
 def _cell_records(run_dir: Path, entries: list[str] | None):
     """(entry, key, record dict) for every attack cell of an eval run (benign sets and cells
     set aside excluded; a torn last line, a batch the run will recompute, is skipped)."""
-    from ..eval.store import is_set_aside
+    from ..eval.store import cell_batches, cell_header, cell_lines, is_set_aside
 
     for path in sorted((run_dir / "cells").glob("*/*.jsonl")):
         entry, key = path.parent.name, path.stem
         if key.startswith("benign_") or is_set_aside(path.parent) or (entries is not None and entry not in entries):
             continue
-        lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # the text after the last "\n" is torn
-        for number, line in enumerate(lines[1:], start=2):
-            try:
-                for record in json.loads(line)["records"]:
-                    yield entry, key, record
-            except (json.JSONDecodeError, KeyError) as err:
-                raise DataError([f"{path}:{number}: malformed batch line ({err})"]) from None
+        complete, _ = cell_lines(path)
+        if not complete:
+            continue  # only a torn header: the run starts this cell afresh
+        cell_header(path, complete)
+        for _, _, records in cell_batches(path, complete):
+            for record in records:
+                yield entry, key, record
 
 
 def draw_sample(run_dir: str | Path, out_dir: str | Path, *, n: int = 160, seed: int = 0,
