@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from safesignal.io import atomic_write_text
+from safesignal.report.numbers import wall_time
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,13 +126,6 @@ def _asr(attack: dict | None) -> str:
     return f"{100 * attack['asr_leak']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
-def _wall(data: dict) -> str:
-    text = f"wall time {data['wall_seconds'] / 60:.0f} min"
-    if data.get("reused_batches"):
-        text += f" for the last invocation, which read {data['reused_batches']} batches back from earlier ones"
-    return text
-
-
 def render_eval(data: dict) -> str:
     """The grid's main table: leak-aware any-of ASR per attack per default entry, then
     over-refusal, utility and overhead; then the ablations and controls on their attacks."""
@@ -178,7 +172,7 @@ def render_eval(data: dict) -> str:
                          + f" | {_pct(edgy['rate']) + ' (n=%d)' % edgy['n'] if edgy else '—'} |")
     lines.append("")
     lines.append(f"`{data['command']}`, {data['created'][:10]}, {data.get('machine', 'this machine')}; "
-                 f"{_wall(data)}; commit {data['provenance']['git_commit']}.")
+                 f"wall time {wall_time(data)}; commit {data['provenance']['git_commit']}.")
     return "\n".join(lines)
 
 

@@ -55,6 +55,15 @@ def count(value) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
+def wall_time(results: dict) -> str:
+    """A results file's wall time, saying when it covers only a resumed invocation."""
+    text = seconds(results.get("wall_seconds"))
+    if results.get("reused_batches"):
+        text += (f" (this invocation only: {results['reused_batches']} batches were read back from "
+                 "an earlier run's cells)")
+    return text
+
+
 def seconds(value) -> str:
     if not is_number(value):
         return MISSING

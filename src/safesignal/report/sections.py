@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import figures
 from .document import Cell, Document, Figure, Section, Table
-from .numbers import MISSING, count, decimal, is_number, percent, rate_with_interval, seconds, times
+from .numbers import MISSING, count, decimal, is_number, percent, rate_with_interval, times, wall_time
 from .results import (ablation_entries, attack_names, attacks_of, default_entries, entries, headline_judge, items,
                       leak_k, model_of, part, policy_of, refusal_sets, upgrade_demo_shape)
 
@@ -60,7 +60,7 @@ def _header(results: dict) -> list[tuple[str, str]]:
     provenance = part(results, "provenance")
     header = [("Command", str(results.get("command", MISSING))), ("Created", str(results.get("created", MISSING)))]
     header += [("Config", str(results["config_name"]))] if results.get("config_name") else []
-    header += [("Machine", str(results.get("machine", MISSING))), ("Wall time", _wall_time(results)),
+    header += [("Machine", str(results.get("machine", MISSING))), ("Wall time", wall_time(results)),
                ("Git commit", str(provenance.get("git_commit") or MISSING))]
     judge = part(part(results, "judges"), headline_judge(results))
     human, audit = _agreement(judge), _agreement(part(judge, "audit"))
@@ -411,14 +411,6 @@ def _excerpts(results: dict) -> Section | None:
         "the verdict the results file records for each.",
         Table(["Model", "Attack", "Prompt", "Output", "Verdict"], rows)],
         collapsed=True)
-
-
-def _wall_time(results: dict) -> str:
-    text = seconds(results.get("wall_seconds"))
-    if results.get("reused_batches"):
-        text += (f" (this invocation only: {results['reused_batches']} batches were read back from "
-                 "an earlier run's cells)")
-    return text
 
 
 def _provenance(results: dict) -> Section | None:
