@@ -109,6 +109,26 @@ def test_recovery_examples_supervise_only_the_refusal(built):
 
 
 @needs_data
+def test_response_window_labels_mark_harmful_prefixes_1_and_refusals_0(built, tmp_path):
+    """With the knob on, a malicious example labels its response text for slot-B windows; the
+    records are otherwise the same as without it (same prompts, responses, order)."""
+    out, _, responses = built
+    build(DataBuildConfig(out_dir=str(tmp_path), responses_file=str(responses), response_window_labels=True))
+    for name in ("train_cls.jsonl", "train_qi_aug.jsonl", "train_sft.jsonl", "validation.jsonl"):
+        plain, labelled = read_jsonl(out / name), read_jsonl(tmp_path / name)
+        assert [(r.query, r.response, r.label) for r in plain] == [(r.query, r.response, r.label) for r in labelled]
+        assert all(r.response_labels is None for r in plain)
+        for r in labelled:
+            if r.label == 0:
+                assert r.response_labels is None
+            elif r.supervise_from and name == "train_cls.jsonl":  # harmful prefix + injected refusal
+                assert r.response_labels == [(0, r.supervise_from, 1), (r.supervise_from, len(r.response), 0)]
+                assert r.response[r.supervise_from:].lstrip("\n").startswith(REFUSAL_PREFIX)
+            elif not r.supervise_from:  # a direct refusal
+                assert r.response_labels == [(0, len(r.response), 0)]
+
+
+@needs_data
 def test_summary_counts_match_the_files(built):
     out, summary, _ = built
     for name, info in summary["files"].items():

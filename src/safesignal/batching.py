@@ -39,6 +39,17 @@ class WindowSampler:
         return max(response_start, end - length + 1), end
 
 
+def window_label(example: EncodedExample, window: tuple[int, int] | None) -> int:
+    """Slot B's label for a window `(first, last)` of response tokens (DESIGN.md §SFT mask): 1
+    if a window token lies in a harmful span, else 0 if every window token lies in a span
+    labelled 0, else the query label (unlabelled text carries the query's label)."""
+    query = example.label if example.label is not None else 0
+    if window is None or example.token_labels is None:
+        return query
+    first, last = window
+    return max(y if y >= 0 else query for y in example.token_labels[first:last + 1])
+
+
 def collate(
     examples: list[EncodedExample],
     *,
@@ -77,6 +88,7 @@ def collate(
     slot_b = torch.full((batch,), NO_SLOT, dtype=torch.long)
     reader_start = torch.zeros((batch,), dtype=torch.long)
     window_end = torch.full((batch,), length, dtype=torch.long)
+    slot_b_labels = [e.label if e.label is not None else 0 for e in examples]
 
     for row, ex in enumerate(examples):
         n = len(ex.input_ids)
@@ -99,6 +111,7 @@ def collate(
                 w0, w1 = window
                 window_mask[row, start + w0 : start + w1 + 1] = True
                 window_end[row] = start + w1
+                slot_b_labels[row] = window_label(ex, window)
 
     out = {
         "input_ids": input_ids,
@@ -113,6 +126,7 @@ def collate(
     if with_labels:
         out["labels"] = labels
         out["cls_labels"] = torch.tensor([float(e.label if e.label is not None else 0) for e in examples])
+        out["cls_labels_b"] = torch.tensor([float(y) for y in slot_b_labels])  # slot A reads the query: its label
     out["mask_mode"] = mask_mode if with_cls else "causal"
     return out
 

@@ -43,7 +43,10 @@ class EncodedExample:
     - `query_mask[i]`: token i overlaps user-visible text (what slot A reads);
     - `prompt_length`: tokens of the prompt incl. the generation prompt; the response starts there;
     - `supervised_from`: first response token with LM loss (== prompt_length unless a
-      harmful prefix or a prefill comes first).
+      harmful prefix or a prefill comes first);
+    - `token_labels[i]` (optional): the label of the response span token i lies in (1 harmful,
+      0 refusal / benign), -1 outside every labelled span; slot-B windows take their label
+      from it (batching.window_label).
     """
 
     input_ids: list[int]
@@ -52,6 +55,7 @@ class EncodedExample:
     supervised_from: int
     label: int | None = None
     sample_key: int | None = None  # position in its dataset: seeds per-example randomness
+    token_labels: list[int] | None = None
 
     @property
     def response_length(self) -> int:
@@ -149,12 +153,15 @@ class PromptFormatter:
         supervise_from: int | None = None,
         add_eos: bool = True,
         label: int | None = None,
+        response_spans: list[tuple[int, int, int]] | None = None,
     ) -> EncodedExample:
         """Encode `messages` (the prompt) followed by an assistant `response`.
 
         `supervise_from` is a character offset into `response` where the LM loss starts.
         With `add_eos` the tokenizer's EOS closes a non-empty response (the stop token the
         model must learn to emit); prompts for generation pass `response=""`.
+        `response_spans` are `(start, end, label)` character spans of `response`; a token takes
+        the label of a span it overlaps (1 wins over 0 for a token on a boundary).
         """
         validate_messages(messages)
         prompt_text, query_spans = self.render_with_query_spans(messages)
@@ -175,6 +182,12 @@ class PromptFormatter:
             (i for i in range(prompt_length, len(ids)) if offsets[i][0] >= start_char), len(ids)
         )
         query_mask = [_overlaps(span, query_spans) for span in offsets]
+        token_labels = None
+        if response_spans:
+            harmful = [(prompt_end + a, prompt_end + b) for a, b, y in response_spans if y == 1]
+            benign = [(prompt_end + a, prompt_end + b) for a, b, y in response_spans if y == 0]
+            token_labels = [-1 if i < prompt_length else 1 if _overlaps(span, harmful) else 0 if _overlaps(span, benign)
+                            else -1 for i, span in enumerate(offsets)]
         if not any(query_mask[:prompt_length]):
             raise ValueError("the rendered prompt has no query tokens (empty messages?)")
 
@@ -184,7 +197,8 @@ class PromptFormatter:
                 raise ValueError(f"prompt is {prompt_length} tokens, longer than max_length={self.max_length}")
             ids, query_mask = ids[: self.max_length], query_mask[: self.max_length]
             supervised_from = min(supervised_from, self.max_length)
-        return EncodedExample(ids, query_mask, prompt_length, supervised_from, label)
+            token_labels = token_labels[: self.max_length] if token_labels else None
+        return EncodedExample(ids, query_mask, prompt_length, supervised_from, label, token_labels=token_labels)
 
     def _tokenize(self, text: str, caller_spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids and character offsets; a control token inside caller text becomes plain text.

@@ -65,7 +65,8 @@ def joint_objective(model, hidden: torch.Tensor, batch: dict, cls_loss_weight: f
     live_b = live_slot_b(batch)
     logits = torch.cat([logits_a, slot_logits(model, hidden[live_b], batch["slot_b"][live_b])])
     labels = batch["cls_labels"].to(hidden.device).float()
-    targets_cls = torch.cat([labels, labels[live_b]])
+    labels_b = batch.get("cls_labels_b", batch["cls_labels"]).to(hidden.device).float()
+    targets_cls = torch.cat([labels, labels_b[live_b]])
     cls_loss = F.binary_cross_entropy_with_logits(logits.float(), targets_cls, reduction="sum") / counts[1]
     return SafetyOutput(
         loss=lm_loss + cls_loss_weight * cls_loss,

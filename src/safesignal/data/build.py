@@ -80,6 +80,10 @@ class DataBuildConfig:
     prefixes_per_pair: int = 2
     opener_fraction: float = 0.5  # malicious train prompts that also get a "Sure, here is" opener
     responses_file: str | None = None  # default: the packaged self-distilled responses
+    # Label the response text of malicious examples for slot-B windows (DESIGN.md §SFT mask):
+    # a refusal is 0, a harmful prefix 1. Off: every window carries the query label (how the
+    # v1 embedded default was trained).
+    response_window_labels: bool = False
 
     def resolved_out_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else safesignal_home() / "data" / "smollm2"
@@ -279,20 +283,35 @@ def _recovery_examples(pools: Pools, config: DataBuildConfig, rng: random.Random
     return triples
 
 
-def _record(prompt: str, response: str, label: int, source: str, supervise_from: int | None = None) -> dict:
+def _record(prompt: str, response: str, label: int, source: str, supervise_from: int | None = None,
+            response_labels: list[list[int]] | None = None) -> dict:
     record = {"prompt": prompt, "response": response, "label": label, "source": source}
     if supervise_from:
         record["supervise_from"] = supervise_from
+    if response_labels:
+        record["response_labels"] = response_labels
     return record
 
 
-def _split_records(pools: Pools, split: str, responses: dict[str, str], rng: random.Random) -> list[dict]:
+def _refusal_spans(response: str, harmful_chars: int, config: DataBuildConfig) -> list[list[int]] | None:
+    """A malicious example's response labels: its first `harmful_chars` characters are harmful
+    (a harmful prefix), the rest is refusal; None when the build does not label responses."""
+    if not config.response_window_labels:
+        return None
+    spans = [[0, harmful_chars, 1]] if harmful_chars else []
+    return spans + [[harmful_chars, len(response), 0]] if harmful_chars < len(response) else spans
+
+
+def _split_records(pools: Pools, split: str, responses: dict[str, str], rng: random.Random,
+                   config: DataBuildConfig) -> list[dict]:
     missing = [b["prompt"] for b in pools.benign[split] if prompt_key(b["prompt"]) not in responses]
     if missing:
         raise DataError([f"benign_responses: {len(missing)} {split} prompt(s) have no self-distilled response "
                          f"(first: {missing[0][:60]!r}); regenerate with `{DISTILL_COMMAND}`"])
     records = [_record(b["prompt"], responses[prompt_key(b["prompt"])], 0, b["source"]) for b in pools.benign[split]]
-    records += [_record(m["prompt"], direct_refusal(m["prompt"], rng), 1, m["source"]) for m in pools.malicious[split]]
+    for m in pools.malicious[split]:
+        refusal = direct_refusal(m["prompt"], rng)
+        records.append(_record(m["prompt"], refusal, 1, m["source"], response_labels=_refusal_spans(refusal, 0, config)))
     return records
 
 
@@ -308,13 +327,15 @@ def build(config: DataBuildConfig) -> dict:
     pools = select_pools(config)
     responses = load_responses(config.responses_file)
     rng = random.Random(config.seed + 1)
-    train = _split_records(pools, "train", responses, rng)
-    validation = _split_records(pools, "validation", responses, rng)
+    train = _split_records(pools, "train", responses, rng, config)
+    validation = _split_records(pools, "validation", responses, rng, config)
 
     natural, injected = [], []
     for prompt, prefix, source in _recovery_examples(pools, config, rng):
         natural.append(_record(prompt, prefix + natural_recovery(prefix, prompt, rng), 1, f"recovery_{source}", len(prefix)))
-        injected.append(_record(prompt, prefix + injected_recovery(prefix, prompt, rng), 1, f"recovery_{source}", len(prefix)))
+        response = prefix + injected_recovery(prefix, prompt, rng)
+        injected.append(_record(prompt, response, 1, f"recovery_{source}", len(prefix),
+                                _refusal_spans(response, len(prefix), config)))
     rng.shuffle(train)
     files = {
         "train_sft.jsonl": train,

@@ -18,7 +18,8 @@ def encode_records(records: list[Record], formatter: PromptFormatter) -> list[En
     for record in records:
         response, supervise_from = record.training_text()
         try:
-            examples.append(formatter.encode(record.messages, response, supervise_from=supervise_from, label=record.label))
+            examples.append(formatter.encode(record.messages, response, supervise_from=supervise_from, label=record.label,
+                                             response_spans=record.training_spans()))
         except ValueError as err:
             problems.append(f"{record.where}: messages: {err}")
     if problems:

@@ -3,13 +3,19 @@
 One JSON object per line:
 
     {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}],
-     "label": 0 | 1, "source": "name", "prefill": "optional", "supervise_from": 0}
+     "label": 0 | 1, "source": "name", "prefill": "optional", "supervise_from": 0,
+     "response_labels": [[0, 120, 1], [120, 300, 0]]}
 
 or `prompt` + `response` instead of `messages`. A trailing assistant message is the response.
 `label`: 1 malicious, 0 benign (a query-level label: a malicious request answered with a
 refusal is still 1). `supervise_from` is the character offset in the response where the LM
 loss starts (harmful-prefix recovery examples). `prefill` is assistant text placed before the
 response at evaluation time; in training it counts as unsupervised response text.
+`response_labels` (optional) labels parts of the response itself: `[start, end, label]`
+character spans of `response`, sorted and non-overlapping, label 1 for harmful content and 0
+for a refusal or benign text. They set the label of a `[CLS]` slot-B window (DESIGN.md §SFT
+mask): 1 if the window holds a token of a harmful span, else 0 if every window token lies in
+a span labelled 0, else the query label. Unlabelled text keeps the query label.
 
 Every problem is reported with file, line and field; a bad record is never silently dropped.
 """
@@ -23,9 +29,8 @@ from ..formatting import validate_messages
 from ..io import DataError
 from ..io import read_jsonl as _read_jsonl_objects
 
-KNOWN_FIELDS = {"messages", "prompt", "response", "label", "source", "prefill", "supervise_from", "meta", "id"}
-
-
+KNOWN_FIELDS = {"messages", "prompt", "response", "label", "source", "prefill", "supervise_from", "response_labels",
+                "meta", "id"}
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Record:
     prefill: str | None = None
     supervise_from: int | None = None
     where: str = ""
+    response_labels: list[tuple[int, int, int]] | None = None  # [start, end, label] spans of `response`
 
     @property
     def query(self) -> str:
@@ -48,6 +54,13 @@ class Record:
             return self.response, self.supervise_from
         start = len(self.prefill) + (self.supervise_from or 0)
         return self.prefill + self.response, start
+
+    def training_spans(self) -> list[tuple[int, int, int]] | None:
+        """`response_labels` as spans of the training text (shifted past a folded-in prefill)."""
+        if not self.response_labels:
+            return None
+        shift = len(self.prefill or "")
+        return [(start + shift, end + shift, label) for start, end, label in self.response_labels]
 
 
 def parse_record(obj, where: str, *, require_response: bool = True) -> Record:
@@ -106,7 +119,32 @@ def parse_record(obj, where: str, *, require_response: bool = True) -> Record:
             fail("supervise_from", f"expected an integer character offset, got {supervise_from!r}")
         if not 0 <= supervise_from < max(len(response), 1):
             fail("supervise_from", f"{supervise_from} is outside the response (length {len(response)})")
-    return Record(messages, response, int(label), source, prefill, supervise_from, where)
+    spans = _response_labels(obj.get("response_labels"), len(response), fail)
+    return Record(messages, response, int(label), source, prefill, supervise_from, where, spans)
+
+
+def _response_labels(value, length: int, fail) -> list[tuple[int, int, int]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        fail("response_labels", f"expected a list of [start, end, label] spans, got {type(value).__name__}")
+    spans, previous_end = [], 0
+    for k, span in enumerate(value):
+        field = f"response_labels[{k}]"
+        if (not isinstance(span, list) or len(span) != 3
+                or any(isinstance(x, bool) or not isinstance(x, int) for x in span)):
+            fail(field, f"expected [start, end, label] with integer entries, got {span!r}")
+        start, end, label = span
+        if label not in (0, 1):
+            fail(field, f"label must be 0 (refusal / benign) or 1 (harmful), got {label}")
+        if not 0 <= start < end <= length:
+            fail(field, f"[{start}, {end}) is not a non-empty span of the response (length {length})")
+        if start < previous_end:
+            fail(field, f"starts at {start}, before the previous span ends ({previous_end}): "
+                        "spans must be sorted and must not overlap")
+        spans.append((start, end, label))
+        previous_end = end
+    return spans
 
 
 def read_jsonl(path: str | Path, *, require_response: bool = True) -> list[Record]:
