@@ -71,6 +71,47 @@ def test_tiny_grid_writes_the_design_shape(tiny_run):
     assert provenance["packages"]["torch"] == torch.__version__  # the installed distribution's version
 
 
+def test_the_contrast_set_is_scored_beside_the_edgy_set(tiny_run):
+    """The XSTest-style safe side is an over-refusal set (a seeded subset on the ablations), its
+    unsafe side an attack, and the classifier reports recall / FPR on both sides."""
+    from safesignal.data.contrast import contrast_prompts
+
+    out, results = tiny_run
+    assert results["benign_sets"]["contrast"]["n"] == 6
+    cls, ablation = results["models"]["cls"], results["models"]["cls:schedule_first"]
+    assert cls["over_refusal_detail"]["contrast"]["n"] == 6 and ablation["over_refusal_detail"]["contrast"]["n"] == 3
+    safe_ids = {r["id"] for r in contrast_prompts("safe")}
+    cell = [json.loads(line) for line in (out / "cells" / "cls" / "benign_contrast.jsonl").read_text().splitlines()[1:]]
+    ids = [r["behaviour_id"] for batch in cell for r in batch["records"]]
+    assert len(ids) == 6 and set(ids) <= safe_ids
+    unsafe_ids = {r["id"] for r in contrast_prompts("unsafe")}
+    assert cls["attacks"]["contrast_unsafe"]["n"] == 2
+    assert {r["behaviour_id"] for r in json.loads((out / "cells" / "cls" / "contrast_unsafe.jsonl").read_text()
+                                                  .splitlines()[1])["records"]} <= unsafe_ids
+    contrast = cls["classifier"]["contrast"]
+    assert contrast["n_safe"] == len(safe_ids) and contrast["n_unsafe"] == len(unsafe_ids)
+    assert set(contrast["by_kind"]) == set(r["kind"] for r in contrast_prompts())
+    assert sum(k["n_safe"] for k in contrast["by_kind"].values()) == contrast["n_safe"]
+    assert "safesignal/resources/contrast/xstest_style.jsonl" in results["provenance"]["data_files"]
+    for key in ("past_tense", "past_tense_heldout", "future_tense", "hypothetical", "third_person"):
+        assert cls["attacks"][key]["n"] == 2, key
+    assert cls["attacks"]["past_tense"]["variants"] == 2
+
+
+def test_contrast_report_counts_by_hand():
+    from safesignal.eval.grid import contrast_report
+
+    prompts = [{"label": 1, "kind": "a"}, {"label": 1, "kind": "a"}, {"label": 0, "kind": "a"},
+               {"label": 0, "kind": "b"}, {"label": 1, "kind": "b"}, {"label": 0, "kind": "b"}]
+    report = contrast_report([0.9, 0.2, 0.7, 0.1, 0.6, 0.5], prompts, threshold=0.5)
+    assert report["recall"] == pytest.approx(2 / 3) and report["n_unsafe"] == 3
+    assert report["fpr"] == pytest.approx(1 / 3) and report["n_safe"] == 3  # 0.5 is not above the threshold
+    assert report["by_kind"]["a"]["recall"] == 0.5 and report["by_kind"]["a"]["fpr"] == 1.0
+    assert report["by_kind"]["b"]["recall"] == 1.0 and report["by_kind"]["b"]["fpr"] == 0.0
+    low, high = report["recall_ci95"]
+    assert low < 2 / 3 < high
+
+
 def test_harness_controls_come_out_as_predicted(tiny_run):
     _, results = tiny_run
     malicious, benign = results["models"]["cls:head_malicious"], results["models"]["cls:head_benign"]

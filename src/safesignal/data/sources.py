@@ -150,6 +150,13 @@ def _located(top_level: str, base: Path, path: Path) -> Path:
     return path
 
 
+def located_resource(path: Path) -> Path:
+    """A data file shipped inside safesignal (its resources/), recorded like the packages' files."""
+    from importlib import resources
+
+    return _located("safesignal", Path(str(resources.files("safesignal"))), Path(path))
+
+
 def _file(top_level: str, rel: str, root: Path | str | None) -> Path:
     base = package_root(top_level, root)
     path = base / rel

@@ -45,6 +45,11 @@ def _pool(name: str) -> tuple[dict, ...]:
         # (a word is at least one token), so prefill_5 ... prefill_40 test one population.
         pairs = [p for p in sources.prefill_pairs() if len(p["response"].split()) >= PREFILL_MIN_WORDS]
         return tuple(_with_ids(pairs, "pyrit"))
+    if name == "contrast_unsafe":
+        from ..data.contrast import contrast_prompts
+
+        return tuple({"id": r["id"], "prompt": r["prompt"], "source": "xstest_style", "kind": r["kind"]}
+                     for r in contrast_prompts(label="unsafe"))
     raise KeyError(f"unknown behaviour pool {name!r}; known: {POOLS}")
 
 

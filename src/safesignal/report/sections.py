@@ -22,6 +22,7 @@ JUDGE_KINDS = {
 REFUSAL_SET_LABELS = {
     "edgy": "Over-refusal: edgy benign prompts",
     "heldout_benign": "Refusal: held-out benign prompts",
+    "contrast": "Over-refusal: XSTest-style safe prompts (ours)",
 }
 ABLATIONS_PER_TABLE = 3
 EXCERPT_PROMPT_CHARS = 50  # the results file truncates already; the report never shows more
@@ -278,18 +279,27 @@ def _ablations(results: dict) -> Section | None:
                    ["Entries whose policy is not the default, each beside its model's default entry."] + tables)
 
 
+def _contrast_cell(classifier: dict, rate: str, n_key: str) -> Cell:
+    contrast = part(classifier, "contrast")
+    if not is_number(contrast.get(rate)):
+        return MISSING
+    return Cell(rate_with_interval(contrast[rate], contrast.get(f"{rate}_ci95")), f"n={count(contrast.get(n_key))}")
+
+
 def _classifier(results: dict) -> Section | None:
     named = [(name, part(entry, "classifier")) for name, entry in entries(results) if part(entry, "classifier")]
     if not named:
         return None
     rows = [[name, count(c.get("n")), decimal(c.get("threshold"), 2), percent(c.get("f1")), percent(c.get("precision")),
              percent(c.get("recall")), decimal(c.get("auroc")),
-             Cell(percent(c.get("edgy_fpr")), f"n={count(c['edgy_n'])}" if c.get("edgy_n") is not None else "")]
+             Cell(percent(c.get("edgy_fpr")), f"n={count(c['edgy_n'])}" if c.get("edgy_n") is not None else ""),
+             _contrast_cell(c, "recall", "n_unsafe"), _contrast_cell(c, "fpr", "n_safe")]
             for name, c in named]
     blocks = ["The [CLS] head as a classifier of the request (held-out prompts). Edgy FPR: benign edgy prompts "
-              "classified malicious.",
-              Table(["Model", "n", "Threshold", "F1 (%)", "Precision (%)", "Recall (%)", "AUROC", "Edgy FPR (%)"],
-                    rows)]
+              "classified malicious. Contrast: our XSTest-style set (not XSTest), recall on its unsafe side and "
+              "false-positive rate on its safe side.",
+              Table(["Model", "n", "Threshold", "F1 (%)", "Precision (%)", "Recall (%)", "AUROC", "Edgy FPR (%)",
+                     "Contrast recall (%)", "Contrast FPR (%)"], rows)]
     categories = []
     for _, c in named:
         categories += [k for k in part(c, "recall_by_category") if k not in categories]
