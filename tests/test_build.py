@@ -133,6 +133,24 @@ def test_response_window_labels_mark_harmful_prefixes_1_and_refusals_0(built, tm
 
 
 @needs_data
+def test_surface_forms_stay_in_their_prompts_split_and_keep_the_label():
+    base = select_pools(DataBuildConfig())
+    pools = select_pools(DataBuildConfig(surface_forms_malicious=2, surface_forms_benign=1))
+    for side, k in (("malicious", 2), ("benign", 1)):
+        for split in ("train", "validation"):
+            originals = getattr(base, side)[split]
+            assert getattr(pools, side)[split][:len(originals)] == originals  # the v1 pools come first, unchanged
+            added = getattr(pools, side)[split][len(originals):]
+            assert 0 < len(added) <= k * len(originals)
+            own = {o["prompt"] for o in originals}
+            for item in added:
+                assert item["source"].startswith("surface_") and item["surface_of"] in own
+                assert item["label"] == (1 if side == "malicious" else 0)
+    every = [x["prompt"] for side in (pools.malicious, pools.benign) for split in side.values() for x in split]
+    assert len(every) == len(set(every))
+
+
+@needs_data
 def test_summary_counts_match_the_files(built):
     out, summary, _ = built
     for name, info in summary["files"].items():

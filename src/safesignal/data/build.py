@@ -39,6 +39,7 @@ from .contrast import contrast_prompts
 from .dedup import PromptIndex
 from .refusals import direct_refusal, injected_recovery, natural_recovery
 from .schema import DataError
+from .surface_forms import surface_forms
 from .sources import normalise
 
 RESPONSES_RESOURCE = "benign_responses.jsonl"
@@ -85,6 +86,11 @@ class DataBuildConfig:
     # a refusal is 0, a harmful prefix 1. Off: every window carries the query label (how the
     # v1 embedded default was trained).
     response_window_labels: bool = False
+    # Rewritings per prompt in other surface forms (data/surface_forms.py: tenses, framings,
+    # registers), added to the prompt's own split; 0: none (v1). Benign forms need distilled
+    # answers like every benign prompt.
+    surface_forms_malicious: int = 0
+    surface_forms_benign: int = 0
 
     def resolved_out_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else safesignal_home() / "data" / "smollm2"
@@ -190,6 +196,16 @@ def _benign_candidates(config: DataBuildConfig, rng: random.Random, sharegpt: li
     return items
 
 
+def _surface_items(items: list[dict], k: int, rng: random.Random) -> list[dict]:
+    """`k` surface-form rewritings of each item, labelled like it; `surface_of` keeps the
+    original request (a refusal justifies the request, not its framing)."""
+    if k <= 0:
+        return []
+    return [{"prompt": text, "label": item["label"], "source": f"surface_{form}",
+             "surface_of": item.get("surface_of", item["prompt"])}
+            for item in items for form, text in surface_forms(item["prompt"], rng, k)]
+
+
 def _split(items: list[dict], fraction: float, rng: random.Random) -> dict[str, list[dict]]:
     order = list(range(len(items)))
     rng.shuffle(order)
@@ -218,6 +234,13 @@ def select_pools(config: DataBuildConfig) -> Pools:
               if _accept(b, reserved, seen, pools.dropped)]
     pools.malicious = _split(malicious, config.validation_fraction, rng)
     pools.benign = _split(benign, config.validation_fraction, rng)
+    # Surface forms after the split, each in its source prompt's split (a validation prompt's
+    # rewritings never train), from their own generator so the rest of the build is unchanged.
+    forms_rng = random.Random(f"surface_forms/{config.seed}")
+    for side, k in ((pools.malicious, config.surface_forms_malicious), (pools.benign, config.surface_forms_benign)):
+        for split in ("train", "validation"):
+            side[split] += [item for item in _surface_items(side[split], k, forms_rng)
+                            if _accept(item, reserved, seen, pools.dropped)]
 
     train_keys = {normalise(m["prompt"]) for m in pools.malicious["train"]}
     pools.recovery_pairs = [p for p in thirds.augmentation
@@ -311,7 +334,7 @@ def _split_records(pools: Pools, split: str, responses: dict[str, str], rng: ran
                          f"(first: {missing[0][:60]!r}); regenerate with `{DISTILL_COMMAND}`"])
     records = [_record(b["prompt"], responses[prompt_key(b["prompt"])], 0, b["source"]) for b in pools.benign[split]]
     for m in pools.malicious[split]:
-        refusal = direct_refusal(m["prompt"], rng)
+        refusal = direct_refusal(m.get("surface_of", m["prompt"]), rng)
         records.append(_record(m["prompt"], refusal, 1, m["source"], response_labels=_refusal_spans(refusal, 0, config)))
     return records
 
