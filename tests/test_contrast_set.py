@@ -260,7 +260,7 @@ def test_loader_errors_name_file_and_line(tmp_path, rows, line, message):
     with pytest.raises(ValueError) as err:
         contrast_prompts(path=path)
     text = str(err.value)
-    assert str(path) in text and f"line {line}" in text and message in text, text
+    assert f"{path}:{line}:" in text and message in text, text
 
 
 def test_loader_cache_follows_file_changes(tmp_path):

@@ -31,10 +31,11 @@ Errors name the file and line, never the prompt text (unsafe prompts stay in the
 from __future__ import annotations
 
 import copy
-import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+from ..io import iter_jsonl_lines
 
 KINDS = (
     "homonyms",
@@ -55,14 +56,7 @@ CONTRAST_FILE = Path(str(resources.files("safesignal").joinpath("resources", "co
 CONTRAST_META = CONTRAST_FILE.with_name("xstest_style.meta.json")
 
 
-def _parse_line(path: Path, lineno: int, line: str) -> dict:
-    where = f"{path}: line {lineno}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _parse_record(record: dict, where: str) -> dict:
     missing = [f for f in FIELDS if f not in record]
     extra = sorted(set(record) - set(FIELDS))
     if missing:
@@ -90,17 +84,15 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict:
 def _load(path: Path, stamp: tuple[int, int]) -> tuple[dict, ...]:
     """Parsed and validated records; ``stamp`` (mtime_ns, size) keys the cache to the file's version."""
     records: list[dict] = []
-    line_of: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = _parse_line(path, lineno, line)
-            if record["id"] in line_of:
-                raise ValueError(f"{path}: line {lineno}: duplicate id {record['id']!r} "
-                                 f"(first on line {line_of[record['id']]})")
-            line_of[record["id"]] = lineno
-            records.append(record)
+    where_of: dict[str, str] = {}  # id -> "file:line"
+    for where, record in iter_jsonl_lines(path.read_text(encoding="utf-8"), str(path)):
+        if isinstance(record, str):  # not a JSON object: the reader's own message
+            raise ValueError(f"{where}: {record}")
+        record = _parse_record(record, where)
+        if record["id"] in where_of:
+            raise ValueError(f"{where}: duplicate id {record['id']!r} (first at {where_of[record['id']]})")
+        where_of[record["id"]] = where
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: no records")
     by_id = {r["id"]: r for r in records}
@@ -108,13 +100,13 @@ def _load(path: Path, stamp: tuple[int, int]) -> tuple[dict, ...]:
         mirror = record["mirror"]
         if mirror is None:
             continue
-        where = f"{path}: line {line_of[record['id']]}"
+        where = where_of[record["id"]]
         if mirror not in by_id:
             raise ValueError(f"{where}: mirror {mirror!r} of {record['id']!r} does not exist")
         other = by_id[mirror]
         if other["mirror"] != record["id"]:
             raise ValueError(f"{where}: mirror of {record['id']!r} is {mirror!r}, but {mirror!r} "
-                             f"(line {line_of[mirror]}) points to {other['mirror']!r}: links must be symmetric")
+                             f"(at {where_of[mirror]}) points to {other['mirror']!r}: links must be symmetric")
         if other["label"] == record["label"]:
             raise ValueError(f"{where}: {record['id']!r} and its mirror {mirror!r} are both {record['label']!r}")
     return tuple(records)
