@@ -201,8 +201,7 @@ def _surface_items(items: list[dict], k: int, rng: random.Random) -> list[dict]:
     original request (a refusal justifies the request, not its framing)."""
     if k <= 0:
         return []
-    return [{"prompt": text, "label": item["label"], "source": f"surface_{form}",
-             "surface_of": item.get("surface_of", item["prompt"])}
+    return [{"prompt": text, "label": item["label"], "source": f"surface_{form}", "surface_of": item["prompt"]}
             for item in items for form, text in surface_forms(item["prompt"], rng, k)]
 
 

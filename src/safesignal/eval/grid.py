@@ -94,6 +94,9 @@ class Grid:
         self.heldout = [dict(r, id=f"heldout:{i}") for i, r in enumerate(
             rng.sample(heldout, min(self.config.over_refusal.heldout_benign, len(heldout))))]
         self.contrast_safe = self._contrast("safe", self.config.over_refusal.contrast)
+        # Both whole sides for the classifier metrics (none when the config skips the set).
+        self.contrast_classifier = ([] if self.config.over_refusal.contrast == 0
+                                    else self._contrast("safe", None) + self._contrast("unsafe", None))
         classifier = sets["classifier"]
         if self.config.classifier.n is not None and self.config.classifier.n < len(classifier):
             classifier = rng.sample(classifier, self.config.classifier.n)
@@ -246,7 +249,7 @@ class Grid:
         if strategic and sm.config.objective == "cls" and c.classifier.enabled:
             entry["classifier"] = self._cached(
                 spec.name, "classifier", {"model": spec.path, "prompts": [r["prompt"] for r in self.classifier_set],
-                                          "contrast": [r["prompt"] for r in self._contrast_all()],
+                                          "contrast": [r["prompt"] for r in self.contrast_classifier],
                                           "threshold": c.threshold, "bins": c.classifier.bins},
                 lambda: self._classifier(sm))
         if strategic and c.streaming.enabled and sm.config.objective == "cls":
@@ -273,17 +276,11 @@ class Grid:
             if category and record["label"] == 1:
                 by_category.setdefault(category, []).append(p > c.threshold)
         report["recall_by_category"] = {k: {"recall": sum(v) / len(v), "n": len(v)} for k, v in sorted(by_category.items())}
-        contrast = self._contrast_all()
+        contrast = self.contrast_classifier
         if contrast:
             report["contrast"] = contrast_report(classify_prompts(sm, [r["prompt"] for r in contrast], desc="classify contrast"),
                                                  contrast, c.threshold)
         return report
-
-    def _contrast_all(self) -> list[dict]:
-        """Both sides of the contrast set for the classifier metrics (none when the config skips it)."""
-        if self.config.over_refusal.contrast == 0:
-            return []
-        return self._contrast("safe", None) + self._contrast("unsafe", None)
 
     def _streaming(self, sm, spec: ModelSpec) -> dict:
         from .streaming import StreamingBenchmarkConfig, run_streaming_benchmark
