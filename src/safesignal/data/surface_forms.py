@@ -83,12 +83,23 @@ synthesize synthesise manufacture brainstorm compile publish recommend identify 
 _TRAILING = re.compile(r"[\s.!?:;]+$")
 
 
+# "How do I X?", "What's the best way to X?": a one-line how-question carries a clause too
+# (most malicious training prompts are questions, and the tense frames need a clause).
+_HOW_QUESTION = re.compile(
+    r"(?i)^(?:how (?:do|can|could|would|should|might) (?:i|one|you|we|someone) |how to |"
+    r"what(?:'s| is) the (?:best|easiest|quickest|fastest|most effective) way to )(?P<clause>[a-z].*?)[\s?.!]*$")
+
+
 def as_clause(request: str) -> str | None:
-    """The request as a lower-case imperative clause, or None when it is not one line opening
-    with an imperative verb (questions, multi-sentence requests, "I want ..." statements)."""
+    """The request as a lower-case clause, or None when it is not one line opening with an
+    imperative verb or a how-question (other questions, multi-sentence requests, "I want ..."
+    statements)."""
     text = " ".join(request.split())
     if not text or "\n" in request.strip() or re.search(r"[.!?]\s+\S", text):
         return None
+    how = _HOW_QUESTION.match(text)
+    if how and not re.search(r"\b(i|my|me)\b", how.group("clause"), re.IGNORECASE):
+        return how.group("clause")  # "my"/"I" would change person inside a third-person frame
     first = text.split(" ", 1)[0]
     if first.lower() not in IMPERATIVE_VERBS or not first[:1].isupper():
         return None
