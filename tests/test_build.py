@@ -198,6 +198,7 @@ def test_summary_counts_match_the_files(built):
         assert sum(sum(v.values()) for v in info["by_source"].values()) == lines
     assert json.loads((out / "summary.json").read_text())["files"] == summary["files"]
     assert any("matches an evaluation prompt" in reason for reason in summary["dropped"])
+    assert summary["generators"] == {}  # v1 generates nothing
 
 
 @needs_data
@@ -314,3 +315,6 @@ def test_base_answer_recovery_examples(built_v2):
             if style_prefix:
                 assert r.response_labels == [(0, r.supervise_from, 1), (r.supervise_from, len(r.response), 0)]
     assert summary["malicious_prompts_with_base_answers"] == len(with_answer)
+    assert set(summary["generators"]) == {"intent_pairs", "surface_<form>", "recovery_base_prefix_<k>", "response_labels"}
+    assert all(any(source.startswith(g.split("<")[0]) for source in summary["files"]["train_cls.jsonl"]["by_source"])
+               for g in summary["generators"] if g != "response_labels")

@@ -412,6 +412,26 @@ def _recovery_records(triples: list[tuple[str, str, str, str]], config: DataBuil
     return natural, injected
 
 
+# What each generated source in `by_source` is (summary.json documents them beside their counts).
+GENERATORS = {
+    "intent_pairs": "data/intent_pairs.py: benign and malicious prompts filled from the same slots of one "
+                    "family (resources/intent_pairs/intent_pairs.jsonl); whole families per split",
+    "surface_<form>": "data/surface_forms.py: a train/validation prompt rewritten in another tense, framing or "
+                      "register, in its original's split; frames disjoint from attacks/reformulation.py",
+    "recovery_base_prefix_<k>": "the first k words of the unaligned base model's answer to a malicious train/"
+                                "validation prompt (resources/harmful_responses.jsonl, "
+                                f"`{HARMFUL_COMMAND}`), then a refusal; LM loss on the refusal only",
+    "response_labels": "slot-B window labels: harmful prefix 1, refusal 0 (DESIGN.md §SFT mask)",
+}
+
+
+def _generator_on(name: str, config: DataBuildConfig) -> bool:
+    return {"intent_pairs": config.intent_pairs,
+            "surface_<form>": config.surface_forms_malicious > 0 or config.surface_forms_benign > 0,
+            "recovery_base_prefix_<k>": config.base_answer_prefixes > 0,
+            "response_labels": config.response_window_labels}[name]
+
+
 def _count(records: list[dict]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter] = {}
     for r in records:
@@ -464,6 +484,7 @@ def build(config: DataBuildConfig) -> dict:
     }
     if base_counts:
         summary["malicious_prompts_with_base_answers"] = base_counts["answers"]
+    summary["generators"] = {name: text for name, text in GENERATORS.items() if _generator_on(name, config)}
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
 
