@@ -4,11 +4,15 @@ training (DESIGN.md §Results file: LoRA adapters + [CLS] row + head, bf16, ≤ 
     python scripts/ship_models.py            # after `safesignal demo --retrain`
 
 The LoRA adapter is stored in bf16 (the demo's figures with the shipped models are checked
-against the freshly trained ones); the [CLS] row and head stay fp32 (a few KB).
+against the freshly trained ones); the [CLS] row and head stay fp32 (a few KB). The tokenizer
+(the base's plus `[CLS]`, the same for all three) ships once, in `smollm2-tokenizer/`; each
+model's safesignal.json points there (`extra.shared_tokenizer`).
 """
 
 from __future__ import annotations
 
+import filecmp
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +25,31 @@ from safesignal.home import safesignal_home
 PACKAGE_MODELS = Path(__file__).resolve().parents[1] / "src" / "safesignal" / "resources" / "models"
 LIMIT_BYTES = 40 * 2**20
 SKIP = {"training_config.json", "eval_metrics.json", "README.md"}
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
+SHARED_TOKENIZER = "smollm2-tokenizer"
+
+
+def _replace(target: Path, fill) -> None:
+    """Write a directory beside `target` with `fill(staging)`, then swap it in."""
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    fill(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def ship_tokenizer() -> int:
+    sources = [safesignal_home() / "models" / f"smollm2-{recipe}" for recipe in RECIPES]
+    first = sources[0]
+    for other in sources[1:]:
+        for name in TOKENIZER_FILES:
+            if (first / name).exists() and not filecmp.cmp(first / name, other / name, shallow=False):
+                raise SystemExit(f"{other / name} differs from {first / name}: the models do not share a tokenizer")
+    target = PACKAGE_MODELS / SHARED_TOKENIZER
+    _replace(target, lambda staging: [shutil.copy2(first / n, staging / n) for n in sorted(TOKENIZER_FILES)
+                                      if (first / n).exists()])
+    return sum(p.stat().st_size for p in target.iterdir())
 
 
 def ship(recipe: str) -> int:
@@ -28,24 +57,28 @@ def ship(recipe: str) -> int:
     if not (source / "safesignal.json").is_file():
         raise SystemExit(f"{source}: no trained checkpoint; run `safesignal demo --retrain` first")
     target = PACKAGE_MODELS / f"smollm2-{recipe}"
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for path in sorted(source.iterdir()):
-        if path.name in SKIP or not path.is_file():
-            continue
-        if path.name == "adapter_model.safetensors":
-            tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(path)).items()}
-            save_file(tensors, str(staging / path.name), metadata={"format": "pt"})
-        else:
-            shutil.copy2(path, staging / path.name)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+
+    def fill(staging: Path) -> None:
+        for path in sorted(source.iterdir()):
+            if path.name in SKIP or path.name in TOKENIZER_FILES or not path.is_file():
+                continue
+            if path.name == "adapter_model.safetensors":
+                tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(path)).items()}
+                save_file(tensors, str(staging / path.name), metadata={"format": "pt"})
+            elif path.name == "safesignal.json":
+                config = json.loads(path.read_text())
+                config.setdefault("extra", {})["shared_tokenizer"] = f"../{SHARED_TOKENIZER}"
+                (staging / path.name).write_text(json.dumps(config, indent=2) + "\n")
+            else:
+                shutil.copy2(path, staging / path.name)
+
+    _replace(target, fill)
     return sum(p.stat().st_size for p in target.iterdir())
 
 
 def main() -> int:
-    total = 0
+    total = ship_tokenizer()
+    print(f"{SHARED_TOKENIZER}: {total / 2**20:.1f} MB")
     for recipe in RECIPES:
         size = ship(recipe)
         total += size

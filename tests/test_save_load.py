@@ -336,6 +336,38 @@ def test_cls_id_disagrees_with_tokenizer(checkpoint):
         SafetyModel.from_pretrained(checkpoint)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def test_shared_tokenizer_directory(checkpoint, home):
+    """A checkpoint whose tokenizer lives in a shared directory (how the package ships its
+    three models) loads the same model; a re-save writes its own tokenizer and drops the link."""
+    before = SafetyModel.from_pretrained(checkpoint)
+    shared = checkpoint.parent / "shared-tokenizer"
+    shared.mkdir()
+    for name in TOKENIZER_FILES:
+        if (checkpoint / name).exists():
+            (checkpoint / name).rename(shared / name)
+    config = _saved_config(checkpoint)
+    config["extra"] = {"shared_tokenizer": "../shared-tokenizer"}
+    (checkpoint / CHECKPOINT_CONFIG).write_text(json.dumps(config))
+    loaded = SafetyModel.from_pretrained(checkpoint)
+    _assert_same(before, loaded)
+    assert loaded.tokenizer.convert_tokens_to_ids("[CLS]") == config["cls_token_id"]
+    out = home / "runs" / "resaved"
+    loaded.save_pretrained(out)
+    assert (out / "tokenizer_config.json").is_file() and "shared_tokenizer" not in _saved_config(out)["extra"]
+    _assert_same(before, SafetyModel.from_pretrained(out))
+
+
+def test_missing_shared_tokenizer_names_the_field(checkpoint):
+    config = _saved_config(checkpoint)
+    config["extra"] = {"shared_tokenizer": "../nowhere"}
+    (checkpoint / CHECKPOINT_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="extra.shared_tokenizer"):
+        SafetyModel.from_pretrained(checkpoint)
+
+
 def test_cls_token_missing_from_tokenizer(checkpoint):
     """safesignal.json names a token the tokenizer does not know (it maps to no / another id)."""
     config = _saved_config(checkpoint)

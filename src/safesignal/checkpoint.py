@@ -29,6 +29,10 @@ ADAPTER_FILE = "adapter_model.safetensors"
 FORMAT_NAME = "safesignal-checkpoint"
 FORMAT_VERSION = 1
 DEFAULT_CLS_TOKEN = "[CLS]"
+# `extra.shared_tokenizer` in safesignal.json: a directory (relative to the checkpoint) that
+# holds the tokenizer instead of the checkpoint itself. The package's shipped models use one
+# shared tokenizer directory, so it ships once rather than once per model.
+SHARED_TOKENIZER_KEY = "shared_tokenizer"
 
 
 @dataclass
@@ -160,7 +164,10 @@ def load_checkpoint(cls, path: str | os.PathLike, *, base_model=None, dtype=None
     head_path = directory / HEAD_FILE
     if not head_path.is_file():
         raise FileNotFoundError(f"{head_path}: checkpoint has {CHECKPOINT_CONFIG} but no safety head file")
-    tokenizer = _load_tokenizer(directory)
+    tokenizer = _load_tokenizer(_tokenizer_directory(directory, config))
+    # A save writes the tokenizer beside the weights: the loaded model no longer points
+    # elsewhere for it.
+    config.extra.pop(SHARED_TOKENIZER_KEY, None)
     found = tokenizer.convert_tokens_to_ids(config.cls_token)
     if found != config.cls_token_id or tokenizer.unk_token_id == found and config.cls_token != tokenizer.unk_token:
         raise ValueError(
@@ -257,6 +264,17 @@ def _tied_parameter_names(module: torch.nn.Module) -> set[str]:
             tied.update({name, seen[id(param)]})
         seen[id(param)] = name
     return tied
+
+
+def _tokenizer_directory(directory: Path, config: SafeSignalConfig) -> Path:
+    shared = config.extra.get(SHARED_TOKENIZER_KEY)
+    if shared is None:
+        return directory
+    path = (directory / str(shared)).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{directory / CHECKPOINT_CONFIG}: field 'extra.{SHARED_TOKENIZER_KEY}' is "
+                                f"{shared!r}, but {path} is not a directory")
+    return path
 
 
 def _load_tokenizer(directory: Path):
