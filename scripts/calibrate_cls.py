@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--name", default="cls")
     parser.add_argument("--data-dir", default=None, help="the data build (default: SAFESIGNAL_HOME/data/smollm2)")
-    parser.add_argument("--taus", default="1,2,3,4")
+    parser.add_argument("--taus", default="1,2,3,4", help="τ values to force-decode; '' skips the τ sweep")
     parser.add_argument("--n", type=int, default=60, help="validation answers per response set")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--max-false-alarm-rate", type=float, default=0.05)
@@ -84,7 +84,7 @@ def main() -> int:
     sets = response_sets(sm, validation, answers, args.n, args.tokens, seed=0)
     config = StreamingBenchmarkConfig(batch_size=16)
     rows, per_tau = [], {}
-    for tau in [int(t) for t in args.taus.split(",")]:
+    for tau in [int(t) for t in args.taus.split(",") if t.strip()]:
         policy = SafetyPolicy(threshold=threshold, tau=tau, strategic_decoding=False)
         found = {name: first_confirmations(sm, items, policy, config, neutral=True) for name, items in sets.items()}
         on_time = sum(f["confirm_step"] is not None and f["confirm_step"] <= args.on_time_tokens for f in found["harmful"])
@@ -98,7 +98,7 @@ def main() -> int:
                         "false_alarm_ci95": wilson_interval(sum(alarms.values()), n_b)}
         print(f"[calibrate] tau {tau}: on-time {on_time}/{n_h}, false alarms {alarms} of "
               f"{len(sets['benign'])} benign + {len(sets['refusal'])} refusals", flush=True)
-    tau = choose_tau(rows, args.max_false_alarm_rate)
+    tau = choose_tau(rows, args.max_false_alarm_rate) if rows else None  # None: not calibrated, the policy default stands
     out = args.out or Path("results") / "embedded" / f"calibration_{args.name}.json"
     atomic_write_json(out, {
         "format": "safesignal-calibration", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
