@@ -30,7 +30,8 @@ GENERATION_PROMPT = "<|im_start|>assistant\n"
 
 @pytest.fixture(scope="module")
 def smollm2():
-    path = resources.files("safesignal").joinpath("resources", "models", "smollm2-cls")
+    # the shipped models' shared tokenizer (base tokenizer + [CLS]; see scripts/ship_models.py)
+    path = resources.files("safesignal").joinpath("resources", "models", "smollm2-tokenizer")
     return AutoTokenizer.from_pretrained(str(path))
 
 
