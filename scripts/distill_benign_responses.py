@@ -31,14 +31,19 @@ def build_configs(paths: list[str] | None) -> list[DataBuildConfig]:
     return [DataBuildConfig()] + [load_config(DataBuildConfig, p) for p in (paths or [str(recipe_path("data_v1"))])]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", help="DataBuildConfig YAML whose benign prompts need answers (repeatable)")
+def generation_parser(doc: str, side: str, out: Path) -> argparse.ArgumentParser:
+    """The options both base-answer scripts share."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", help=f"DataBuildConfig YAML whose {side} prompts need answers (repeatable)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repetition-penalty", type=float, default=1.1)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=RESOURCES / RESPONSES_RESOURCE)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
+
+
+def main() -> int:
+    args = generation_parser(__doc__, "benign", RESOURCES / RESPONSES_RESOURCE).parse_args()
 
     prompts = {b["prompt"] for config in build_configs(args.config)
                for split in select_pools(config).benign.values() for b in split}

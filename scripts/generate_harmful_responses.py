@@ -17,11 +17,9 @@ updates src/safesignal/resources/harmful_responses.jsonl and harmful_responses.m
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from distill_benign_responses import RESOURCES, build_configs
+from distill_benign_responses import RESOURCES, build_configs, generation_parser
 
 from safesignal.data.base_answers import GenerationSettings, update_answers
 from safesignal.data.build import HARMFUL_RESOURCE, harmful_prompts, select_pools
@@ -29,13 +27,7 @@ from safesignal.judges.keyword import first_refusal
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", help="DataBuildConfig YAML whose malicious prompts need answers (repeatable)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--repetition-penalty", type=float, default=1.1)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=RESOURCES / HARMFUL_RESOURCE)
-    args = parser.parse_args()
+    args = generation_parser(__doc__, "malicious", RESOURCES / HARMFUL_RESOURCE).parse_args()
 
     configs = [c for c in build_configs(args.config) if c.base_answer_prefixes > 0]
     prompts = sorted({p for config in configs for p in harmful_prompts(select_pools(config))})
