@@ -106,6 +106,22 @@ def iter_jsonl_lines(text: str, name: str) -> Iterator[tuple[str, dict | str]]:
         yield where, obj
 
 
+def read_unique_jsonl(path: Path, parse: Callable[[dict, str], dict], key: str) -> tuple[list[dict], dict[str, str]]:
+    """Records of a small, hand-written JSONL resource, each through `parse(obj, where)`, whose
+    field `key` is unique; also key -> "file:line". Stops at the first problem with a ValueError
+    naming the file and line (these files are ours: one fix at a time is enough)."""
+    records, where_of = [], {}
+    for where, obj in iter_jsonl_lines(Path(path).read_text(encoding="utf-8"), str(path)):
+        if isinstance(obj, str):  # not a JSON object: the reader's own message
+            raise ValueError(f"{where}: {obj}")
+        record = parse(obj, where)
+        if record[key] in where_of:
+            raise ValueError(f"{where}: duplicate {key} {record[key]!r} (first at {where_of[record[key]]})")
+        where_of[record[key]] = where
+        records.append(record)
+    return records, where_of
+
+
 def read_jsonl(path: str | os.PathLike, parse: Callable[[dict, str], object] | None = None,
                *, name: str | None = None) -> list:
     """Every record of a JSONL file, each passed through `parse(obj, where)`.

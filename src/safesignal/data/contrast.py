@@ -35,7 +35,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from ..io import iter_jsonl_lines
+from ..io import read_unique_jsonl
 
 KINDS = (
     "homonyms",
@@ -83,16 +83,7 @@ def _parse_record(record: dict, where: str) -> dict:
 @lru_cache(maxsize=8)
 def _load(path: Path, stamp: tuple[int, int]) -> tuple[dict, ...]:
     """Parsed and validated records; ``stamp`` (mtime_ns, size) keys the cache to the file's version."""
-    records: list[dict] = []
-    where_of: dict[str, str] = {}  # id -> "file:line"
-    for where, record in iter_jsonl_lines(path.read_text(encoding="utf-8"), str(path)):
-        if isinstance(record, str):  # not a JSON object: the reader's own message
-            raise ValueError(f"{where}: {record}")
-        record = _parse_record(record, where)
-        if record["id"] in where_of:
-            raise ValueError(f"{where}: duplicate id {record['id']!r} (first at {where_of[record['id']]})")
-        where_of[record["id"]] = where
-        records.append(record)
+    records, where_of = read_unique_jsonl(path, _parse_record, "id")
     if not records:
         raise ValueError(f"{path}: no records")
     by_id = {r["id"]: r for r in records}

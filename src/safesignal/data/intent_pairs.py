@@ -31,7 +31,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from ..io import iter_jsonl_lines
+from ..io import read_unique_jsonl
 from .sources import normalise
 
 PAIRS_FILE = Path(str(resources.files("safesignal").joinpath("resources", "intent_pairs", "intent_pairs.jsonl")))
@@ -70,15 +70,7 @@ def _parse_family(family: dict, where: str) -> dict:
 
 @lru_cache(maxsize=4)
 def _load(path: Path, stamp: tuple[int, int]) -> tuple[dict, ...]:
-    families, seen = [], {}
-    for where, family in iter_jsonl_lines(path.read_text(encoding="utf-8"), str(path)):
-        if isinstance(family, str):
-            raise ValueError(f"{where}: {family}")
-        family = _parse_family(family, where)
-        if family["family"] in seen:
-            raise ValueError(f"{where}: duplicate family {family['family']!r} (first at {seen[family['family']]})")
-        seen[family["family"]] = where
-        families.append(family)
+    families, _ = read_unique_jsonl(path, _parse_family, "family")
     if not families:
         raise ValueError(f"{path}: no families")
     return tuple(families)
