@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from safesignal import SafetyModel
 from safesignal.batching import WindowSampler, collate
 from safesignal.cli import main as cli_main
-from safesignal.config import load_config
+from safesignal.config import load_config, read_yaml
 from safesignal.data.dataset import encode_records
 from safesignal.data.schema import read_jsonl
 from safesignal.tiny import build_tiny
@@ -260,3 +260,16 @@ def test_gradient_accumulation_trains_like_the_whole_batch(tmp_path):
     a, b = _weights(whole), _weights(accumulated)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_home_prefix_is_resolved_in_nested_lists_and_mappings(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path / "home"))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("out: $SAFESIGNAL_HOME/eval/x\n"
+                    "models:\n  - {name: a, path: $SAFESIGNAL_HOME/models/a}\n  - {name: b, path: smollm2-cls}\n"
+                    "streaming: {options: {policy: {schedule: $SAFESIGNAL_HOME/not-a-path-but-resolved}}}\n")
+    data = read_yaml(grid)
+    home = (tmp_path / "home").resolve()
+    assert data["out"] == str(home / "eval" / "x")
+    assert [m["path"] for m in data["models"]] == [str(home / "models" / "a"), "smollm2-cls"]
+    assert data["streaming"]["options"]["policy"]["schedule"] == str(home / "not-a-path-but-resolved")

@@ -30,7 +30,13 @@ DEFAULTS_KEY = "defaults"
 
 
 def _resolve_path(path: Path, key: str, value):
-    """`$SAFESIGNAL_HOME/...` anywhere; `*_file` values relative to the YAML file's folder."""
+    """`$SAFESIGNAL_HOME/...` anywhere, nested lists and mappings included (an eval grid's
+    `models: [{path: $SAFESIGNAL_HOME/models/x}]`); `*_file` values relative to the YAML
+    file's folder."""
+    if isinstance(value, list):
+        return [_resolve_path(path, key, item) for item in value]
+    if isinstance(value, dict):
+        return {k: _resolve_path(path, k, v) for k, v in value.items()}
     if not isinstance(value, str):
         return value
     if value.startswith(HOME_PREFIX):
