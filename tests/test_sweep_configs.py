@@ -1,0 +1,56 @@
+"""The trade-off sweep's configs (configs/smollm2/sweep/): each variant is the cls recipe with
+its own knobs changed and its own output paths, and the sweep's eval grid covers them all."""
+
+import importlib.util
+from pathlib import Path
+
+from safesignal.config import load_config
+from safesignal.eval.config import load_eval_config
+from safesignal.training.config import SafetyTrainingConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "configs" / "smollm2" / "sweep"
+RECIPE = ROOT / "configs" / "smollm2" / "cls.yaml"
+PATHS = {"output_dir", "final_dir", "logging_dir"}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_sweep", ROOT / "scripts" / "run_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def changed_fields(path: Path) -> dict:
+    recipe, variant = load_config(SafetyTrainingConfig, RECIPE), load_config(SafetyTrainingConfig, path)
+    return {name: getattr(variant, name) for name in SafetyTrainingConfig.__dataclass_fields__
+            if name not in PATHS and getattr(variant, name) != getattr(recipe, name)}
+
+
+def test_each_variant_changes_a_knob_and_writes_only_under_the_sweep_directories(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path))
+    variants = load_script().variants()
+    assert len(variants) >= 6
+    finals = set()
+    for path in variants:
+        changed = changed_fields(path)
+        assert changed, f"{path.name}: identical to the recipe"
+        # a variant changes at most two knobs (full fine-tuning needs its own learning rate)
+        assert len(changed) <= 2 + ("save_steps" in changed), f"{path.name}: {sorted(changed)}"
+        config = load_config(SafetyTrainingConfig, path)
+        assert Path(config.output_dir) == tmp_path / "runs" / "sweep" / path.stem
+        assert Path(config.final_dir) == tmp_path / "models" / "sweep" / path.stem
+        finals.add(config.final_dir)
+    assert len(finals) == len(variants)
+
+
+def test_data_variants_are_built_where_their_recipes_read_and_the_grid_names_every_variant(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path))
+    script = load_script()
+    builds = script.data_builds()
+    assert builds and all(out.parent == tmp_path / "data" for out in builds)
+    readers = {Path(load_config(SafetyTrainingConfig, p).train_file).parent for p in script.variants()}
+    assert set(builds) <= readers  # no data build that no variant reads
+    grid = load_eval_config(ROOT / "configs" / "eval" / "sweep.yaml")
+    paths = {Path(m.path) for m in grid.models}
+    assert {Path(load_config(SafetyTrainingConfig, p).final_dir) for p in script.variants()} == paths - {Path("smollm2-cls")}
