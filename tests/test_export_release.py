@@ -1,21 +1,14 @@
 """scripts/export_release.py: a previous commit's shipped models, exported for a side-by-side run."""
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from repo_scripts import load_script
+
 NAMES = ("smollm2-cls", "smollm2-sft", "smollm2-qi_aug")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("export_release", ROOT / "scripts" / "export_release.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def git(repo, *args):
@@ -43,7 +36,7 @@ def test_exports_the_models_of_an_earlier_commit_and_repoints_the_shared_tokeniz
     first = commit_models(repo, b"\x00old", "v1")
     commit_models(repo, b"\x01new", "v2")
     monkeypatch.setenv("SAFESIGNAL_HOME", str(home))
-    script = load_script()
+    script = load_script("export_release")
     assert script.main(["--repo", str(repo), "--rev", "HEAD~1", "--tag", "v1"]) == 0
     for name in NAMES:
         target = home / "models" / f"{name}-v1"

@@ -1,22 +1,16 @@
 """README numbers come from committed results files, never typed by hand."""
 
-import importlib.util
 import re
 from pathlib import Path
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_updater():
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_result_blocks_match_the_committed_results():
     readme = (ROOT / "README.md").read_text()
-    assert load_updater().rendered_readme(readme) == readme, "run python scripts/update_readme.py"
+    assert load_script("update_readme").rendered_readme(readme) == readme, "run python scripts/update_readme.py"
 
 
 def test_readme_opens_with_exactly_two_setup_commands():

@@ -1,24 +1,18 @@
 """The trade-off sweep's configs (configs/smollm2/sweep/): each variant is the cls recipe with
 its own knobs changed and its own output paths, and the sweep's eval grid covers them all."""
 
-import importlib.util
 from pathlib import Path
 
 from safesignal.config import load_config
 from safesignal.eval.config import load_eval_config
 from safesignal.training.config import SafetyTrainingConfig
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "configs" / "smollm2" / "sweep"
 RECIPE = ROOT / "configs" / "smollm2" / "cls.yaml"
 PATHS = {"output_dir", "final_dir", "logging_dir"}
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_sweep", ROOT / "scripts" / "run_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def changed_fields(path: Path) -> dict:
@@ -29,7 +23,7 @@ def changed_fields(path: Path) -> dict:
 
 def test_each_variant_changes_a_knob_and_writes_only_under_the_sweep_directories(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path))
-    variants = load_script().variants()
+    variants = load_script("run_sweep").variants()
     assert len(variants) >= 6
     finals = set()
     for path in variants:
@@ -46,7 +40,7 @@ def test_each_variant_changes_a_knob_and_writes_only_under_the_sweep_directories
 
 def test_data_variants_are_built_where_their_recipes_read_and_the_grid_names_every_variant(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path))
-    script = load_script()
+    script = load_script("run_sweep")
     builds = script.data_builds()
     assert builds and all(out.parent == tmp_path / "data" for out in builds)
     readers = {Path(load_config(SafetyTrainingConfig, p).train_file).parent for p in script.variants()}
