@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from safesignal.checkpoint import CHECKPOINT_CONFIG, SHARED_TOKENIZER_KEY
 from safesignal.home import safesignal_home
+from safesignal.io import NotOursError, replace_directory
 from safesignal.registry import SHIPPED_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,24 +37,29 @@ def files_at(repo: Path, rev: str, directory: str) -> list[str]:
     return [path for path in listing if path.startswith(directory + "/")]
 
 
+def is_export(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
 def export_directory(repo: Path, rev: str, source: str, target: Path) -> None:
-    """Write `source` (a directory in the tree at `rev`) to `target`, staged then swapped in."""
+    """Write `source` (a directory in the tree at `rev`) to `target` through
+    `safesignal.io.replace_directory` (staged, then swapped in; only an earlier export replaced)."""
     paths = files_at(repo, rev, source)
     if not paths:
         raise SystemExit(f"{source}: not in the tree at {rev}")
-    if target.exists() and not (target / MARKER).is_file():
-        raise SystemExit(f"{target}: exists and is not an export of this script; move it away first")
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for path in paths:
-        out = staging / Path(path).relative_to(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(git(repo, "show", f"{rev}:{path}"))
     commit = git(repo, "rev-parse", rev).decode().strip()
-    (staging / MARKER).write_text(json.dumps({"rev": rev, "commit": commit, "source": source}, indent=1) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+
+    def fill(staging: Path) -> None:
+        for path in paths:
+            out = staging / Path(path).relative_to(source)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(git(repo, "show", f"{rev}:{path}"))
+        (staging / MARKER).write_text(json.dumps({"rev": rev, "commit": commit, "source": source}, indent=1) + "\n")
+
+    try:
+        replace_directory(target, fill, is_ours=is_export, what="release export")
+    except NotOursError:
+        raise SystemExit(f"{target}: exists and is not an export of this script; move it away first") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
     python scripts/run_sweep.py [--only r64,steps_240] [--dry-run]
 
-Data builds (`data_*.yaml`) a variant trains on are built first when their directory has no
+Data builds (`data_*.yaml`) a variant trains on are built first when their directory holds no
 summary.json. A variant whose final model exists is skipped; one with checkpoints in its
 output directory (a killed run) resumes from the newest. Runs one job at a time: on a small
 CPU machine two trainings at once are each about three times slower. Afterwards:
@@ -17,8 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from safesignal.checkpoint import CHECKPOINT_CONFIG
+from safesignal.checkpoint import is_checkpoint
 from safesignal.config import read_yaml
+from safesignal.data.build import is_data_dir
 
 SWEEP = Path(__file__).resolve().parents[1] / "configs" / "smollm2" / "sweep"
 DATA_PREFIX = "data_"
@@ -55,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in chosen:
         config = read_yaml(path)
         final = Path(config["final_dir"])
-        if (final / CHECKPOINT_CONFIG).is_file():
+        if is_checkpoint(final):
             print(f"{path.stem}: trained ({final}); skipped")
             continue
         data_dir = Path(config["train_file"]).parent
-        if data_dir in builds and not (data_dir / "summary.json").is_file():
+        if data_dir in builds and not is_data_dir(data_dir):
             run([sys.executable, "-m", "safesignal", "data", "build", "--config", str(builds[data_dir])], args.dry_run)
         resume = list(Path(config["output_dir"]).glob("checkpoint-*"))
         run([sys.executable, "-m", "safesignal", "train", "--config", str(path)] + (["--resume"] if resume else []),
