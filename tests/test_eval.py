@@ -35,6 +35,11 @@ def _strip_timing(results: dict) -> dict:
     return out
 
 
+def _without_overhead(results: dict) -> dict:
+    return {**results, "models": {name: {k: v for k, v in entry.items() if k != "overhead"}
+                                  for name, entry in results["models"].items()}}
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "tiny"
@@ -145,6 +150,25 @@ def test_a_killed_run_resumes_to_the_same_results(tiny_run, tmp_path):
     resumed = json.loads((copy_dir / "results.json").read_text())
     assert _strip_timing(resumed) == _strip_timing(results)
     assert results["reused_batches"] == 0 and resumed["reused_batches"] > 0
+
+
+def test_a_run_of_some_models_is_reused_by_the_whole_grid(tiny_run, tmp_path, capsys):
+    out, results = tiny_run
+    part = tmp_path / "part"
+    assert main(["eval", "--config", str(TINY), "--out", str(part), "--models", "base"]) == 0
+    alone = json.loads((part / "results.json").read_text())
+    assert list(alone["models"]) == ["base"]
+    # an entry's cases do not depend on which other models the grid runs
+    assert _strip_timing(alone)["models"]["base"] == _strip_timing(results)["models"]["base"]
+    assert "--models base" in alone["command"]
+    assert main(["eval", "--config", str(TINY), "--out", str(part)]) == 0
+    whole = json.loads((part / "results.json").read_text())
+    assert whole["reused_batches"] > 0
+    # the same figures, except the overhead timings the whole grid measured afresh for cls
+    assert _without_overhead(_strip_timing(whole)) == _without_overhead(_strip_timing(results))
+    capsys.readouterr()
+    assert main(["eval", "--config", str(TINY), "--out", str(part), "--models", "base,nope"]) == 2
+    assert "--models: no model ['nope']" in capsys.readouterr().err
 
 
 def test_cells_computed_with_other_weights_are_set_aside(tiny_run, tmp_path):

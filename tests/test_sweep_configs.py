@@ -48,3 +48,17 @@ def test_data_variants_are_built_where_their_recipes_read_and_the_grid_names_eve
     grid = load_eval_config(ROOT / "configs" / "eval" / "sweep.yaml")
     paths = {Path(m.path) for m in grid.models}
     assert {Path(load_config(SafetyTrainingConfig, p).final_dir) for p in script.variants()} == paths - {Path("smollm2-cls")}
+
+
+def test_run_sweep_trains_in_the_order_given_and_measures_what_is_trained(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAFESIGNAL_HOME", str(tmp_path))
+    trained = tmp_path / "models" / "sweep" / "r64"
+    trained.mkdir(parents=True)
+    (trained / "safesignal.json").write_text('{"format": "safesignal-checkpoint"}')
+    script = load_script("run_sweep")
+    assert script.main(["--only", "steps_240,r64", "--eval", str(tmp_path / "ev"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    measured = [line for line in lines if " eval " in line]
+    assert len(measured) == 2 and all(line.endswith("--models cls,r64") for line in measured)
+    assert "--config" in lines[1] and lines[1].endswith("steps_240.yaml")  # after the first eval
+    assert lines[-1].startswith("r64: trained")

@@ -79,10 +79,13 @@ def _cmd_demo(args, overrides: list[str]) -> int:
 
 
 def _cmd_eval(args, overrides: list[str]) -> int:
-    from .eval.config import load_eval_config
+    from .eval.config import load_eval_config, select_models
     from .eval.grid import run_eval
 
     config = load_eval_config(args.config, overrides + (["--out", args.out] if args.out else []))
+    selection = ["--models", args.models] if args.models else []
+    if args.models:
+        config = select_models(config, [name for name in args.models.split(",") if name])
     if args.plan:
         from .eval.grid import plan_eval
 
@@ -96,7 +99,8 @@ def _cmd_eval(args, overrides: list[str]) -> int:
         print(f"safesignal eval --plan: {len(rows)} cells, {total} cases ({todo} in cells not started), "
               f"at most {config.max_new_tokens} new tokens each; nothing was run")
         return 0
-    command = " ".join(["safesignal eval", "--config", args.config] + (["--out", args.out] if args.out else []) + overrides)
+    command = " ".join(["safesignal eval", "--config", args.config] + (["--out", args.out] if args.out else [])
+                       + selection + overrides)
     results = run_eval(config, command=command, log=lambda message: print(message, file=sys.stderr))
     print(f"safesignal eval: wrote {results['_path']} ({len(results['models'])} entries, "
           f"{results['wall_seconds']:.0f} s)")
@@ -282,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="the models x policies x attacks grid -> results.json (resumable)")
     evaluate.add_argument("--config", required=True, help="grid YAML, e.g. configs/eval/tiny.yaml")
     evaluate.add_argument("--out", default=None, help="output directory (default: SAFESIGNAL_HOME/eval/<name>)")
+    evaluate.add_argument("--models", default=None,
+                          help="comma-separated model names: run only these entries of the grid (default: all)")
     evaluate.add_argument("--plan", action="store_true",
                           help="list every cell, its number of cases and whether it is started; run nothing")
     evaluate.set_defaults(func=_cmd_eval)

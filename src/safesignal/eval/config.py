@@ -248,3 +248,13 @@ def load_eval_config(path: str | Path | None = None, overrides: list[str] | None
             raise ValueError(f"override {flag!r}: not a top-level scalar field; known: {sorted(scalar)}")
         changes[key] = _coerce(text, getattr(config, key))
     return dataclasses.replace(config, **changes) if changes else config
+
+
+def select_models(config: EvalConfig, names: list[str]) -> EvalConfig:
+    """The grid restricted to the named model entries, in the config's order: a part of a grid
+    run into the grid's own output directory, whose cells a later run of the whole grid reuses."""
+    known = [m.name for m in config.models]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--models: no model {unknown} in the grid; known: {known}")
+    return dataclasses.replace(config, models=[m for m in config.models if m.name in names])
