@@ -93,3 +93,40 @@ def test_commands_default_to_the_shipped_cls_model(command, monkeypatch, capsys)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert cli.main([command]) == 0
     assert loaded == ["smollm2-cls"]
+
+
+# ====================================================================== calibrated defaults
+def _calibrated(tmp_path, source, calibration: dict):
+    """A copy of the tiny checkpoint whose safesignal.json records `calibration`."""
+    import shutil
+
+    target = tmp_path / f"calibrated-{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(source, target)
+    config = json.loads((target / "safesignal.json").read_text())
+    (target / "safesignal.json").write_text(json.dumps({**config, "calibration": calibration}))
+    return target
+
+
+def test_a_checkpoints_calibration_is_the_policy_when_none_is_given(checkpoint_dir, tmp_path, monkeypatch, capsys):
+    from safesignal.decoding.policy import SafetyPolicy
+
+    low, high = (SafetyModel.from_pretrained(_calibrated(tmp_path, checkpoint_dir, {"threshold": t, "tau": 1}))
+                 for t in (0.001, 0.999))
+    assert low.default_policy() == SafetyPolicy(threshold=0.001, tau=1)
+    assert low.default_policy(tau=4).tau == 4  # a caller's field wins
+    # the tiny head's P(malicious) lies strictly between: every check is malicious at 0.001,
+    # none at 0.999, so the two calibrations decode differently, as their explicit policies do
+    by_default = [m.generate("hello there", max_new_tokens=4) for m in (low, high)]
+    explicit = [m.generate("hello there", max_new_tokens=4, policy=SafetyPolicy(threshold=t, tau=1))
+                for m, t in ((low, 0.001), (high, 0.999))]
+    assert [r.intervened for r in by_default] == [True, False]
+    assert [r.text for r in by_default] == [r.text for r in explicit]
+    # the CLI reads the same default: classify labels at the calibrated threshold unless told
+    path = str(_calibrated(tmp_path, checkpoint_dir, {"threshold": 0.001}))
+    assert _run(["classify", "--model", path], "hello\n", monkeypatch, capsys)[0]["label"] == "malicious"
+    assert _run(["classify", "--model", path, "--threshold", "0.999"], "hello\n", monkeypatch, capsys)[0]["label"] == "benign"
+    generated = _run(["generate", "--model", path, "--max_new_tokens", "4"], "hello there\n", monkeypatch, capsys)
+    assert generated[0]["intervened"] is True
+    overridden = _run(["generate", "--model", path, "--max_new_tokens", "4", "--threshold", "0.999"],
+                      "hello there\n", monkeypatch, capsys)
+    assert overridden[0]["intervened"] is False

@@ -425,6 +425,9 @@ def test_missing_chat_template_falls_back_and_is_saved(home):
         ("format_version", 99),
         ("surprise", 1),
         ("adapter", "qlora"),
+        ("calibration", {"thresold": 0.3}),
+        ("calibration", {"threshold": 1.5}),
+        ("calibration", [0.3]),
     ],
 )
 def test_bad_config_field_is_named(checkpoint, field, value):
@@ -465,6 +468,16 @@ def test_shipped_cls_model_loads_by_name_and_classifies():
         [{"role": "user", "content": "What is the capital of France?"}],
     ])
     assert harmful > 0.9 and benign < 0.1
+
+
+def test_shipped_calibration_is_the_committed_choice_for_every_field_it_applies():
+    from repo_scripts import load_script
+
+    ship = load_script("ship_models")
+    shipped = json.loads((ship.PACKAGE_MODELS / "smollm2-cls" / CHECKPOINT_CONFIG).read_text())["calibration"]
+    chosen = json.loads(ship.CALIBRATION.read_text())  # written by scripts/calibrate_cls.py
+    assert shipped and shipped == {field: chosen[field] for field in ship.APPLIED_CALIBRATION["cls"]}
+    assert ship.calibration("cls") == shipped and ship.calibration("sft") == {}
 
 
 @needs_smollm2

@@ -48,6 +48,10 @@ class SafeSignalConfig:
     adapter: str | None = None  # "lora" when the weights are a peft adapter
     base_model: dict | None = None  # {"kind": "home", "path": ...} or {"kind": "registry", "name": ...}
     chat_template_fallback: bool = False
+    # SafetyPolicy fields chosen for these weights on the validation split (e.g. {"threshold":
+    # 0.35}): the model's default policy (`SafetyModel.default_policy`), so the API, the CLI
+    # and the figures measured with the chosen values decode alike. Empty: SafetyPolicy's own.
+    calibration: dict = field(default_factory=dict)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
@@ -77,10 +81,26 @@ class SafeSignalConfig:
             raise ValueError(f"{path}: field 'mask_mode' must be 'sft' or 'pretrain', got {raw['mask_mode']!r}")
         if raw.get("adapter") not in (None, "lora"):
             raise ValueError(f"{path}: field 'adapter' must be null or 'lora', got {raw['adapter']!r}")
+        check_calibration(raw.get("calibration", {}), f"{path}: field 'calibration'")
         return cls(**raw)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))
+
+
+def check_calibration(values, where: str) -> None:
+    """A calibration must be a mapping of SafetyPolicy fields that make a valid policy."""
+    from .decoding.policy import SafetyPolicy
+
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected an object of SafetyPolicy fields, got {values!r}")
+    unknown = sorted(set(values) - set(SafetyPolicy.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{where}: {unknown} are not SafetyPolicy fields")
+    try:
+        SafetyPolicy(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def is_checkpoint(directory: Path) -> bool:

@@ -29,10 +29,11 @@ def _cmd_classify(args, overrides: list[str]) -> int:
     from .model import SafetyModel
 
     model = SafetyModel.from_pretrained(args.model)
+    threshold = model.default_policy().threshold if args.threshold is None else args.threshold
     for prompts in _batches(_prompts(args), args.batch_size):
         probabilities = model.classify_batch([[{"role": "user", "content": p}] for p in prompts])
         for prompt, p in zip(prompts, probabilities):
-            label = "malicious" if p > args.threshold else "benign"
+            label = "malicious" if p > threshold else "benign"
             print(json.dumps({"prompt": prompt[:80], "p_malicious": round(p, 4), "label": label}), flush=True)
     return 0
 
@@ -149,12 +150,14 @@ def _cmd_report(args, overrides: list[str]) -> int:
     return 0
 
 
-def _load_policy(args, overrides: list[str]):
-    """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field)."""
+def _load_policy(args, overrides: list[str], model=None):
+    """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field),
+    over the values calibrated for `model` (its default policy). Called once without the model
+    too, so that a bad policy fails before the weights load."""
     from .config import load_config
     from .decoding.policy import SafetyPolicy
 
-    return load_config(SafetyPolicy, args.config, overrides)
+    return load_config(SafetyPolicy, args.config, overrides, defaults=model.config.calibration if model else None)
 
 
 def _sampling(args) -> dict:
@@ -176,8 +179,9 @@ def _event_summary(event) -> dict:
 def _cmd_generate(args, overrides: list[str]) -> int:
     from .model import SafetyModel
 
-    policy = _load_policy(args, overrides)
+    _load_policy(args, overrides)
     model = SafetyModel.from_pretrained(args.model)
+    policy = _load_policy(args, overrides, model)
     sampling, done = _sampling(args), 0
     for prompts in _batches(_prompts(args), args.batch_size):
         # Line k of the input samples with seed + k, whatever the batch it lands in, so the
@@ -211,8 +215,9 @@ def _cmd_chat(args, overrides: list[str]) -> int:
     """Interactive chat with a live safety indicator on stderr (one line per check)."""
     from .model import SafetyModel
 
-    policy = _load_policy(args, overrides)
+    _load_policy(args, overrides)
     model = SafetyModel.from_pretrained(args.model)
+    policy = _load_policy(args, overrides, model)
     history: list[dict] = []
     if args.system:
         history.append({"role": "system", "content": args.system})
@@ -312,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify = sub.add_parser("classify", help="print P(malicious) for prompts (arguments or stdin lines)")
     _add_model_argument(classify)
     _add_batch_size_argument(classify)
-    classify.add_argument("--threshold", type=float, default=0.5)
+    classify.add_argument("--threshold", type=float, default=None,
+                          help="default: the model's calibrated threshold (safesignal.json), else 0.5")
     classify.add_argument("prompt", nargs="*")
     classify.set_defaults(func=_cmd_classify)
 

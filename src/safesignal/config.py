@@ -72,9 +72,11 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     return data
 
 
-def load_config(cls, yaml_path: str | Path | None = None, overrides: list[str] | None = None):
-    """Instantiate dataclass `cls` from a YAML file, then apply `--key value` overrides."""
-    data = read_yaml(yaml_path) if yaml_path else {}
+def load_config(cls, yaml_path: str | Path | None = None, overrides: list[str] | None = None,
+                defaults: dict | None = None):
+    """Instantiate dataclass `cls` from `defaults` (field values under the class's own), then a
+    YAML file, then `--key value` overrides."""
+    data = {**(defaults or {}), **(read_yaml(yaml_path) if yaml_path else {})}
     known = {f.name for f in cls.__dataclass_fields__.values()}
     unknown = sorted(set(data) - known)
     if unknown:

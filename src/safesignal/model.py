@@ -208,7 +208,7 @@ class SafetyModel(nn.Module):
         """
         n = len(conversations)
         prefills = [None] * n if prefills is None else list(prefills)
-        policies = list(policy) if isinstance(policy, (list, tuple)) else [policy or SafetyPolicy()] * n
+        policies = list(policy) if isinstance(policy, (list, tuple)) else [policy or self.default_policy()] * n
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [None if seed is None else seed + i for i in range(n)]
         for name, values in (("prefills", prefills), ("policy", policies), ("seed", seeds)):
             if len(values) != n:
@@ -246,13 +246,18 @@ class SafetyModel(nn.Module):
         transition awaits confirmation, so nothing released is ever retracted and the deltas
         add up to the final text. The last delta has `done=True` and the `GenerationResult`.
         """
-        request = Request(_as_messages(messages), prefill=prefill, policy=policy or SafetyPolicy(),
+        request = Request(_as_messages(messages), prefill=prefill, policy=policy or self.default_policy(),
                           sampling=Sampling(**sampling), max_new_tokens=max_new_tokens, stop=list(stop or []),
                           ignore_eos=ignore_eos)
         for chunk in self._decoder().stream([request]):
             result = chunk.results[0] if chunk.results else None
             if chunk.deltas[0] or chunk.events[0] or result is not None:
                 yield StreamDelta(chunk.deltas[0], chunk.events[0], result is not None, result)
+
+    def default_policy(self, **fields) -> SafetyPolicy:
+        """The policy decoding uses when none is given: SafetyPolicy's defaults, then the values
+        calibrated for these weights (safesignal.json `calibration`), then `fields`."""
+        return SafetyPolicy(**{**self.config.calibration, **fields})
 
     def _decoder(self) -> StrategicDecoder:
         if self.config.objective != "cls":
