@@ -408,3 +408,50 @@ def test_per_source_subsets_draw_each_source_apart():
         behaviours.subset_per_source("harmful", {"harmbench_val": 3}, 0)
     for path in ("standard", "full"):  # the shipped grids load
         load_eval_config(TINY.parent / f"{path}.yaml")
+
+
+CALIBRATION_GRID = """\
+name: calibration
+n: 2
+max_new_tokens: 4
+batch_size: 8
+dtype: float32
+models: [{name: cls, path: tiny-llama, decoding: strategic}]
+attacks: [{attack: direct}]
+classifier: {n: 10}
+over_refusal: {edgy: 0, heldout_benign: 0, contrast: 0}
+utility: {enabled: false}
+overhead: {enabled: false}
+"""
+
+
+@pytest.mark.parametrize("extra, threshold, tau", [
+    ("", 0.01, 1),                                    # the checkpoint's calibration is its default policy
+    ("calibrated: false\n", 0.5, 3),                  # weights alone: SafetyPolicy's defaults
+    ("threshold: 0.99\n", 0.99, 1),                   # a grid threshold over the calibrated one
+])
+def test_a_grid_decodes_with_the_checkpoints_calibration_unless_told_otherwise(tmp_path, monkeypatch, extra,
+                                                                              threshold, tau):
+    from safesignal.eval import grid
+    from safesignal.eval.grid import run_eval
+
+    loaded = grid.load_model
+
+    def calibrated_model(spec, dtype):  # as if safesignal.json recorded a calibration
+        sm = loaded(spec, dtype)
+        sm.config.calibration = {"threshold": 0.01, "tau": 1}
+        return sm
+
+    monkeypatch.setattr(grid, "load_model", calibrated_model)
+    path = tmp_path / "grid.yaml"
+    path.write_text(CALIBRATION_GRID + extra)
+    entry = run_eval(load_eval_config(path, ["--out", str(tmp_path / "out")]), log=lambda m: None,
+                     progress=False)["models"]["cls"]
+    assert (entry["decoder_policy"]["threshold"], entry["decoder_policy"]["tau"]) == (threshold, tau)
+    assert entry["classifier"]["threshold"] == threshold
+    # The decoder used it: the random head's verdicts lie well inside (0.01, 0.99), so every
+    # row is stopped at 0.01 and none at 0.99.
+    direct = entry["attacks"]["direct"]
+    expected = {0.01: direct["cases"], 0.99: 0}
+    if threshold in expected:
+        assert direct["intervened"] == expected[threshold]

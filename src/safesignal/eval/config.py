@@ -129,7 +129,13 @@ class EvalConfig:
     max_new_tokens: int = 128
     batch_size: int = 16
     dtype: str = "bfloat16"
-    threshold: float = 0.5  # the decoder's and the classifier metrics' threshold
+    # The decoder's and the classifier metrics' threshold for every model; None: each model's
+    # own (its calibrated value when `calibrated`, else SafetyPolicy's 0.5).
+    threshold: float | None = None
+    # Decode each model with the policy calibrated for its weights (safesignal.json
+    # `calibration`, chosen on the validation split) under the grid's settings, as a user
+    # gets it; False: SafetyPolicy's defaults for every model, to compare weights alone.
+    calibrated: bool = True
     leak_k: int = 10  # the headline leak-aware k (chosen on the audit set, never on results)
     leak_sweep: list[int] = field(default_factory=lambda: [0, 10, 20, 40])
     excerpts: int = 2
@@ -162,6 +168,12 @@ class EvalConfig:
             raise ValueError(f"leak_k: {self.leak_k} must be one of leak_sweep {self.leak_sweep}")
         self._check_late_settings()
 
+    def policy_overrides(self, model: ModelSpec, policy: PolicySpec) -> dict:
+        """The SafetyPolicy fields this grid sets for one entry, over the model's own policy:
+        the grid's threshold (if any), then the model's, then the entry's settings."""
+        grid = {} if self.threshold is None else {"threshold": self.threshold}
+        return {**grid, **model.policy, **policy.policy}
+
     def _check_late_settings(self) -> None:
         """Settings the grid only uses hours into a run (policies, streaming options), built
         once now so that a typo fails at load time, naming its place."""
@@ -172,7 +184,7 @@ class EvalConfig:
             for name, p in {"default": PolicySpec(decoding=m.decoding), **m.policies}.items():
                 where = f"models.{m.name}" + ("" if name == "default" else f".policies.{name}")
                 try:
-                    SafetyPolicy(**{"threshold": self.threshold, **m.policy, **p.policy})
+                    SafetyPolicy(**self.policy_overrides(m, p))
                 except (TypeError, ValueError) as err:
                     raise ValueError(f"{where}.policy: {err}") from None
                 if p.head is not None and (p.decoding or m.decoding) == "plain":

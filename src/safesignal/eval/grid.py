@@ -190,11 +190,12 @@ class Grid:
                    scorer) -> tuple[str, dict]:
         c = self.config
         decoding = pspec.decoding or spec.decoding
-        policy = SafetyPolicy(**{"threshold": c.threshold, **spec.policy, **pspec.policy})
+        policy = self._policy(sm, spec, pspec)
         name = _entry_name(spec, policy_name)
         start = time.time()
         entry: dict = {"model": spec.name, "policy": policy_name, "decoding": decoding, "checkpoint": spec.path,
-                       "head": pspec.head, "policy_overrides": {**spec.policy, **pspec.policy}, "attacks": {}}
+                       "head": pspec.head, "policy_overrides": {**spec.policy, **pspec.policy},
+                       "calibration": self._calibration(sm), "decoder_policy": asdict(policy), "attacks": {}}
         with forced_head(sm, pspec.head):
             for attack_spec in self._entry_attacks(policy_name):
                 attack = get_attack(attack_spec.attack, tokenizer=sm.tokenizer, **attack_spec.config)
@@ -221,6 +222,15 @@ class Grid:
         self.log(f"[eval] {name}: " + ", ".join(f"{k} {_percent(a['asr_leak'])}" for k, a in entry["attacks"].items())
                  + f"; over-refusal {_percent(entry['over_refusal'])} ({entry['seconds']:.0f} s)")
         return name, entry
+
+    def _calibration(self, sm) -> dict:
+        """The policy fields calibrated for this model's weights, when the grid decodes with them."""
+        return dict(sm.config.calibration) if self.config.calibrated else {}
+
+    def _policy(self, sm, spec: ModelSpec, pspec: PolicySpec) -> SafetyPolicy:
+        """An entry's decoding policy: SafetyPolicy's defaults, the model's calibrated values
+        (when the grid uses them), then the grid's, the model's and the entry's settings."""
+        return SafetyPolicy(**{**self._calibration(sm), **self.config.policy_overrides(spec, pspec)})
 
     def _default_extras(self, sm, spec: ModelSpec, entry: dict, decoding: str, policy: SafetyPolicy) -> None:
         from .overhead import decode_ratio
@@ -250,12 +260,12 @@ class Grid:
             entry["classifier"] = self._cached(
                 spec.name, "classifier", {"model": spec.path, "prompts": [r["prompt"] for r in self.classifier_set],
                                           "contrast": [r["prompt"] for r in self.contrast_classifier],
-                                          "threshold": c.threshold, "bins": c.classifier.bins},
-                lambda: self._classifier(sm))
+                                          "threshold": policy.threshold, "bins": c.classifier.bins},
+                lambda: self._classifier(sm, policy.threshold))
         if strategic and c.streaming.enabled and sm.config.objective == "cls":
             entry["streaming"] = self._streaming(sm, spec)
 
-    def _classifier(self, sm) -> dict:
+    def _classifier(self, sm, threshold: float) -> dict:
         from ..evaluate import classifier_report, classify_prompts
         from ..metrics import auroc, reliability_curve
 
@@ -264,7 +274,7 @@ class Grid:
         labels = [r["label"] for r in self.classifier_set]
         probabilities = classify_prompts(sm, prompts, desc="classify")
         edgy = classify_prompts(sm, [r["prompt"] for r in self.edgy], desc="classify edgy")
-        report = classifier_report(probabilities, labels, edgy, c.threshold)
+        report = classifier_report(probabilities, labels, edgy, threshold)
         report["auroc"] = auroc(probabilities, labels)
         report["reliability"] = reliability_curve(probabilities, labels, c.classifier.bins)
         categories = _harmbench_categories()
@@ -274,12 +284,12 @@ class Grid:
         for record, p in zip(self.classifier_set, probabilities):
             category = categories.get(normalise(record["prompt"]))
             if category and record["label"] == 1:
-                by_category.setdefault(category, []).append(p > c.threshold)
+                by_category.setdefault(category, []).append(p > threshold)
         report["recall_by_category"] = {k: {"recall": sum(v) / len(v), "n": len(v)} for k, v in sorted(by_category.items())}
         contrast = self.contrast_classifier
         if contrast:
             report["contrast"] = contrast_report(classify_prompts(sm, [r["prompt"] for r in contrast], desc="classify contrast"),
-                                                 contrast, c.threshold)
+                                                 contrast, threshold)
         return report
 
     def _streaming(self, sm, spec: ModelSpec) -> dict:
@@ -288,7 +298,8 @@ class Grid:
         # The decoder's own settings for this model (threshold, windows, tau), under any the
         # benchmark's options set explicitly.
         options = dict(self.config.streaming.options)
-        options["policy"] = {"threshold": self.config.threshold, **spec.policy, **options.get("policy", {})}
+        options["policy"] = {**self._calibration(sm), **self.config.policy_overrides(spec, PolicySpec()),
+                             **options.get("policy", {})}
         return self._cached(spec.name, "streaming", {"model": spec.path, "options": options},
                             lambda: run_streaming_benchmark(sm, StreamingBenchmarkConfig(**options),
                                                             progress=self.progress))
