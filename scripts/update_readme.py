@@ -329,8 +329,9 @@ def render_sweep(data: dict) -> str:
     past = first["attacks"].get("past_tense") or {}
     plain_n = ((next((m for n, m in models.items() if n.endswith(":weights_only")), {})
                 .get("over_refusal_detail") or {}).get("contrast") or {}).get("n")
-    lines += ["", f"Rates in %. Threshold {data['config']['threshold']} for every variant (the shipped model's, "
-              f"chosen on validation); classifier figures at the first check; over-refusal under strategic decoding "
+    tau = (first.get("decoder_policy") or {}).get("tau", 3)  # runs before the field was recorded: the default
+    lines += ["", f"Rates in %. Threshold {data['config']['threshold']} and τ {tau} for every variant (the shipped "
+              f"model's threshold, chosen on validation; τ SafetyPolicy's default); classifier figures at the first check; over-refusal under strategic decoding "
               f"on {(first.get('over_refusal_detail') or {}).get('contrast', {}).get('n')} XSTest-style safe prompts "
               f"and, for the weights alone (plain decoding), on a seeded {plain_n} of them; ASR leak-aware any-of "
               f"(k={data['leak_k']}) over {past.get('n')} behaviours, {past.get('variants')} past-tense frames each; "
