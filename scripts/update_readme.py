@@ -283,7 +283,7 @@ def render_seeds(data: dict) -> str:
 
 
 SWEEP_DIR = ROOT / "configs" / "smollm2" / "sweep"
-SWEEP_PATH_KEYS = {"defaults", "final_dir", "output_dir", "logging_dir", "save_steps"}
+SWEEP_PATH_KEYS = {"defaults", "final_dir", "output_dir", "logging_dir", "save_steps", "out_dir"}
 
 
 def sweep_knobs(checkpoint: str) -> str:
@@ -292,10 +292,18 @@ def sweep_knobs(checkpoint: str) -> str:
     as written, before its defaults are merged in)."""
     import yaml
 
-    for path in sorted(SWEEP_DIR.glob("*.yaml")):
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if Path(str(recipe.get("final_dir", ""))).name == Path(checkpoint).name:
-            return ", ".join(f"{k}: {v}" for k, v in recipe.items() if k not in SWEEP_PATH_KEYS)
+    def knobs(settings: dict, hidden=()) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in settings.items() if k not in SWEEP_PATH_KEYS | set(hidden))
+
+    files = {path: yaml.safe_load(path.read_text(encoding="utf-8")) or {} for path in sorted(SWEEP_DIR.glob("*.yaml"))}
+    # A variant trained on its own data build (data_*.yaml) is shown by that build's settings.
+    builds = {str(d.get("out_dir")): d for path, d in files.items() if path.name.startswith("data_")}
+    for path, recipe in files.items():
+        if not path.name.startswith("data_") and Path(str(recipe.get("final_dir", ""))).name == Path(checkpoint).name:
+            data = builds.get(str(Path(str(recipe.get("train_file", ""))).parent))
+            if data is None:
+                return knobs(recipe)
+            return "; ".join(part for part in (knobs(recipe, {"train_file"}), f"data: {knobs(data)}") if part)
     return "the shipped recipe"
 
 

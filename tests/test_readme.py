@@ -27,6 +27,8 @@ def test_the_sweep_table_names_each_variants_knobs_and_pairs_it_with_its_weights
     render = load_script("update_readme")
     assert render.sweep_knobs("/home/x/models/sweep/r64") == "lora_r: 64, lora_alpha: 128"
     assert render.sweep_knobs("smollm2-cls") == "the shipped recipe"
+    # a variant trained on its own data build is named by that build's settings, not its path
+    assert render.sweep_knobs("/h/models/sweep/prefixes_1") == "data: base_answer_prefixes: 1, opener_fraction: 0.25"
 
     def entry(checkpoint, policy, contrast_rate, recall=None):
         return {"checkpoint": checkpoint, "policy": policy, "attacks": {"past_tense": {"asr_leak": 0.04, "n": 50, "variants": 2}},
