@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from safesignal.decoding.policy import SafetyPolicy
 from safesignal.io import atomic_write_text
 from safesignal.report.numbers import wall_time
 
@@ -339,7 +340,8 @@ def render_sweep(data: dict) -> str:
     past = first["attacks"].get("past_tense") or {}
     plain_n = ((next((m for n, m in models.items() if n.endswith(":weights_only")), {})
                 .get("over_refusal_detail") or {}).get("contrast") or {}).get("n")
-    tau = (first.get("decoder_policy") or {}).get("tau", 3)  # runs before the field was recorded: the default
+    # Runs from before the field was recorded decoded at SafetyPolicy's default.
+    tau = (first.get("decoder_policy") or {}).get("tau", SafetyPolicy().tau)
     lines += ["", f"Rates in %. Threshold {data['config']['threshold']} and τ {tau} for every variant (the shipped "
               f"model's threshold, chosen on validation; τ SafetyPolicy's default); classifier figures at the first check; over-refusal under strategic decoding "
               f"on {(first.get('over_refusal_detail') or {}).get('contrast', {}).get('n')} XSTest-style safe prompts "

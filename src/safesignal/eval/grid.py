@@ -190,7 +190,7 @@ class Grid:
                    scorer) -> tuple[str, dict]:
         c = self.config
         decoding = pspec.decoding or spec.decoding
-        policy = self._policy(sm, spec, pspec)
+        policy = SafetyPolicy(**self._policy_fields(sm, spec, pspec))
         name = _entry_name(spec, policy_name)
         start = time.time()
         entry: dict = {"model": spec.name, "policy": policy_name, "decoding": decoding, "checkpoint": spec.path,
@@ -227,10 +227,11 @@ class Grid:
         """The policy fields calibrated for this model's weights, when the grid decodes with them."""
         return dict(sm.config.calibration) if self.config.calibrated else {}
 
-    def _policy(self, sm, spec: ModelSpec, pspec: PolicySpec) -> SafetyPolicy:
-        """An entry's decoding policy: SafetyPolicy's defaults, the model's calibrated values
-        (when the grid uses them), then the grid's, the model's and the entry's settings."""
-        return SafetyPolicy(**{**self._calibration(sm), **self.config.policy_overrides(spec, pspec)})
+    def _policy_fields(self, sm, spec: ModelSpec, pspec: PolicySpec) -> dict:
+        """The SafetyPolicy fields an entry decodes with (the rest are SafetyPolicy's defaults):
+        the model's calibrated values (when the grid uses them), then the grid's, the model's
+        and the entry's settings. The decoder and the streaming benchmark both read this."""
+        return {**self._calibration(sm), **self.config.policy_overrides(spec, pspec)}
 
     def _default_extras(self, sm, spec: ModelSpec, entry: dict, decoding: str, policy: SafetyPolicy) -> None:
         from .overhead import decode_ratio
@@ -298,8 +299,7 @@ class Grid:
         # The decoder's own settings for this model (threshold, windows, tau), under any the
         # benchmark's options set explicitly.
         options = dict(self.config.streaming.options)
-        options["policy"] = {**self._calibration(sm), **self.config.policy_overrides(spec, PolicySpec()),
-                             **options.get("policy", {})}
+        options["policy"] = {**self._policy_fields(sm, spec, PolicySpec()), **options.get("policy", {})}
         return self._cached(spec.name, "streaming", {"model": spec.path, "options": options},
                             lambda: run_streaming_benchmark(sm, StreamingBenchmarkConfig(**options),
                                                             progress=self.progress))
