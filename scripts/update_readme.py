@@ -186,9 +186,10 @@ def _ci_pct(rate, ci) -> str:
 
 
 def render_release_comparison(current: dict, previous: dict) -> str:
-    """The boundary run (configs/eval/boundary.yaml) on this release beside the previous one:
-    per default model, over-refusal on both benign sets, ASR per attack, and the cls
-    classifier's recall / false-positive rate on the contrast set."""
+    """One grid's run on this release beside the same grid on the previous one (the boundary
+    and the standard grids): per default model, over-refusal on the benign sets, ASR per
+    attack, and the cls classifier's recall / false-positive rate on the contrast set. A
+    measure neither run has (the standard grid has no contrast set) is left out."""
     names = [n for n, m in current["models"].items() if m.get("policy", "default") == "default"]
     entries = [(n, release, data["models"].get(n)) for n in names for release, data in (("v1", previous), ("v2", current))]
     lines = ["| measure | " + " | ".join(f"{n} {release}" for n, release, _ in entries) + " |",
@@ -214,7 +215,9 @@ def render_release_comparison(current: dict, previous: dict) -> str:
     rows += [("classifier recall, contrast unsafe", classifier("recall")),
              ("classifier FPR, contrast safe", classifier("fpr"))]
     for label, cell in rows:
-        lines.append(f"| {label} | " + " | ".join(cell(m) for _, _, m in entries) + " |")
+        cells = [cell(m) for _, _, m in entries]
+        if any(c != "—" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Rates in % with 95% Wilson intervals; ASR is leak-aware any-of (k="
               f"{current['leak_k']}), the suite's keyword judges, as in the standard table. "
               f"v1: `{previous['command']}` at commit {previous['provenance']['git_commit']} "
@@ -380,6 +383,9 @@ BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
     "eval:standard": ("results/embedded/standard.json", render_eval),
+    "eval:standard_releases": (("results/embedded/standard.json", "results/embedded/v1/standard.json"),
+                               render_release_comparison),
+    "eval:standard_v1": ("results/embedded/v1/standard.json", render_eval),
     # the current release's file first, then the previous release's
     "eval:boundary": (("results/embedded/boundary.json", "results/embedded/v1/boundary.json"), render_release_comparison),
     "eval:seeds": ("results/embedded/seeds.json", render_seeds),

