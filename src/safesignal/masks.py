@@ -202,3 +202,46 @@ def decode_step_allowed(
     in_window |= query.bool() & window_includes_query[:, None]
     allowed[:, -1] |= in_window & checks[:, None]
     return allowed | (key_index[None, None, :] == fed_index[None, :, None])
+
+
+# ---------------------------------------------------------------------- forced responses (issue 20)
+def forced_allowed(
+    attention_mask: torch.Tensor,
+    query_mask: torch.Tensor,
+    is_slot: torch.Tensor,
+    reads: torch.Tensor,
+    response_index: torch.Tensor,
+    slot_window: torch.Tensor,
+    slot_reads_query: torch.Tensor,
+) -> torch.Tensor:
+    """One forward over a prompt, a whole given response and every check the decoder would take
+    over it, as a (B, L, L) boolean tensor: the decoder's prefill pass and steps, unrolled.
+
+    is_slot:          (B, L) True on `[CLS]` slots (slot A and one slot per check).
+    reads:            (B, L) the slot an ordinary row reads, NO_SLOT for none (rows before the
+                      last prompt row, or strategic attention off).
+    response_index:   (B, L) 1-based response index of each ordinary token, 0 for the prompt.
+    slot_window:      (B, L, 2) response-index range [lo, hi] a slot reads; lo = 0 reads none
+                      (slot A, or the first check of a response without prefill).
+    slot_reads_query: (B, L) True where a slot reads the query (slot A always; a check where
+                      `window_includes_query`).
+
+    Ordinary rows are causal over ordinary tokens. Each slot reads itself, the query where told
+    and the response tokens of its window; it is read only by the rows `reads` names.
+    """
+    length = attention_mask.shape[1]
+    device = attention_mask.device
+    real = attention_mask.bool()
+    slot = is_slot.bool() & real
+    ordinary = real & ~slot
+    rows = torch.arange(length, device=device)
+    causal = rows[:, None] >= rows[None, :]
+    allowed = causal[None] & ordinary[:, :, None] & ordinary[:, None, :]
+    reading = ordinary & (reads != NO_SLOT)
+    allowed |= reading[:, :, None] & (rows[None, None, :] == reads[:, :, None])
+
+    lo, hi = slot_window[..., 0:1], slot_window[..., 1:2]  # (B, L, 1): per slot row
+    in_window = ordinary[:, None, :] & (lo > 0) & (response_index[:, None, :] >= lo) & (response_index[:, None, :] <= hi)
+    in_query = (query_mask.bool() & ordinary)[:, None, :] & slot_reads_query[:, :, None]
+    allowed |= slot[:, :, None] & (in_window | in_query)
+    return _with_self_attention(allowed)

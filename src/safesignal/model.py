@@ -98,10 +98,18 @@ class SafetyModel(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         cache=None,
+        inputs_embeds: torch.Tensor | None = None,
     ):
-        """Final-norm hidden states of the decoder stack; `cache` (a DynamicCache) is updated in place."""
+        """Final-norm hidden states of the decoder stack; `cache` (a DynamicCache) is updated in place.
+        `inputs_embeds` (same shape as `self.embed(input_ids)`) replaces the token embeddings:
+        attacks that optimise over the embedding space, or over one-hot tokens, feed it."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        elif inputs_embeds.shape[:2] != input_ids.shape:
+            raise ValueError(f"inputs_embeds: shape {tuple(inputs_embeds.shape)} does not match input_ids "
+                             f"{tuple(input_ids.shape)}")
         out = self.base.get_decoder()(
-            inputs_embeds=self.embed(input_ids),
+            inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,

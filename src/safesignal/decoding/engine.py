@@ -21,7 +21,7 @@ import torch
 
 from ..batching import collate
 from ..masks import CLS, DEAD, NO_SLOT, TOKEN, decode_step_allowed, prefill_pass_allowed, to_additive
-from .fsm import Check, Inject, RowSafety, SafetyEvent, window_in_refusal
+from .fsm import Check, Inject, RowSafety, SafetyEvent, own_refusal
 from .policy import SafetyPolicy
 from .sampler import Sampler, Sampling
 from .slots import Slots
@@ -383,11 +383,7 @@ class StrategicDecoder:
     def _own_refusal(self, row: _Row, token: int) -> bool:
         """Whether every response token from `token` to the newest lies in a refusal the model
         wrote itself."""
-        ends = [len(self._decode(row.response[:k])) for k in range(len(row.response) + 1)]
-        policy = row.request.policy
-        return window_in_refusal(ends, self._decode(row.response), token, len(row.response), row.prefill_length + 1,
-                                 policy.refusal_markers, policy.refusal_marker_partial,
-                                 policy.self_refusal_max_tokens)
+        return own_refusal(self._decode, row.response, row.prefill_length, row.request.policy, token)
 
     # ------------------------------------------------------------------ plumbing
     def _verdicts(self, cls_hidden: torch.Tensor) -> list[tuple[float, str | None]]:
@@ -402,7 +398,7 @@ class StrategicDecoder:
 
     def _forward(self, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         self.model_calls += 1
-        mask = to_additive(allowed, _compute_dtype(self.sm))
+        mask = to_additive(allowed, attention_dtype(self.sm))
         return self.sm.hidden_states(ids, mask, positions, cache=cache)
 
     def _decode(self, ids: list[int]) -> str:
@@ -438,7 +434,7 @@ class StrategicDecoder:
             )
 
 
-def _compute_dtype(sm) -> torch.dtype:
+def attention_dtype(sm) -> torch.dtype:
     """The dtype attention runs in: autocast's where it is on, else the hidden states'."""
     device_type = sm.device.type
     if torch.is_autocast_enabled(device_type):

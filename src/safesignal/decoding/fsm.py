@@ -225,3 +225,12 @@ def window_in_refusal(token_ends: list[int], text: str, first: int, last: int, f
         if inside and first >= opener and last - opener < max_tokens:
             return True
     return False
+
+
+def own_refusal(decode: Callable[[list[int]], str], response: list[int], prefill_length: int,
+                policy: SafetyPolicy, first: int) -> bool:
+    """Whether response tokens `first`..newest (the last of `response`) all lie in a refusal the
+    model wrote itself (after the prefill), by `window_in_refusal` over the decoded text."""
+    ends = [len(decode(response[:k])) for k in range(len(response) + 1)]
+    return window_in_refusal(ends, decode(response), first, len(response), prefill_length + 1,
+                             policy.refusal_markers, policy.refusal_marker_partial, policy.self_refusal_max_tokens)
