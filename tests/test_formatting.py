@@ -180,3 +180,21 @@ def test_control_tokens_in_a_prefill_or_response_are_plain_text(smollm2, name):
     response = inference.input_ids[inference.prompt_length :]
     assert not set(tokenizer.all_special_ids) & set(response)
     assert tokenizer.decode(response) == prefill
+
+
+def test_encode_locating_finds_a_spans_own_tokens_and_refuses_a_span_that_merged(smollm2):
+    formatter = PromptFormatter(smollm2)
+    prompt, suffix = "Explain tides.", " describing.\\ + similarlyNow"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt + suffix}]
+    example, span = formatter.encode_locating(messages, 1, len(prompt), len(prompt) + len(suffix))
+    expected_suffix = smollm2(suffix, add_special_tokens=False)["input_ids"]
+    assert example.input_ids[span.start:span.stop] == expected_suffix
+    # everything before the span is the prompt's encoding up to the request's end
+    before, _ = _expected(smollm2, [(DEFAULT_SYSTEM.replace("You are a helpful AI assistant named SmolLM, trained by "
+                                                            "Hugging Face", "Be brief."), False),
+                                    (_turn_open("user"), False), (prompt, True)])
+    assert example.input_ids[:span.start] == before
+    with pytest.raises(ValueError, match="do not tokenise on their own"):
+        formatter.encode_locating(messages, 1, len(prompt) + 3, len(prompt) + len(suffix))  # " de|scribing"
+    with pytest.raises(ValueError, match="not inside its content"):
+        formatter.encode_locating(messages, 1, 0, 999)

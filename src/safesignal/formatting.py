@@ -200,6 +200,25 @@ class PromptFormatter:
             token_labels = token_labels[: self.max_length] if token_labels else None
         return EncodedExample(ids, query_mask, prompt_length, supervised_from, label, token_labels=token_labels)
 
+    def encode_locating(self, messages: list[dict], message: int, start: int, end: int) -> tuple[EncodedExample, range]:
+        """`encode(messages)` as a prompt, and the token indices that hold characters
+        `start:end` of `messages[message]`'s content, exactly: the attack suites optimise such a
+        span (an adversarial suffix) and must know where the production encoding put it.
+        Raises ValueError when a token straddles either end (the span then merged with its
+        neighbours and is not its own tokens)."""
+        example = self.encode(messages, "", add_eos=False)
+        if not 0 <= start < end <= len(messages[message]["content"]):
+            raise ValueError(f"messages[{message}]: span {start}:{end} is not inside its content")
+        text, spans = self.render_with_query_spans(messages)
+        content = spans[sum(1 for m in messages[:message] if m["content"])]
+        lo, hi = content[0] + start, content[0] + end
+        _, offsets = self._tokenize(text, spans)
+        inside = [i for i, (a, b) in enumerate(offsets[:example.prompt_length]) if b > a and a < hi and b > lo]
+        if not inside or offsets[inside[0]][0] != lo or offsets[inside[-1]][1] != hi:
+            raise ValueError(f"messages[{message}]: characters {start}:{end} do not tokenise on their own "
+                             "(a token crosses the span's edge)")
+        return example, range(inside[0], inside[-1] + 1)
+
     def _tokenize(self, text: str, caller_spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids and character offsets; a control token inside caller text becomes plain text.
 

@@ -1,0 +1,231 @@
+"""Greedy Coordinate Gradient (Zou et al. 2023) on the defended model, our implementation.
+
+The loss is computed through the SafetyModel with `[CLS]` present, on the one-forward view of
+strategic decoding (`decoding.forced`): the prompt with the suffix, then the target string as
+the response, with every check the policy would take over it while its verdicts stay benign;
+so the target tokens read the `[CLS]` states they would read in generation.
+
+- `gcg`: the mean cross-entropy of the target tokens.
+- `gcg_adaptive`: that plus `adaptive_weight` × the mean over those checks of −log P(benign),
+  which drives every verdict the default policy would compute over the prompt and the target
+  (the first check, over query + suffix, and the windows over the target tokens) toward benign.
+
+One step: the gradient of the loss with respect to the suffix's one-hot tokens, the `topk`
+most promising replacements per position, `search_width` candidates that each swap
+`n_replace` random positions, and the best candidate by its exact loss (batched forwards).
+A candidate must survive the chat template's re-tokenisation: rendered and tokenised as the
+production encoder does, its suffix must come back as exactly its own tokens, in place, else
+it is dropped. Success is never judged here: the suite generates with the suffix and judges
+the output (`eval`), this module only searches.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..decoding import SafetyPolicy
+from ..decoding.forced import ForcedRow, build_forced_batch, forced_forward
+
+
+@dataclass
+class GCGConfig:
+    steps: int = 50
+    search_width: int = 64  # candidates per step (published protocols: 512)
+    topk: int = 64  # replacements kept per position (published: 256)
+    n_replace: int = 1  # positions swapped per candidate
+    suffix_init: str = " ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! !"  # the published start: 20 tokens of "!"
+    adaptive_weight: float = 0.0  # gcg_adaptive: > 0 (the [CLS] term's weight)
+    candidate_batch_size: int = 32  # candidates per forward when scoring
+    ascii_only: bool = True  # only tokens that decode to printable ASCII
+    seed: int = 0
+    early_stop_loss: float | None = None  # stop once the best loss is below this
+
+    def __post_init__(self):
+        for name in ("steps", "search_width", "topk", "n_replace", "candidate_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
+        if self.adaptive_weight < 0:
+            raise ValueError(f"adaptive_weight: must be ≥ 0, got {self.adaptive_weight}")
+
+
+@dataclass
+class GCGResult:
+    """One behaviour's search: the best suffix by loss, and the curves per step."""
+
+    suffix: str
+    suffix_ids: list[int]
+    loss: float
+    target_loss: float
+    max_cls_probability: float  # of the best suffix's checks, over the target
+    first_cls_probability: float  # the first check's (query + suffix)
+    losses: list[float] = field(default_factory=list)  # best candidate's loss at each step
+    target_losses: list[float] = field(default_factory=list)
+    max_cls_probabilities: list[float] = field(default_factory=list)
+    steps_run: int = 0
+    candidates_dropped: int = 0  # candidates that did not survive re-tokenisation
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class SuffixTask:
+    """A behaviour with an adversarial suffix appended to its request, and the target answer."""
+
+    def __init__(self, sm, prompt: str, target: str, policy: SafetyPolicy):
+        self.sm, self.prompt, self.policy = sm, prompt, policy
+        self.target_ids = sm.tokenizer(target, add_special_tokens=False)["input_ids"]
+        if not self.target_ids:
+            raise ValueError("target: empty")
+
+    def encode(self, suffix_ids: list[int]):
+        """The production encoding of the request with this suffix and where the suffix lies,
+        or None when the suffix does not come back as exactly these tokens."""
+        suffix = self.sm.tokenizer.decode(suffix_ids)
+        messages = [{"role": "user", "content": self.prompt + suffix}]
+        try:
+            example, span = self.sm.formatter.encode_locating(messages, 0, len(self.prompt), len(self.prompt) + len(suffix))
+        except ValueError:
+            return None
+        if example.input_ids[span.start:span.stop] != list(suffix_ids):
+            return None
+        return example, span
+
+    def row(self, example) -> ForcedRow:
+        return ForcedRow(example, self.target_ids, self.policy)
+
+    def losses(self, out, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, target CE, max P(malicious)) per row of a forced forward."""
+        n = len(self.target_ids)
+        logits = out.logits[:, :n].float()
+        target = torch.tensor(self.target_ids, device=logits.device).expand(logits.shape[0], n)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        ce = ce.view(-1, n).mean(dim=1)
+        valid = ~out.cls_logits.isnan()
+        cls = torch.where(valid, out.cls_logits, torch.zeros_like(out.cls_logits))
+        # −log P(benign) = softplus(logit) per check, averaged over the row's checks
+        benign_nll = (F.softplus(cls) * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+        max_p = torch.sigmoid(torch.where(valid, out.cls_logits, torch.full_like(cls, -math.inf))).amax(dim=1)
+        return ce + weight * benign_nll, ce, max_p
+
+
+def allowed_tokens(tokenizer, vocabulary: int, ascii_only: bool, cls_token_id: int) -> torch.Tensor:
+    """(V,) True for tokens a suffix may use: not special, not [CLS], and (if asked) decoding to
+    printable ASCII."""
+    allowed = torch.ones(vocabulary, dtype=torch.bool)
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for i in special | {cls_token_id}:
+        if i < vocabulary:
+            allowed[i] = False
+    if ascii_only:
+        for i in range(min(vocabulary, len(tokenizer))):
+            text = tokenizer.decode([i])
+            if not text or not (text.isascii() and text.isprintable()):
+                allowed[i] = False
+    allowed[len(tokenizer):] = False  # rows past the tokenizer (padding rows of the matrix)
+    return allowed
+
+
+class GCG:
+    """Runs the search for one behaviour at a time on a SafetyModel."""
+
+    def __init__(self, sm, config: GCGConfig | None = None, policy: SafetyPolicy | None = None):
+        self.sm = sm
+        self.config = config or GCGConfig()
+        # the checks an attacker must get past: the model's default policy unless told otherwise
+        self.policy = policy or sm.default_policy()
+        table = sm.base.get_input_embeddings().weight
+        self.allowed = allowed_tokens(sm.tokenizer, table.shape[0], self.config.ascii_only, sm.cls_token_id)
+
+    def run(self, prompt: str, target: str, seed: int | None = None, progress=None) -> GCGResult:
+        c = self.config
+        rng = random.Random(c.seed if seed is None else seed)
+        task = SuffixTask(self.sm, prompt, target, self.policy)
+        suffix = self.sm.tokenizer(c.suffix_init, add_special_tokens=False)["input_ids"]
+        if task.encode(suffix) is None:
+            raise ValueError(f"suffix_init {c.suffix_init!r} does not tokenise on its own after this prompt")
+        best = None  # (loss, target loss, max p, first p, suffix)
+        curves = {"losses": [], "target_losses": [], "max_cls_probabilities": []}
+        dropped = 0
+        steps_run = 0
+        for _ in range(c.steps):
+            gradient = self._gradient(task, suffix)
+            candidates = self._candidates(suffix, gradient, rng)
+            encoded = [(ids, task.encode(ids)) for ids in candidates]
+            dropped += sum(e is None for _, e in encoded)
+            encoded = [(ids, e) for ids, e in encoded if e is not None]
+            if not encoded:
+                continue
+            scored = self._score(task, encoded)
+            loss, ce, max_p, first_p, ids = min(scored, key=lambda s: s[0])
+            suffix = ids
+            steps_run += 1
+            curves["losses"].append(loss)
+            curves["target_losses"].append(ce)
+            curves["max_cls_probabilities"].append(max_p)
+            if best is None or loss < best[0]:
+                best = (loss, ce, max_p, first_p, ids)
+            if progress is not None:
+                progress(steps_run, loss, max_p)
+            if c.early_stop_loss is not None and best[0] < c.early_stop_loss:
+                break
+        if best is None:  # every step's candidates were dropped: report the start
+            (loss, ce, max_p, first_p, _), = self._score(task, [(suffix, task.encode(suffix))])
+            best = (loss, ce, max_p, first_p, suffix)
+        loss, ce, max_p, first_p, ids = best
+        return GCGResult(self.sm.tokenizer.decode(ids), list(ids), loss, ce, max_p, first_p, steps_run=steps_run,
+                         candidates_dropped=dropped, **curves)
+
+    def _gradient(self, task: SuffixTask, suffix: list[int]) -> torch.Tensor:
+        """(S, V) gradient of the loss with respect to the suffix's one-hot tokens."""
+        sm = self.sm
+        example, span = task.encode(suffix)
+        row = task.row(example)
+        batch = build_forced_batch([row], cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
+                                   device=sm.device)
+        table = sm.base.get_input_embeddings().weight
+        one_hot = torch.zeros(len(suffix), table.shape[0], device=sm.device, dtype=table.dtype)
+        one_hot[torch.arange(len(suffix)), torch.tensor(suffix)] = 1.0
+        one_hot.requires_grad_(True)
+        embeds = sm.embed(batch.input_ids).detach()
+        columns = batch.response_start[0] - example.prompt_length + torch.arange(span.start, span.stop)
+        embeds = embeds.index_put((torch.zeros_like(columns), columns), one_hot @ table)
+        with torch.enable_grad():
+            out = forced_forward(sm, [row], inputs_embeds=embeds, batch=batch)
+            loss, _, _ = task.losses(out, self.config.adaptive_weight)
+            (gradient,) = torch.autograd.grad(loss.sum(), one_hot)
+        return gradient.float()
+
+    def _candidates(self, suffix: list[int], gradient: torch.Tensor, rng: random.Random) -> list[list[int]]:
+        c = self.config
+        scores = (-gradient).masked_fill(~self.allowed[None].to(gradient.device), -math.inf)
+        top = scores.topk(min(c.topk, int(self.allowed.sum())), dim=1).indices.tolist()
+        out, seen = [], {tuple(suffix)}
+        for _ in range(c.search_width * 4):  # duplicates are skipped; a few tries per slot
+            ids = list(suffix)
+            for position in rng.sample(range(len(ids)), min(c.n_replace, len(ids))):
+                ids[position] = rng.choice(top[position])
+            if tuple(ids) not in seen:
+                seen.add(tuple(ids))
+                out.append(ids)
+            if len(out) == c.search_width:
+                break
+        return out
+
+    def _score(self, task: SuffixTask, encoded) -> list[tuple[float, float, float, float, list[int]]]:
+        """(loss, target CE, max P(malicious), first check's P, suffix) per candidate."""
+        out = []
+        size = self.config.candidate_batch_size
+        with torch.inference_mode():
+            for start in range(0, len(encoded), size):
+                chunk = encoded[start:start + size]
+                forward = forced_forward(self.sm, [task.row(e) for _, (e, _) in chunk])
+                loss, ce, max_p = task.losses(forward, self.config.adaptive_weight)
+                first = torch.sigmoid(forward.cls_logits[:, 0])
+                out += [(float(a), float(b), float(m), float(f), ids)
+                        for a, b, m, f, (ids, _) in zip(loss, ce, max_p, first, chunk)]
+        return out
