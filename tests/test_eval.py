@@ -76,6 +76,29 @@ def test_tiny_grid_writes_the_design_shape(tiny_run):
     assert provenance["packages"]["torch"] == torch.__version__  # the installed distribution's version
 
 
+def test_searched_attacks_run_per_entry_and_keep_their_curves(tiny_run):
+    out, results = tiny_run
+    for entry, adaptive in (("base", 0.0), ("cls", 1.0)):
+        attacks = results["models"][entry]["attacks"]
+        plain = results["models"][entry]["decoding"] == "plain"
+        for key in ("gcg", "gcg_adaptive"):
+            search = attacks[key]["search"]
+            assert attacks[key]["n"] == 2 and search["budget"]["behaviours"] == 2 and search["budget"]["steps"] == 2
+            # a plainly decoded model has no checks to drive: the adaptive term is off there
+            expected = 0.0 if plain or key == "gcg" else adaptive
+            assert search["budget"]["adaptive_weight"] == expected, (entry, key)
+            assert search["policy"]["strategic_attention"] is (not plain)
+            for b in search["per_behaviour"]:
+                assert len(b["losses"]) == b["steps_run"] == 2 and b["loss"] == min(b["losses"])
+            lines = (out / "cells" / entry / "search" / f"{key}.jsonl").read_text().splitlines()
+            assert len(lines) == 1 + 2  # a header, then one line per behaviour
+    # the generations use the searched suffix: each case's request ends in it
+    search = json.loads((out / "cells" / "cls" / "search" / "gcg.jsonl").read_text().splitlines()[1])
+    cell = json.loads((out / "cells" / "cls" / "gcg.jsonl").read_text().splitlines()[1])
+    suffix = search["records"][0]["suffix"]
+    assert any(r["prompt"].endswith(suffix) for r in cell["records"])
+
+
 def test_the_contrast_set_is_scored_beside_the_edgy_set(tiny_run):
     """The XSTest-style safe side is an over-refusal set (a seeded subset on the ablations), its
     unsafe side an attack, and the classifier reports recall / FPR on both sides."""
@@ -145,6 +168,10 @@ def test_a_killed_run_resumes_to_the_same_results(tiny_run, tmp_path):
     cell.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
     (copy_dir / "cells" / "base" / "direct.jsonl").unlink()
     (copy_dir / "results.json").unlink()
+    # a search killed after its first behaviour, and its generations never written
+    search = copy_dir / "cells" / "cls" / "search" / "gcg_adaptive.jsonl"
+    search.write_text("\n".join(search.read_text().split("\n")[:2]) + "\n")
+    (copy_dir / "cells" / "cls" / "gcg_adaptive.jsonl").unlink()
     with pytest.warns(UserWarning, match="torn last line"):
         assert main(["eval", "--config", str(TINY), "--out", str(copy_dir)]) == 0
     resumed = json.loads((copy_dir / "results.json").read_text())

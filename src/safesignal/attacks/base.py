@@ -67,6 +67,10 @@ class Attack:
     def cases(self, behaviour: dict) -> list[AttackCase]:
         raise NotImplementedError
 
+    def n_cases(self, behaviour: dict) -> int:
+        """How many cases `cases(behaviour)` makes (a searched attack knows before its search)."""
+        return len(self.cases(behaviour))
+
     def case(self, behaviour: dict, messages: list[dict], variant: str | None = None, **kw) -> AttackCase:
         return AttackCase(messages=messages, attack=self.name, variant=variant or self.name,
                           behaviour_id=behaviour_id(behaviour), **kw)

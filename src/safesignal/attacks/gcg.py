@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..decoding import SafetyPolicy
 from ..decoding.forced import ForcedRow, build_forced_batch, forced_forward
+from .base import Attack, behaviour_id, register, stable_seed, user_turn
 
 
 @dataclass
@@ -71,6 +74,11 @@ class GCGResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GCGResult":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class SuffixTask:
@@ -229,3 +237,109 @@ class GCG:
                 out += [(float(a), float(b), float(m), float(f), ids)
                         for a, b, m, f, (ids, _) in zip(loss, ce, max_p, first, chunk)]
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the attacks the grid runs
+
+
+def target_for(behaviour: dict) -> str:
+    """The answer opening the search aims at: AdvBench's own `target`; else (HarmBench ships no
+    targets here) "Sure, here is how to " and the request, by rule."""
+    if behaviour.get("target"):
+        return behaviour["target"]
+    request = re.sub(r"[.?!\s]+$", "", behaviour["prompt"].strip())
+    return "Sure, here is how to " + request[:1].lower() + request[1:]
+
+
+@dataclass
+class GCGAdaptiveConfig(GCGConfig):
+    adaptive_weight: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.adaptive_weight <= 0:
+            raise ValueError("adaptive_weight: gcg_adaptive needs a weight > 0 (gcg is the attack without the term)")
+
+
+@register
+class GCGAttack(Attack):
+    """A suffix searched per behaviour on the model under test (`prepare`), then appended to the
+    request. On a model decoded plainly the search sees no checks: no row reads `[CLS]` and the
+    adaptive term is off, so it is plain GCG on the weights."""
+
+    name = "gcg"
+    config_class = GCGConfig
+    searched = True
+
+    def n_cases(self, behaviour: dict) -> int:
+        return 1
+
+    def cases(self, behaviour):
+        suffixes = getattr(self, "suffixes", None)
+        if suffixes is None:
+            raise RuntimeError(f"{self.name}: its suffixes are searched on the model under test; call prepare() first")
+        return [self.case(behaviour, user_turn(behaviour["prompt"] + suffixes[behaviour_id(behaviour)]))]
+
+    def search_setup(self, decoding: str, policy: SafetyPolicy) -> tuple[GCGConfig, SafetyPolicy]:
+        if decoding == "strategic":
+            return self.config, policy
+        plain = SafetyPolicy(strategic_attention=False, strategic_decoding=False)
+        return GCGConfig(**{**asdict(self.config), "adaptive_weight": 0.0}), plain
+
+    def prepare(self, sm, behaviours: list[dict], decoding: str, policy: SafetyPolicy, store: str | Path,
+                progress: bool = False) -> dict:
+        """Search every behaviour's suffix (resuming from `store`, one line per finished
+        behaviour) and return the search's summary for the results file."""
+        from tqdm import tqdm
+
+        from ..eval.store import CellFile, fingerprint
+
+        config, search_policy = self.search_setup(decoding, policy)
+        targets = [target_for(b) for b in behaviours]
+        settings = {"attack": self.name, "config": asdict(config), "policy": asdict(search_policy),
+                    "behaviours": [[behaviour_id(b), b["prompt"], t] for b, t in zip(behaviours, targets)]}
+        cell = CellFile(Path(store), fingerprint(settings), {"attack": self.name, "behaviours": len(behaviours)},
+                        record_class=GCGResult)
+        gcg = GCG(sm, config, search_policy)
+        todo = [i for i in range(len(behaviours)) if i not in cell.done]
+        for i in tqdm(todo, desc=f"{self.name} search", unit="behaviour", leave=False, disable=not progress):
+            seed = stable_seed(self.name, behaviour_id(behaviours[i]), config.seed)
+            cell.add(i, [gcg.run(behaviours[i]["prompt"], targets[i], seed=seed)])
+        results = [cell.done[i][0] for i in range(len(behaviours))]
+        self.suffixes = {behaviour_id(b): r.suffix for b, r in zip(behaviours, results)}
+        return search_summary(config, search_policy, behaviours, results)
+
+
+@register
+class GCGAdaptive(GCGAttack):
+    """GCG whose loss also drives every `[CLS]` verdict the policy would compute toward benign."""
+
+    name = "gcg_adaptive"
+    config_class = GCGAdaptiveConfig
+
+
+def search_summary(config: GCGConfig, policy: SafetyPolicy, behaviours: list[dict], results: list[GCGResult]) -> dict:
+    """What the results file keeps of a search: its budget, the means, and per behaviour the
+    curves (loss, target loss, highest P(malicious) per step) and the suffix's token count."""
+    n = len(results)
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    return {
+        "budget": {"steps": config.steps, "search_width": config.search_width, "topk": config.topk,
+                   "n_replace": config.n_replace, "behaviours": n, "adaptive_weight": config.adaptive_weight},
+        "policy": {"strategic_attention": policy.strategic_attention, "schedule": policy.schedule,
+                   "threshold": policy.threshold},
+        "mean_loss": mean([r.loss for r in results]),
+        "mean_target_loss": mean([r.target_loss for r in results]),
+        "mean_max_cls_probability": mean([r.max_cls_probability for r in results]),
+        "mean_first_cls_probability": mean([r.first_cls_probability for r in results]),
+        "candidates_dropped": sum(r.candidates_dropped for r in results),
+        "per_behaviour": [{"behaviour_id": behaviour_id(b), "steps_run": r.steps_run, "loss": r.loss,
+                           "target_loss": r.target_loss, "max_cls_probability": r.max_cls_probability,
+                           "losses": r.losses, "target_losses": r.target_losses,
+                           "max_cls_probabilities": r.max_cls_probabilities}
+                          for b, r in zip(behaviours, results)],
+    }

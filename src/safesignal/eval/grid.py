@@ -198,12 +198,22 @@ class Grid:
                        "calibration": self._calibration(sm), "decoder_policy": asdict(policy), "attacks": {}}
         with forced_head(sm, pspec.head):
             for attack_spec in self._entry_attacks(policy_name):
+                key = attack_spec.results_key
                 attack = get_attack(attack_spec.attack, tokenizer=sm.tokenizer, **attack_spec.config)
-                cases = [case for b in behaviours[attack_spec.results_key] for case in attack.cases(b)]
-                records = self._run_cell(sm, name, attack_spec.results_key, cases, decoding, policy, pspec.head, spec.path,
+                search = None
+                if getattr(attack, "searched", False):
+                    # its cases are searched on this entry (the model, its decoding and policy),
+                    # one behaviour at a time into a resumable file beside the entry's cells
+                    search = attack.prepare(sm, behaviours[key], decoding, policy,
+                                            self.out / "cells" / name / "search" / f"{key}.jsonl",
+                                            progress=self.progress)
+                cases = [case for b in behaviours[key] for case in attack.cases(b)]
+                records = self._run_cell(sm, name, key, cases, decoding, policy, pspec.head, spec.path,
                                          attack_spec.batch_size)
-                entry["attacks"][attack_spec.results_key] = attack_entry(
-                    records, scorer, excerpts=c.excerpts, traces=c.traces, threshold=policy.threshold)
+                entry["attacks"][key] = attack_entry(records, scorer, excerpts=c.excerpts, traces=c.traces,
+                                                     threshold=policy.threshold)
+                if search is not None:
+                    entry["attacks"][key]["search"] = search
             detail = {}
             for kind, prompts, subset in self._benign_sets(policy_name):
                 records = self._run_cell(sm, name, f"benign_{kind}", user_cases(kind, prompts), decoding, policy,
@@ -335,7 +345,7 @@ class Grid:
                 cells = {}
                 for attack_spec in self._entry_attacks(policy_name):
                     attack = get_attack(attack_spec.attack, tokenizer=tokenizer, **attack_spec.config)
-                    cells[attack_spec.results_key] = sum(len(attack.cases(b)) for b in behaviours[attack_spec.results_key])
+                    cells[attack_spec.results_key] = sum(attack.n_cases(b) for b in behaviours[attack_spec.results_key])
                 for kind, prompts, _ in self._benign_sets(policy_name):
                     cells[f"benign_{kind}"] = len(prompts)
                 for key, n in cells.items():

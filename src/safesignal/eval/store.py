@@ -117,9 +117,13 @@ def cell_batches(path: Path, complete: list[str]):
 
 
 class CellFile:
-    def __init__(self, path: Path, fingerprint: str, meta: dict | None = None):
+    """`record_class` is what a batch line holds: CaseRecord (generations), or any class with
+    `to_json()` and `from_json(dict)` (an attack's per-behaviour search results)."""
+
+    def __init__(self, path: Path, fingerprint: str, meta: dict | None = None, record_class=CaseRecord):
         self.path, self.fingerprint, self.meta = Path(path), fingerprint, meta or {}
-        self.done: dict[int, list[CaseRecord]] = {}
+        self.record_class = record_class
+        self.done: dict[int, list] = {}
         if self.path.exists():
             self._read()
 
@@ -140,7 +144,7 @@ class CellFile:
             return
         for number, batch, records in cell_batches(self.path, complete):
             try:
-                self.done[batch] = [CaseRecord.from_json(r) for r in records]
+                self.done[batch] = [self.record_class.from_json(r) for r in records]
             except (KeyError, TypeError, ValueError) as err:
                 raise DataError([f"{self.path}:{number}: malformed batch line ({err})"]) from None
         if torn:
@@ -156,13 +160,13 @@ class CellFile:
             f.flush()
             os.fsync(f.fileno())
 
-    def add(self, batch: int, records: list[CaseRecord]) -> None:
+    def add(self, batch: int, records: list) -> None:
         if not self.path.exists() or self.path.stat().st_size == 0:
             self._append({"format": CELL_FORMAT, "fingerprint": self.fingerprint, **self.meta})
         self._append({"batch": batch, "records": [r.to_json() for r in records]})
         self.done[batch] = records
 
-    def records(self, batches: int) -> list[CaseRecord] | None:
+    def records(self, batches: int) -> list | None:
         """Every record in batch order once all `batches` are done, else None."""
         if any(b not in self.done for b in range(batches)):
             return None
