@@ -130,3 +130,48 @@ def test_a_checkpoints_calibration_is_the_policy_when_none_is_given(checkpoint_d
     overridden = _run(["generate", "--model", path, "--max_new_tokens", "4", "--threshold", "0.999"],
                       "hello there\n", monkeypatch, capsys)
     assert overridden[0]["intervened"] is False
+
+
+ATTACK_GRID = """
+name: tiny_attack
+n: 2
+max_new_tokens: 4
+dtype: float32
+models:
+  - {name: cls, path: tiny-llama, decoding: strategic, policies: {weights_only: {decoding: plain}}}
+attacks:
+  - {attack: gcg_adaptive, on_policies: true, config: {steps: 3, search_width: 4, topk: 4, suffix_init: " ! !"}}
+classifier: {enabled: false}
+over_refusal: {edgy: 0, heldout_benign: 0, contrast: 0}
+utility: {enabled: false}
+overhead: {enabled: false}
+"""
+
+
+def test_attack_routes_the_attacks_knobs_to_it_and_the_rest_to_the_grid(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(ATTACK_GRID)
+    out = tmp_path / "out"
+    assert cli.main(["attack", "gcg_adaptive", "--config", str(grid), "--out", str(out), "--steps", "1",
+                     "--n", "1", "--adaptive_weight", "2.5"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["n"] == 1 and results["config"]["attacks"][0]["config"]["steps"] == 1
+    for entry, weight in (("cls", 2.5), ("cls:weights_only", 0.0)):
+        search = results["models"][entry]["attacks"]["gcg_adaptive"]["search"]
+        assert search["budget"] == {**search["budget"], "steps": 1, "behaviours": 1, "adaptive_weight": weight}
+    printed = capsys.readouterr().out
+    assert "cls: ASR" in printed and "cls:weights_only: ASR" in printed and "safesignal attack: wrote" in printed
+    assert results["command"].startswith("safesignal attack gcg_adaptive --config")
+
+
+def test_the_default_attack_grid_runs_the_power_check_beside_the_defended_model():
+    from safesignal.eval.config import attack_grid
+
+    grid = attack_grid("gcg")
+    entries = {m.name: m for m in grid.models}
+    assert entries["cls"].decoding == "strategic" and entries["cls"].policies["weights_only"].decoding == "plain"
+    assert entries["sft"].decoding == "plain"
+    assert [a.attack for a in grid.attacks] == ["gcg"] and grid.attacks[0].on_policies
+    assert grid.harmful_per_source == {"harmbench_test": 20}
+    with pytest.raises(ValueError, match="unknown 'nope'"):
+        attack_grid("nope")

@@ -108,6 +108,29 @@ def _cmd_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_attack(args, overrides: list[str]) -> int:
+    from .eval.config import attack_grid, load_eval_config, select_models, with_attack_knobs, with_overrides
+    from .eval.grid import run_eval
+
+    config = load_eval_config(args.config) if args.config else attack_grid(args.name)
+    config, rest = with_attack_knobs(config, args.name, overrides)
+    config = with_overrides(config, rest + (["--out", args.out] if args.out else []))
+    if args.models:
+        config = select_models(config, [name for name in args.models.split(",") if name])
+    command = " ".join(["safesignal attack", args.name] + (["--config", args.config] if args.config else [])
+                       + (["--out", args.out] if args.out else []) + (["--models", args.models] if args.models else [])
+                       + overrides)
+    results = run_eval(config, command=command, log=lambda message: print(message, file=sys.stderr))
+    for name, entry in results["models"].items():
+        attack = entry["attacks"].get(args.name) or {}
+        search = attack.get("search") or {}
+        print(f"{name}: ASR {attack.get('asr_leak', float('nan')):.1%} (leak-aware, n={attack.get('n')})"
+              + (f"; search loss {search['mean_loss']:.3f}, max P(malicious) {search['mean_max_cls_probability']:.3f}"
+                 if search.get("mean_loss") is not None else ""))
+    print(f"safesignal attack: wrote {results['_path']} ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
 def _cmd_audit(args, overrides: list[str]) -> int:
     if overrides:
         raise ValueError(f"audit: unexpected arguments {overrides}")
@@ -296,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plan", action="store_true",
                           help="list every cell, its number of cases and whether it is started; run nothing")
     evaluate.set_defaults(func=_cmd_eval)
+
+    attack = sub.add_parser("attack", help="one attack against the embedded models (or a grid YAML) -> results.json")
+    attack.add_argument("name", help="the attack, e.g. gcg, gcg_adaptive (any registered attack)")
+    attack.add_argument("--config", default=None, help="a grid YAML that runs this attack (default: 20 HarmBench "
+                                                       "test behaviours on cls, its weights decoded plainly, and sft)")
+    attack.add_argument("--out", default=None, help="output directory (default: SAFESIGNAL_HOME/eval/attack_<name>)")
+    attack.add_argument("--models", default=None, help="comma-separated model names of the grid to run")
+    attack.set_defaults(func=_cmd_attack)
 
     audit = sub.add_parser("audit", help="draw the blind audit sample from an eval run, or score judges on its labels")
     audit.add_argument("action", choices=["sample", "report"])

@@ -247,7 +247,11 @@ def load_eval_config(path: str | Path | None = None, overrides: list[str] | None
     """The grid config from YAML, then `--key value` overrides of top-level scalar fields
     (e.g. `--n 5 --max_new_tokens 16 --out DIR`)."""
     data = read_yaml(path) if path else {}
-    config = _build(EvalConfig, data, str(path or "config"))
+    return with_overrides(_build(EvalConfig, data, str(path or "config")), overrides)
+
+
+def with_overrides(config: EvalConfig, overrides: list[str] | None) -> EvalConfig:
+    """`config` with `--key value` overrides of its top-level scalar fields."""
     args = list(overrides or [])
     if len(args) % 2:
         raise ValueError(f"overrides: expected --key value pairs, got {args}")
@@ -270,3 +274,50 @@ def select_models(config: EvalConfig, names: list[str]) -> EvalConfig:
     if unknown:
         raise ValueError(f"--models: no model {unknown} in the grid; known: {known}")
     return dataclasses.replace(config, models=[m for m in config.models if m.name in names])
+
+
+def attack_grid(attack: str) -> EvalConfig:
+    """The grid `safesignal attack NAME` runs without --config: the attack alone on 20 HarmBench
+    test behaviours against the embedded cls model at its default policy, the same weights
+    decoded plainly (the power check: at the same budget the attack must break them, else the
+    budget is inconclusive, not the defense robust) and plain SFT; no benign sets, utility,
+    overhead or classifier figures. Sized for a 2-core CPU; `--models`, the attack's own knobs
+    (`--steps 20`) and the grid's scalars change it (`--harmful_per_source "{harmbench_test: 5}"`
+    for fewer behaviours: that, not `--n`, draws the harmful pool here)."""
+    from ..attacks import attack_names
+
+    if attack not in attack_names():
+        raise ValueError(f"attack: unknown {attack!r}; known: {attack_names()}")
+    return EvalConfig(
+        name=f"attack_{attack}", n=20, harmful_per_source={"harmbench_test": 20}, max_new_tokens=128, batch_size=20,
+        models=[ModelSpec(name="cls", path="smollm2-cls", decoding="strategic",
+                          policies={"weights_only": PolicySpec(decoding="plain")}),
+                ModelSpec(name="sft", path="smollm2-sft", decoding="plain")],
+        attacks=[AttackSpec(attack=attack, on_policies=True)],
+        classifier=ClassifierEvalConfig(enabled=False),
+        over_refusal=OverRefusalConfig(edgy=0, heldout_benign=0, contrast=0),
+        utility=UtilityConfig(enabled=False), overhead=OverheadConfig(enabled=False), leak_k=40)
+
+
+def with_attack_knobs(config: EvalConfig, attack: str, overrides: list[str]) -> tuple[EvalConfig, list[str]]:
+    """Route `--key value` pairs that name a field of `attack`'s config class into every spec
+    of that attack; the others are returned for `load_eval_config`'s top-level overrides."""
+    from ..attacks.base import _ATTACKS
+
+    specs = [a for a in config.attacks if a.attack == attack]
+    if not specs:
+        raise ValueError(f"the grid runs no {attack!r} attack; its attacks: {[a.attack for a in config.attacks]}")
+    knobs = {f.name: f for f in dataclasses.fields(_ATTACKS._classes[attack].config_class)}
+    if len(overrides) % 2:
+        raise ValueError(f"overrides: expected --key value pairs, got {overrides}")
+    rest, changes = [], {}
+    for flag, text in zip(overrides[::2], overrides[1::2]):
+        key = flag.removeprefix("--")
+        if key in knobs:
+            default = knobs[key].default if knobs[key].default is not dataclasses.MISSING else None
+            changes[key] = _coerce(text, default)
+        else:
+            rest += [flag, text]
+    attacks = [dataclasses.replace(a, config={**a.config, **changes}) if a.attack == attack else a
+               for a in config.attacks]
+    return dataclasses.replace(config, attacks=attacks), rest
