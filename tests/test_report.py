@@ -250,3 +250,23 @@ def test_cli_reports_a_bad_file_as_an_error(tmp_path, capsys):
     path.write_text(json.dumps({"format": "nope", "version": 1}))
     assert cli.main(["report", str(path)]) == 2
     assert "results.json" in capsys.readouterr().err
+
+
+def test_a_searched_attack_gets_its_budget_means_and_curves(tmp_path):
+    results = synthetic_results()
+    entry = next(iter(results["models"].values()))
+    attack = entry["attacks"]["direct"]
+    attack["search"] = {"budget": {"steps": 3, "search_width": 16, "topk": 8, "n_replace": 1, "behaviours": 2,
+                                   "adaptive_weight": 1.0},
+                        "mean_loss": 1.25, "mean_target_loss": 0.875, "mean_max_cls_probability": 0.3125,
+                        "mean_first_cls_probability": 0.125,
+                        "per_behaviour": [{"behaviour_id": f"b{i}", "target_losses": [2.0, 1.5, 0.875],
+                                           "max_cls_probabilities": [0.5, 0.4, 0.3125]} for i in range(2)]}
+    html_path, md_path = write_report(results, tmp_path / "out")
+    html, md = html_path.read_text(encoding="utf-8"), md_path.read_text(encoding="utf-8")
+    assert "Attacks searched on the model under test" in md
+    row = next(line for line in md.splitlines() if line.startswith("|") and "3 × 16" in line)
+    for shown in ("0.875", "0.312", "0.125", "1.00"):  # decimal(): three places, the weight two
+        assert shown in row
+    section = html[html.index('id="searches"'):]
+    assert len(_svgs(section[:section.index("</section>")])) == 2  # target loss, max P(malicious)

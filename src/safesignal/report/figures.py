@@ -103,3 +103,20 @@ def overhead_bars(named_entries: list[tuple[str, dict]]) -> str | None:
     return svg.bar_chart([name for name, _ in shown], [svg.Bars("decode ratio", [r for _, r in shown])],
                          title="Decoding overhead: strategic / plain wall time", y_label="ratio",
                          percent=False, reference=(1.0, "plain decoding"), width=560, height=200)
+
+
+MAX_SEARCH_LINES = 6  # behaviours drawn per search chart (the table gives every mean)
+
+
+def search_curves(entry_name: str, attack_name: str, search: dict, field: str, y_label: str,
+                  y_range: tuple[float, float] | None = None) -> str | None:
+    """One line per behaviour of a searched attack: `field` (a per-step list) against the step."""
+    lines = []
+    for behaviour in items(search, "per_behaviour")[:MAX_SEARCH_LINES]:
+        ys = [y for y in items(behaviour, field) if is_number(y)]
+        if ys:
+            lines.append(svg.Line(str(behaviour.get("behaviour_id", "?")), list(range(1, len(ys) + 1)), ys))
+    if not lines:
+        return None
+    return svg.line_chart(lines, title=f"{entry_name} · {attack_name}", x_label="search step", y_label=y_label,
+                          y_range=y_range, width=390, height=170)

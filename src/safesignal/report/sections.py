@@ -31,8 +31,8 @@ EXCERPT_OUTPUT_CHARS = 60
 
 def build_document(results: dict) -> Document:
     results, notes = upgrade_demo_shape(results)
-    builders = (_judges, _main, _leak_sweep, _aggregation, _interventions, _ablations, _classifier, _streaming,
-                _traces, _overhead, _behaviours, _excerpts, _provenance)
+    builders = (_judges, _main, _leak_sweep, _aggregation, _interventions, _ablations, _searches, _classifier,
+                _streaming, _traces, _overhead, _behaviours, _excerpts, _provenance)
     sections = [section for build in builders if (section := build(results)) is not None]
     header = _header(results) + [("Note", note) for note in notes]
     return Document("safesignal evaluation report", header, sections)
@@ -372,6 +372,37 @@ def _traces(results: dict) -> Section | None:
     return Section("[CLS] probability during generation", "traces", [
         f"P(malicious) at each check while answering, for {total} sample prompts; the dashed line is the "
         "intervention threshold. Legend: behaviour · variant.", charts])
+
+
+def _searches(results: dict) -> Section | None:
+    """Attacks searched on the model under test (GCG): budget, means and curves per entry."""
+    rows, charts = [], []
+    for name, entry in entries(results):
+        for attack_name, attack in attacks_of(entry).items():
+            search = part(attack, "search")
+            if not search:
+                continue
+            budget = part(search, "budget")
+            rows.append([name, attack_name, rate_with_interval(attack.get("asr_leak"), attack.get("ci95")),
+                         f"{count(budget.get('steps'))} × {count(budget.get('search_width'))}",
+                         count(budget.get("behaviours")), decimal(budget.get("adaptive_weight"), 2),
+                         decimal(search.get("mean_target_loss")), decimal(search.get("mean_max_cls_probability")),
+                         decimal(search.get("mean_first_cls_probability"))])
+            for field, label, y_range in (("target_losses", "target loss", None),
+                                          ("max_cls_probabilities", "max P(malicious)", (0.0, 1.0))):
+                chart = figures.search_curves(name, attack_name, search, field, label, y_range)
+                if chart:
+                    charts.append(Figure(chart, f"{label} of the step's best candidate, per behaviour"))
+    if not rows:
+        return None
+    return Section("Attacks searched on the model under test", "searches", [
+        "GCG suffixes searched against each entry as it decodes (a plainly decoded entry has no checks, so its "
+        "search has no [CLS] term). ASR is judged on the full generation with the suffix, never on the loss; "
+        "the power check is the same budget on the same weights decoded plainly.",
+        Table(["Entry", "Attack", "ASR (leak-aware)", "Steps × width", "Behaviours", "[CLS] weight",
+               "Target loss", "Max P(malicious)", "First check P"], rows,
+              "Means over behaviours of the best suffix's figures."),
+        *charts])
 
 
 def _overhead(results: dict) -> Section | None:
