@@ -47,7 +47,7 @@ def pair():
 def attacks(tiny_tokenizer):
     """One default instance of every attack (built once: autodan and pyrit read files)."""
     return {name: get_attack(name, tokenizer=tiny_tokenizer if name == "prefill_k" else None) for name in attack_names()
-            if not getattr(_ATTACKS._classes[name], "searched", False)}  # searched on a model: tests/test_gcg.py
+            if not _ATTACKS._classes[name].prepared}  # prepared on a model: tests/test_gcg.py
 
 
 def _behaviour_for(name, pair):

@@ -97,6 +97,13 @@ def test_searched_attacks_run_per_entry_and_keep_their_curves(tiny_run):
     cell = json.loads((out / "cells" / "cls" / "gcg.jsonl").read_text().splitlines()[1])
     suffix = search["records"][0]["suffix"]
     assert any(r["prompt"].endswith(suffix) for r in cell["records"])
+    # transfer: base's suffixes applied to cls, behaviour by behaviour
+    base = [json.loads(line)["records"][0] for line in (out / "cells" / "base" / "search" / "gcg.jsonl")
+            .read_text().splitlines()[1:]]
+    transfer = json.loads((out / "cells" / "cls" / "gcg_from_base.jsonl").read_text().splitlines()[1])["records"]
+    by_id = {r["behaviour_id"]: r["suffix"] for r in base}
+    assert len(transfer) == 2 and all(r["prompt"].endswith(by_id[r["behaviour_id"]]) for r in transfer)
+    assert results["models"]["cls"]["attacks"]["gcg_from_base"]["search"]["transfer_from"] == "cells/base/search/gcg.jsonl"
 
 
 def test_the_contrast_set_is_scored_beside_the_edgy_set(tiny_run):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..data.sources import normalise
 from ..plugins import Registry
@@ -51,6 +52,21 @@ def stable_seed(*parts) -> int:
 
 
 @dataclass
+class PrepareContext:
+    """What an attack whose cases depend on the model or the run gets before `cases`: the model
+    and how this entry decodes it, the behaviours, a resumable file of its own (`store`) and the
+    grid's output directory (`run_dir`: another entry's results, for transfer)."""
+
+    sm: object
+    behaviours: list[dict]
+    decoding: str
+    policy: object  # SafetyPolicy
+    store: Path
+    run_dir: Path
+    progress: bool = False
+
+
+@dataclass
 class AttackConfig:
     """Attacks without knobs use this empty config."""
 
@@ -60,9 +76,17 @@ class Attack:
     config_class: type = AttackConfig
     pool: str = "harmful"  # one of POOLS: where the grid draws behaviours from (eval/behaviours.py)
 
+    # True: `cases` needs `prepare(context)` first (searched on the model under test, or read
+    # from another entry of the run); the grid calls it per entry.
+    prepared: bool = False
+
     def __init__(self, config=None, tokenizer=None):
         self.config = config if config is not None else self.config_class()
         self.tokenizer = tokenizer
+
+    def prepare(self, context: PrepareContext) -> dict | None:
+        """Make the cases depend on this entry; what it returns goes into the results file."""
+        return None
 
     def cases(self, behaviour: dict) -> list[AttackCase]:
         raise NotImplementedError

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..decoding import SafetyPolicy
 from ..decoding.forced import ForcedRow, build_forced_batch, forced_forward
-from .base import Attack, behaviour_id, register, stable_seed, user_turn
+from .base import Attack, PrepareContext, behaviour_id, register, stable_seed, user_turn
 
 
 @dataclass
@@ -71,6 +71,7 @@ class GCGResult:
     max_cls_probabilities: list[float] = field(default_factory=list)
     steps_run: int = 0
     candidates_dropped: int = 0  # candidates that did not survive re-tokenisation
+    behaviour_id: str | None = None  # set by the attack that ran the search
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -252,6 +253,14 @@ def target_for(behaviour: dict) -> str:
     return "Sure, here is how to " + request[:1].lower() + request[1:]
 
 
+def suffixed_cases(attack: Attack, behaviour: dict) -> list:
+    """The behaviour's request with the suffix `attack.prepare` found for it appended."""
+    suffixes = getattr(attack, "suffixes", None)
+    if suffixes is None:
+        raise RuntimeError(f"{attack.name}: its suffixes come from a search; call prepare() first")
+    return [attack.case(behaviour, user_turn(behaviour["prompt"] + suffixes[behaviour_id(behaviour)]))]
+
+
 @dataclass
 class GCGAdaptiveConfig(GCGConfig):
     adaptive_weight: float = 1.0
@@ -270,16 +279,13 @@ class GCGAttack(Attack):
 
     name = "gcg"
     config_class = GCGConfig
-    searched = True
+    prepared = True
 
     def n_cases(self, behaviour: dict) -> int:
         return 1
 
     def cases(self, behaviour):
-        suffixes = getattr(self, "suffixes", None)
-        if suffixes is None:
-            raise RuntimeError(f"{self.name}: its suffixes are searched on the model under test; call prepare() first")
-        return [self.case(behaviour, user_turn(behaviour["prompt"] + suffixes[behaviour_id(behaviour)]))]
+        return suffixed_cases(self, behaviour)
 
     def search_setup(self, decoding: str, policy: SafetyPolicy) -> tuple[GCGConfig, SafetyPolicy]:
         if decoding == "strategic":
@@ -287,25 +293,27 @@ class GCGAttack(Attack):
         plain = SafetyPolicy(strategic_attention=False, strategic_decoding=False)
         return GCGConfig(**{**asdict(self.config), "adaptive_weight": 0.0}), plain
 
-    def prepare(self, sm, behaviours: list[dict], decoding: str, policy: SafetyPolicy, store: str | Path,
-                progress: bool = False) -> dict:
-        """Search every behaviour's suffix (resuming from `store`, one line per finished
+    def prepare(self, context: PrepareContext) -> dict:
+        """Search every behaviour's suffix (resuming from `context.store`, one line per finished
         behaviour) and return the search's summary for the results file."""
         from tqdm import tqdm
 
         from ..eval.store import CellFile, fingerprint
 
-        config, search_policy = self.search_setup(decoding, policy)
+        sm, behaviours = context.sm, context.behaviours
+        config, search_policy = self.search_setup(context.decoding, context.policy)
         targets = [target_for(b) for b in behaviours]
         settings = {"attack": self.name, "config": asdict(config), "policy": asdict(search_policy),
                     "behaviours": [[behaviour_id(b), b["prompt"], t] for b, t in zip(behaviours, targets)]}
-        cell = CellFile(Path(store), fingerprint(settings), {"attack": self.name, "behaviours": len(behaviours)},
+        cell = CellFile(Path(context.store), fingerprint(settings), {"attack": self.name, "behaviours": len(behaviours)},
                         record_class=GCGResult)
         gcg = GCG(sm, config, search_policy)
         todo = [i for i in range(len(behaviours)) if i not in cell.done]
-        for i in tqdm(todo, desc=f"{self.name} search", unit="behaviour", leave=False, disable=not progress):
+        for i in tqdm(todo, desc=f"{self.name} search", unit="behaviour", leave=False, disable=not context.progress):
             seed = stable_seed(self.name, behaviour_id(behaviours[i]), config.seed)
-            cell.add(i, [gcg.run(behaviours[i]["prompt"], targets[i], seed=seed)])
+            result = gcg.run(behaviours[i]["prompt"], targets[i], seed=seed)
+            result.behaviour_id = behaviour_id(behaviours[i])
+            cell.add(i, [result])
         results = [cell.done[i][0] for i in range(len(behaviours))]
         self.suffixes = {behaviour_id(b): r.suffix for b, r in zip(behaviours, results)}
         return search_summary(config, search_policy, behaviours, results)
@@ -343,3 +351,52 @@ def search_summary(config: GCGConfig, policy: SafetyPolicy, behaviours: list[dic
                            "max_cls_probabilities": r.max_cls_probabilities}
                           for b, r in zip(behaviours, results)],
     }
+
+
+@dataclass
+class GCGSearchedConfig:
+    # The search file of another entry of this run, relative to the run's directory (e.g.
+    # "cells/sft/search/gcg.jsonl": the suffixes GCG found on sft), or an absolute path.
+    source: str = ""
+
+    def __post_init__(self):
+        if not self.source:
+            raise ValueError("source: the search file whose suffixes to apply (e.g. cells/sft/search/gcg.jsonl)")
+
+
+@register
+class GCGSearched(Attack):
+    """Transfer between models: the suffixes a search found on another entry (its search file),
+    appended to the same behaviours here. Run the source entry first (grid order)."""
+
+    name = "gcg_searched"
+    config_class = GCGSearchedConfig
+    prepared = True
+
+    def n_cases(self, behaviour: dict) -> int:
+        return 1
+
+    def prepare(self, context: PrepareContext) -> dict:
+        from ..eval.store import cell_batches, cell_header, cell_lines
+
+        path = Path(self.config.source)
+        path = path if path.is_absolute() else Path(context.run_dir) / path
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.name}: source {path}: no such search file (is its entry run first?)")
+        complete, _ = cell_lines(path)
+        header = cell_header(path, complete)
+        found = {}
+        for _, _, records in cell_batches(path, complete):
+            for record in records:
+                result = GCGResult.from_json(record)
+                found[result.behaviour_id] = result.suffix
+        missing = [behaviour_id(b) for b in context.behaviours if behaviour_id(b) not in found]
+        if missing:
+            raise ValueError(f"{self.name}: source {path} has no suffix for {len(missing)} behaviour(s), e.g. "
+                             f"{missing[:3]} (searched on other behaviours, or not finished)")
+        self.suffixes = found
+        return {"transfer_from": str(self.config.source), "source_attack": header.get("attack"),
+                "behaviours": len(context.behaviours)}
+
+    def cases(self, behaviour):
+        return suffixed_cases(self, behaviour)

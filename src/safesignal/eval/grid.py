@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..attacks import AttackCase, attack_pool, get_attack
+from ..attacks.base import PrepareContext
 from ..decoding.policy import SafetyPolicy
 from ..home import safesignal_home
 from ..io import atomic_write_json, claim_directory
@@ -201,12 +202,12 @@ class Grid:
                 key = attack_spec.results_key
                 attack = get_attack(attack_spec.attack, tokenizer=sm.tokenizer, **attack_spec.config)
                 search = None
-                if getattr(attack, "searched", False):
-                    # its cases are searched on this entry (the model, its decoding and policy),
-                    # one behaviour at a time into a resumable file beside the entry's cells
-                    search = attack.prepare(sm, behaviours[key], decoding, policy,
-                                            self.out / "cells" / name / "search" / f"{key}.jsonl",
-                                            progress=self.progress)
+                if attack.prepared:
+                    # its cases depend on this entry (searched on the model as it decodes, one
+                    # behaviour at a time into a resumable file beside the entry's cells)
+                    search = attack.prepare(PrepareContext(sm, behaviours[key], decoding, policy,
+                                                           self.out / "cells" / name / "search" / f"{key}.jsonl",
+                                                           self.out, self.progress))
                 cases = [case for b in behaviours[key] for case in attack.cases(b)]
                 records = self._run_cell(sm, name, key, cases, decoding, policy, pspec.head, spec.path,
                                          attack_spec.batch_size)

@@ -380,8 +380,8 @@ def _searches(results: dict) -> Section | None:
     for name, entry in entries(results):
         for attack_name, attack in attacks_of(entry).items():
             search = part(attack, "search")
-            if not search:
-                continue
+            if not part(search, "budget"):
+                continue  # not a search of its own (a transfer reads another entry's)
             budget = part(search, "budget")
             rows.append([name, attack_name, rate_with_interval(attack.get("asr_leak"), attack.get("ci95")),
                          f"{count(budget.get('steps'))} × {count(budget.get('search_width'))}",
