@@ -46,12 +46,15 @@ def pair():
 @pytest.fixture(scope="module")
 def attacks(tiny_tokenizer):
     """One default instance of every attack (built once: autodan and pyrit read files)."""
-    return {name: get_attack(name, tokenizer=tiny_tokenizer if name == "prefill_k" else None) for name in attack_names()
+    return {name: get_attack(name, tokenizer=tiny_tokenizer if name in NEEDS_TOKENIZER else None) for name in attack_names()
             if not _ATTACKS._classes[name].prepared}  # prepared on a model: tests/test_gcg.py
 
 
+NEEDS_TOKENIZER = ("prefill_k", "fake_refusal")  # k counts the attacked model's tokens
+
+
 def _behaviour_for(name, pair):
-    return pair if name == "prefill_k" else BEHAVIOUR
+    return pair if _ATTACKS._classes[name].pool == "prefill_pairs" else BEHAVIOUR
 
 
 def test_registry_names_and_pools():
@@ -93,7 +96,7 @@ def test_every_attack_makes_well_formed_cases(attacks, pair):
 def test_same_cases_twice_and_across_instances(attacks, pair, tiny_tokenizer):
     for name, attack in attacks.items():
         behaviour = _behaviour_for(name, pair)
-        again = get_attack(name, tokenizer=tiny_tokenizer if name == "prefill_k" else None)
+        again = get_attack(name, tokenizer=tiny_tokenizer if name in NEEDS_TOKENIZER else None)
         first = _fingerprint(attack.cases(behaviour))
         assert first == _fingerprint(attack.cases(behaviour)) == _fingerprint(again.cases(behaviour)), name
 
@@ -329,3 +332,20 @@ def test_gcg_transfer_takes_a_chosen_subset_of_suffixes():
     assert [c.messages for c in cases] == [all_cases[3].messages, all_cases[0].messages]
     with pytest.raises(ValueError, match="0..12"):
         get_attack("gcg_transfer", suffixes=[13])
+
+
+def test_fake_refusal_opens_with_a_refusal_then_turns(pair, tiny_tokenizer):
+    attack = get_attack("fake_refusal", tokenizer=tiny_tokenizer, k=5)
+    cases = {c.variant: c for c in attack.cases(pair)}
+    assert set(cases) == {"prefill", "template", "refusal_prefill"}
+    refusal, turn = attack.config.refusal, attack.config.turn
+    answer = tiny_tokenizer.decode(tiny_tokenizer.encode(pair["response"], add_special_tokens=False)[:5]).lstrip()
+    assert cases["prefill"].prefill == f"{refusal} {turn} {answer}"
+    assert cases["prefill"].messages[-1]["content"] == pair["prompt"]
+    for variant in ("template", "refusal_prefill"):  # the model is told to write the refusal, then turn
+        content = cases[variant].messages[-1]["content"]
+        assert content.startswith(pair["prompt"]) and refusal in content and turn in content
+    assert cases["template"].prefill is None and cases["refusal_prefill"].prefill == refusal
+    assert [c.variant for c in get_attack("fake_refusal", variants=["template"]).cases(pair)] == ["template"]
+    with pytest.raises(ValueError, match="variants"):
+        get_attack("fake_refusal", variants=["nope"])

@@ -106,3 +106,29 @@ def test_a_bad_config_is_refused():
         GCGConfig(search_width=0)
     with pytest.raises(ValueError, match="adaptive_weight"):
         GCGConfig(adaptive_weight=-1.0)
+
+
+def test_prefill_adaptive_runs_the_candidate_whose_first_verdict_is_lowest(sm, tmp_path):
+    from safesignal.attacks import get_attack
+    from safesignal.attacks.base import PrepareContext
+    from safesignal.data import sources
+
+    pairs = [p for p in sources.prefill_pairs() if len(p["response"].split()) > 60][:2]
+    attack = get_attack("prefill_adaptive", tokenizer=sm.tokenizer, ks=[5, 20], openers=["Sure:", "Step 1:"])
+    policy = SafetyPolicy(strategic_decoding=False)
+    summary = attack.prepare(PrepareContext(sm, pairs, "strategic", policy, tmp_path / "s.jsonl", tmp_path))
+    for pair in pairs:
+        # the decoder's own first verdict for every candidate: an independent computation
+        first = {}
+        for name, text in attack.candidates(pair, sm.tokenizer):
+            result = sm.generate_requests([Request([{"role": "user", "content": pair["prompt"]}], prefill=text,
+                                                   policy=policy, max_new_tokens=1)])[0]
+            first[text] = result.events[0].probability
+        (case,) = attack.cases(pair)
+        assert first[case.prefill] == pytest.approx(min(first.values()), abs=1e-5)
+        assert len(first) == 2 + 2 * 2  # two cuts, each opener alone and before the answer
+    assert summary["selection"] == "lowest first-check P(malicious)" and sum(summary["chosen_kinds"].values()) == 2
+    plain = get_attack("prefill_adaptive", tokenizer=sm.tokenizer, ks=[5, 20])
+    plain.prepare(PrepareContext(sm, pairs, "plain", policy, tmp_path / "p.jsonl", tmp_path))
+    ids = sm.tokenizer.encode(pairs[0]["response"], add_special_tokens=False)
+    assert plain.cases(pairs[0])[0].prefill == sm.tokenizer.decode(ids[:20])  # no verdict to evade: the largest k
