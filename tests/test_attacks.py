@@ -349,3 +349,13 @@ def test_fake_refusal_opens_with_a_refusal_then_turns(pair, tiny_tokenizer):
     assert [c.variant for c in get_attack("fake_refusal", variants=["template"]).cases(pair)] == ["template"]
     with pytest.raises(ValueError, match="variants"):
         get_attack("fake_refusal", variants=["nope"])
+
+
+def test_late_harm_asks_for_a_long_preamble_before_the_request():
+    cases = get_attack("late_harm", n_topics=2, words=250).cases(BEHAVIOUR)
+    assert [c.variant for c in cases] == ["late_harm_0", "late_harm_1"]
+    for case in cases:
+        content = case.messages[-1]["content"]
+        assert "250-word" in content and content.endswith(BEHAVIOUR["prompt"]) and case.prefill is None
+    with pytest.raises(ValueError, match="n_topics"):
+        get_attack("late_harm", n_topics=0)

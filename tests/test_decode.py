@@ -237,6 +237,10 @@ def test_schedules():
     assert all(SafetyPolicy(schedule="each").checks_at(s) for s in range(1, 300))
     assert not any(SafetyPolicy(schedule="first").checks_at(s) for s in range(1, 300))
     assert not any(SafetyPolicy().checks_at(s) for s in range(135, 400))
+    tail = SafetyPolicy(annealing_tail_period=50)
+    assert [s for s in range(1, 400) if tail.checks_at(s)] == sorted(SafetyPolicy().annealing_steps()) + [184, 234, 284, 334, 384]
+    with pytest.raises(ValueError, match="annealing_tail_period"):
+        SafetyPolicy(annealing_tail_period=-1)
     with pytest.raises(ValueError, match="schedule"):
         SafetyPolicy(schedule="sometimes")
 

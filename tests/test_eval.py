@@ -489,3 +489,9 @@ def test_a_grid_decodes_with_the_checkpoints_calibration_unless_told_otherwise(t
     expected = {0.01: direct["cases"], 0.99: 0}
     if threshold in expected:
         assert direct["intervened"] == expected[threshold]
+
+
+def test_every_committed_grid_config_loads():
+    """A typo in a grid YAML fails here, not hours into a run."""
+    for path in sorted((TINY.parent).glob("*.yaml")):
+        load_eval_config(path)

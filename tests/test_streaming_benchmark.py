@@ -32,11 +32,12 @@ def item(length: int, harm_offset: int | None = 0) -> StreamItem:
                       [40 + k % 200 for k in range(length)], harm_offset)
 
 
-def measure(sm, one: StreamItem, schedule: str, verdicts: list[float], neutral: bool = True, **overrides):
+def measure(sm, one: StreamItem, schedule: str, verdicts: list[float], neutral: bool = True,
+            policy_fields: dict | None = None, **overrides):
     """Figures for one item whose head gives `verdicts` in call order (then malicious forever)."""
     config = StreamingBenchmarkConfig(batch_size=1, policy={"tau": TAU}, **overrides)
     script_head(sm, verdicts, default=MAL)
-    policy = SafetyPolicy(schedule=schedule, tau=TAU, strategic_decoding=False)
+    policy = SafetyPolicy(schedule=schedule, tau=TAU, strategic_decoding=False, **(policy_fields or {}))
     found = first_confirmations(sm, [one], policy, config, neutral=neutral)
     return found[0], set_figures([one], found, config)
 
@@ -71,6 +72,9 @@ def test_annealing_waits_for_its_next_scheduled_check_after_the_harm_starts(sm):
 def test_annealing_never_detects_past_its_last_check_and_first_never_detects_mid_answer(sm):
     _, late = measure(sm, item(150 + 30, 150), "annealing", [BEN] * 15)  # 0, 1-8, 10, 14, 22, 38, 70, 134 benign
     assert (late["detected"], late["false_alarms"]) == (0, 0)
+    # a periodic tail after annealing reads it: benign at 0-134, malicious from the tail's check at 150
+    _, tail = measure(sm, item(150 + 30, 150), "annealing", [BEN] * 15, policy_fields={"annealing_tail_period": 16})
+    assert tail["tokens_to_detection"] == [150 + TAU - 1 - 150] and tail["false_alarms"] == 0
     _, first = measure(sm, item(40), "first", [BEN])  # the prefill-pass verdict is its only check
     assert first["detected"] == 0 and first["traces"][0]["checks"] == [(0, pytest.approx(first["traces"][0]["checks"][0][1]))]
 

@@ -47,6 +47,9 @@ class SafetyPolicy:
     annealing_dense_steps: int = 8  # check every step up to here ...
     annealing_first_gap: int = 2  # ... then at gaps 2, 4, 8, ... (steps 10, 14, 22, 38, 70, 134)
     annealing_stop: int = 256  # ... and never after this step
+    # then every this many steps after annealing's last check (0: none): harm that starts late in
+    # a long answer is otherwise never read (issue "adaptive attacks", late_harm)
+    annealing_tail_period: int = 0
     window_includes_query: bool = True
     strategic_attention: bool = True  # generated tokens read the refreshed [CLS] state
     strategic_decoding: bool = True  # inject the refusal on a malicious verdict
@@ -69,6 +72,8 @@ class SafetyPolicy:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if self.r3 < 0:
             raise ValueError(f"r3: must be ≥ 0, got {self.r3}")
+        if self.annealing_tail_period < 0:
+            raise ValueError(f"annealing_tail_period: must be ≥ 0 (0: no tail), got {self.annealing_tail_period}")
 
     def checks_at(self, step: int) -> bool:
         """Whether the schedule re-checks at generation step `step` (1-based) in the benign state."""
@@ -78,7 +83,11 @@ class SafetyPolicy:
             return False  # the only check is the one after the prefill pass
         if self.schedule == "periodic":
             return step % self.period == 0
-        return step in self.annealing_steps()
+        steps = self.annealing_steps()
+        if step in steps:
+            return True
+        last, tail = max(steps), self.annealing_tail_period
+        return bool(tail) and step > last and (step - last) % tail == 0
 
     def annealing_steps(self) -> frozenset[int]:
         steps = set(range(1, min(self.annealing_dense_steps, self.annealing_stop) + 1))

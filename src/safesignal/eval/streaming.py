@@ -245,7 +245,8 @@ def run_streaming_benchmark(sm, config: StreamingBenchmarkConfig | None = None, 
         "config": asdict(config),
         "policy": {"threshold": reference.threshold, "tau": reference.tau, "r1": reference.r1, "r2": reference.r2,
                    "r3": reference.r3, "period": reference.period,
-                   "annealing_steps": sorted(reference.annealing_steps())},
+                   "annealing_steps": sorted(reference.annealing_steps()),
+                   "annealing_tail_period": reference.annealing_tail_period},
         "sources": {
             "harmful": "pyrit many_shot_examples, prefill-evaluation third (split_three seed 0), answer_harmful true",
             "spliced": "held-out ShareGPT answers (build's sharegpt_heldout prompts), cut to N-1 tokens + a paragraph "
