@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--schedules", default="annealing,periodic,each")
     parser.add_argument("--preambles", default="30,60,150,300", help="spliced preamble lengths, tokens")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--engine", default="forced", choices=("forced", "decoder"),
+                        help="one forward per answer and state change (forced) or the production decode loop")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -39,7 +41,8 @@ def main() -> None:
     sm = SafetyModel.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).merge_lora().eval()
     config = StreamingBenchmarkConfig(n=args.n, answer_tokens=args.answer_tokens, batch_size=args.batch_size,
                                       schedules=tuple(args.schedules.split(",")),
-                                      preamble_tokens=tuple(int(n) for n in args.preambles.split(",")))
+                                      preamble_tokens=tuple(int(n) for n in args.preambles.split(",")),
+                                      engine=args.engine)
     summary = run_streaming_benchmark(sm, config)
     summary.update(model=args.model, dtype=args.dtype, machine=machine(),
                    total_wall_s=round(time.perf_counter() - started, 1))

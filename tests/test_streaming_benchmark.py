@@ -35,7 +35,8 @@ def item(length: int, harm_offset: int | None = 0) -> StreamItem:
 def measure(sm, one: StreamItem, schedule: str, verdicts: list[float], neutral: bool = True,
             policy_fields: dict | None = None, **overrides):
     """Figures for one item whose head gives `verdicts` in call order (then malicious forever)."""
-    config = StreamingBenchmarkConfig(batch_size=1, policy={"tau": TAU}, **overrides)
+    # a scripted head answers in call order: the decode loop's, one check per call
+    config = StreamingBenchmarkConfig(batch_size=1, policy={"tau": TAU}, engine="decoder", **overrides)
     script_head(sm, verdicts, default=MAL)
     policy = SafetyPolicy(schedule=schedule, tau=TAU, strategic_decoding=False, **(policy_fields or {}))
     found = first_confirmations(sm, [one], policy, config, neutral=neutral)
@@ -85,9 +86,10 @@ def test_a_query_verdict_counts_as_detection_at_zero_tokens_and_apart(sm):
     assert figures["false_alarms"] == 0  # the query verdict is not a false alarm on the preamble
 
 
-def test_a_benign_head_raises_no_alarm(sm):
+@pytest.mark.parametrize("engine", ["forced", "decoder"])
+def test_a_benign_head_raises_no_alarm(sm, engine):
     force_head(sm, -30.0)
-    config = StreamingBenchmarkConfig(batch_size=4)
+    config = StreamingBenchmarkConfig(batch_size=4, engine=engine)
     items = [item(25, None), item(18, None), item(25, 10), item(9, 0)]
     for schedule in ("each", "annealing", "periodic"):
         found = first_confirmations(sm, items, SafetyPolicy(schedule=schedule, strategic_decoding=False), config, True)
@@ -98,9 +100,10 @@ def test_a_benign_head_raises_no_alarm(sm):
         assert (spliced["detected"], spliced["false_alarms"], spliced["median_tokens_to_detection"]) == (0, 0, None)
 
 
-def test_every_malicious_verdict_alarms_on_benign_answers_at_the_prefill_pass(sm):
+@pytest.mark.parametrize("engine", ["forced", "decoder"])
+def test_every_malicious_verdict_alarms_on_benign_answers_at_the_prefill_pass(sm, engine):
     force_head(sm, 30.0)
-    config = StreamingBenchmarkConfig(batch_size=2)
+    config = StreamingBenchmarkConfig(batch_size=2, engine=engine)
     found = first_confirmations(sm, [item(10, None)] * 2, SafetyPolicy(strategic_decoding=False), config, True)
     figures = set_figures([item(10, None)] * 2, found, config)
     assert (figures["false_alarms"], figures["false_alarms_in_response"], figures["false_alarm_steps"]) == (2, 0, [0, 0])
@@ -140,3 +143,23 @@ def test_a_pending_confirmation_at_the_cut_is_not_a_detection(sm):
     found, figures = measure(sm, item(20), "each", [BEN] * 19)
     assert found["confirm_step"] is None and found["decided_at_end"]
     assert (figures["detected"], figures["decided_at_end"]) == (0, 1)
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_the_forced_engine_finds_what_the_decode_loop_finds(sm, stop):
+    """The one-forward replay against the production loop, on a random head whose verdicts
+    cross a threshold set inside their range: confirmations start, clear and complete."""
+    items = [item(40, None), item(36, 12), item(28, 0)]
+    probe = first_confirmations(sm, items, SafetyPolicy(schedule="each", threshold=0.999, strategic_decoding=False),
+                                StreamingBenchmarkConfig(batch_size=3, engine="decoder", stop_at_detection=False), True)
+    values = sorted({p for f in probe for _, p in f["checks"][1:]})
+    threshold = (values[len(values) // 2] + values[len(values) // 2 + 1]) / 2  # midway: no verdict on it
+    for schedule in ("each", "annealing", "periodic"):
+        policy = SafetyPolicy(schedule=schedule, period=3, threshold=threshold, tau=2, strategic_decoding=False)
+        ours, theirs = (first_confirmations(sm, items, policy, StreamingBenchmarkConfig(
+            batch_size=3, engine=engine, stop_at_detection=stop), True) for engine in ("forced", "decoder"))
+        for a, b in zip(ours, theirs):
+            assert (a["confirm_step"], a["decided_at_end"]) == (b["confirm_step"], b["decided_at_end"])
+            assert [s for s, _ in a["checks"]] == [s for s, _ in b["checks"]]
+            assert [p for _, p in a["checks"]] == pytest.approx([p for _, p in b["checks"]], abs=2e-4)  # rounded to 4
+    assert any(f["confirm_step"] for f in ours)  # something was confirmed mid-answer

@@ -194,9 +194,12 @@ def forced_forward(sm, rows: list[ForcedRow], inputs_embeds: torch.Tensor | None
     return ForcedOutput(logits, cls, batch)
 
 
-def replay(sm, rows: list[ForcedRow], max_forwards: int | None = None) -> list[list[SafetyEvent]]:
+def replay(sm, rows: list[ForcedRow], max_forwards: int | None = None,
+           until: Callable[[SafetyEvent], bool] | None = None) -> list[list[SafetyEvent]]:
     """Every row's safety events over its given response as the decoder would record them, any
     verdicts allowed (strategic decoding must be off: an injection would replace the response).
+    With `until`, a row's events end at the first one it accepts, as a decoder cancelled right
+    after that step would leave them (no end-of-answer decision).
 
     Start from the benign plan; after each forward, run each row's state machine over the
     verdicts in plan order while it asks for the check the plan has; where it asks for another
@@ -225,8 +228,8 @@ def replay(sm, rows: list[ForcedRow], max_forwards: int | None = None) -> list[l
         forwards += 1
         probabilities = torch.sigmoid(out.cls_logits).tolist()
         for i, row, plan, p in zip(todo, batch_rows, out.batch.checks, probabilities):
-            settled[i], done[i] = _settle(rows[i], plan, p, decode)
-    return [_events(row, s, decode) for row, s in zip(rows, settled)]
+            settled[i], done[i] = _settle(rows[i], plan, p, decode, until)
+    return [_events(row, s, decode, until) for row, s in zip(rows, settled)]
 
 
 Decode = Callable[[list[int]], str]
@@ -264,15 +267,18 @@ def _plan_from(row: ForcedRow, settled: list[tuple[Check, float]], decode: Decod
     return plan
 
 
-def _settle(row: ForcedRow, plan: list[Check], probabilities: list[float],
-            decode: Decode) -> tuple[list[tuple[Check, float]], bool]:
-    """The plan's prefix the state machine agrees with, and whether that is the whole response."""
+def _settle(row: ForcedRow, plan: list[Check], probabilities: list[float], decode: Decode,
+            until=None) -> tuple[list[tuple[Check, float]], bool]:
+    """The plan's prefix the state machine agrees with, and whether that is the whole response
+    (or reaches an event `until` accepts)."""
     safety = RowSafety(row.policy)
     settled = []
     planned = {c.step: (c, p) for c, p in zip(plan, probabilities)}
     _apply(safety, plan[0], probabilities[0], row, decode)
     settled.append((plan[0], probabilities[0]))
     for step in range(1, len(row.response_ids) + 1):
+        if until is not None and until(safety.events[-1]):
+            return settled, True
         wanted = safety.check_for(step, row.prefill_length + step)
         have = planned.get(step)
         if wanted is None and have is None:
@@ -284,8 +290,10 @@ def _settle(row: ForcedRow, plan: list[Check], probabilities: list[float],
     return settled, True
 
 
-def _events(row: ForcedRow, settled: list[tuple[Check, float]], decode: Decode) -> list[SafetyEvent]:
+def _events(row: ForcedRow, settled: list[tuple[Check, float]], decode: Decode, until=None) -> list[SafetyEvent]:
     safety = _machine(row, settled, decode)
+    if until is not None and any(until(e) for e in safety.events):
+        return safety.events  # cut there: the answer's end is never reached
     response = row.response
     safety.at_end(lambda first: own_refusal(decode, response, row.prefill_length, row.policy, first))
     return safety.events

@@ -60,6 +60,9 @@ class StreamingBenchmarkConfig:
     traces_per_set: int = 3  # (step, probability) series kept per set, for plots
     policy: dict = field(default_factory=dict)  # SafetyPolicy overrides (threshold, tau, windows, period)
     stop_at_detection: bool = True  # cut a row at its first confirmation: nothing after it is measured
+    # "forced": one forward per answer and per state change (decoding.forced.replay), the
+    # decoder's events exactly; "decoder": the production decode loop, one forward per token
+    engine: str = "forced"
 
     def __post_init__(self):
         unknown = set(self.prompt_modes) - set(PROMPT_MODES)
@@ -67,6 +70,8 @@ class StreamingBenchmarkConfig:
             raise ValueError(f"prompt_modes: {sorted(unknown)} not in {PROMPT_MODES}")
         if self.n < 1 or self.answer_tokens < 1 or self.batch_size < 1:
             raise ValueError("n, answer_tokens and batch_size must be ≥ 1")
+        if self.engine not in ("forced", "decoder"):
+            raise ValueError(f"engine: {self.engine!r} is not 'forced' or 'decoder'")
         if any(n < 2 for n in self.preamble_tokens):
             raise ValueError("preamble_tokens: each must be ≥ 2 (the last one is the paragraph break)")
 
@@ -154,6 +159,10 @@ def first_confirmations(sm, items: list[StreamItem], policy: SafetyPolicy, confi
     found: list[dict] = [{}] * len(items)
     for start in range(0, len(order), config.batch_size):
         batch = order[start : start + config.batch_size]
+        if config.engine == "forced":
+            for i, events in zip(batch, _replayed(sm, [items[i] for i in batch], policy, config, neutral)):
+                found[i] = _first_confirmation(events)
+            continue
         requests = [Request(_user(config.neutral_prompt) if neutral else items[i].messages, policy=policy,
                             max_new_tokens=len(items[i].response_ids), forced_response_ids=items[i].response_ids)
                     for i in batch]
@@ -173,6 +182,23 @@ def first_confirmations(sm, items: list[StreamItem], policy: SafetyPolicy, confi
         for row, i in enumerate(batch):
             found[i] = {"confirm_step": confirmed[row], "checks": checks[row], "decided_at_end": at_end[row]}
     return found
+
+
+def _replayed(sm, items: list[StreamItem], policy: SafetyPolicy, config: StreamingBenchmarkConfig, neutral: bool):
+    from ..decoding.forced import ForcedRow, replay
+
+    rows = [ForcedRow(sm.formatter.encode(_user(config.neutral_prompt) if neutral else item.messages, "", add_eos=False),
+                      item.response_ids, policy) for item in items]
+    until = (lambda event: event.outcome == "confirmed") if config.stop_at_detection else None
+    return replay(sm, rows, until=until)
+
+
+def _first_confirmation(events) -> dict:
+    """What the decoder path records per item, from a replay's events."""
+    confirmed = next((e.step for e in events if e.outcome == "confirmed"), None)
+    at_end = confirmed is None and any(e.outcome == "confirmed_at_end" for e in events)
+    return {"confirm_step": confirmed, "checks": [(e.step, round(e.probability, 4)) for e in events],
+            "decided_at_end": at_end}
 
 
 # ---------------------------------------------------------------------------------------------
