@@ -153,9 +153,14 @@ def test_attack_routes_the_attacks_knobs_to_it_and_the_rest_to_the_grid(tmp_path
     grid.write_text(ATTACK_GRID)
     out = tmp_path / "out"
     assert cli.main(["attack", "gcg_adaptive", "--config", str(grid), "--out", str(out), "--steps", "1",
-                     "--n", "1", "--adaptive_weight", "2.5"]) == 0
+                     "--n", "1", "--adaptive_weight", "2.5", "--seed", "3", "--attack.seed", "7",
+                     "--suffix_init", " ! !"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["n"] == 1 and results["config"]["attacks"][0]["config"]["steps"] == 1
+    # --seed is the grid's, --attack.seed the attack's; a text knob is kept as typed
+    assert results["config"]["seed"] == 3
+    assert results["config"]["attacks"][0]["config"]["seed"] == 7
+    assert results["config"]["attacks"][0]["config"]["suffix_init"] == " ! !"
     for entry, weight in (("cls", 2.5), ("cls:weights_only", 0.0)):
         search = results["models"][entry]["attacks"]["gcg_adaptive"]["search"]
         assert search["budget"] == {**search["budget"], "steps": 1, "behaviours": 1, "adaptive_weight": weight}

@@ -158,3 +158,31 @@ def test_embeddings_in_give_the_same_forward_and_each_check_has_no_gradient_past
         assert moved[prompt_columns].all()  # the query
         others = [int(r) for j, r in enumerate(batch.check_rows[0]) if j != c and int(r) != NO_SLOT]
         assert not moved[[r for r in others if r > int(batch.check_rows[0, c])]].any()  # no later check
+
+
+def test_replay_settles_even_when_each_forward_moves_a_verdict_across_the_threshold(sm, monkeypatch):
+    """Another layout (more check slots, other padding) changes the last bits of a verdict; one
+    on the threshold must not flip back and forth between forwards and keep replay re-planning."""
+    import safesignal.decoding.forced as forced
+
+    answer = text_ids(sm, ANSWERS[1])
+    base = SafetyPolicy(schedule="each", threshold=0.999, **QUIET)
+    row = forced_row(sm, Request(user(PROMPTS[0]), policy=base, forced_response_ids=answer))
+    with torch.inference_mode():
+        logits = forced_forward(sm, [row]).cls_logits[0]
+    threshold = float(torch.sigmoid(logits[5]))  # the verdict at step 5 sits on the threshold
+    calls = []
+    original = forced.forced_forward
+
+    def jittered(*args, **kwargs):  # each forward nudges every verdict the other way
+        out = original(*args, **kwargs)
+        calls.append(1)
+        out.cls_logits = out.cls_logits + (1e-3 if len(calls) % 2 else -1e-3)
+        return out
+
+    monkeypatch.setattr(forced, "forced_forward", jittered)
+    policy = SafetyPolicy(schedule="each", threshold=threshold, tau=2, **QUIET)
+    events = replay(sm, [ForcedRow(row.example, answer, policy)])[0]
+    assert len(calls) <= len(answer) + 2
+    # every recorded label agrees with the probability it was recorded with
+    assert all((e.probability > threshold) == (e.label == "malicious") for e in events)

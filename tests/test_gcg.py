@@ -125,10 +125,43 @@ def test_prefill_adaptive_runs_the_candidate_whose_first_verdict_is_lowest(sm, t
                                                    policy=policy, max_new_tokens=1)])[0]
             first[text] = result.events[0].probability
         (case,) = attack.cases(pair)
-        assert first[case.prefill] == pytest.approx(min(first.values()), abs=1e-5)
         assert len(first) == 2 + 2 * 2  # two cuts, each opener alone and before the answer
-    assert summary["selection"] == "lowest first-check P(malicious)" and sum(summary["chosen_kinds"].values()) == 2
+        carried = {text: int(name.rsplit("answer_", 1)[1]) if "answer_" in name else 0
+                   for name, text in attack.candidates(pair, sm.tokenizer)}
+        passing = [t for t, p in first.items() if p <= policy.threshold]
+        if passing:  # the most answer tokens the first check lets through
+            assert first[case.prefill] <= policy.threshold
+            assert carried[case.prefill] == max(carried[t] for t in passing)
+        else:  # none passes: the most benign-looking
+            assert first[case.prefill] == pytest.approx(min(first.values()), abs=1e-5)
+    assert summary["selection"].startswith("the most answer tokens among") and sum(summary["chosen_kinds"].values()) == 2
     plain = get_attack("prefill_adaptive", tokenizer=sm.tokenizer, ks=[5, 20])
     plain.prepare(PrepareContext(sm, pairs, "plain", policy, tmp_path / "p.jsonl", tmp_path))
     ids = sm.tokenizer.encode(pairs[0]["response"], add_special_tokens=False)
     assert plain.cases(pairs[0])[0].prefill == sm.tokenizer.decode(ids[:20])  # no verdict to evade: the largest k
+    # an answer shorter than every k still gets a case (an opener before its first tokens)
+    short = dict(pairs[0], response=sm.tokenizer.decode(ids[:8]))
+    longest = get_attack("prefill_adaptive", tokenizer=sm.tokenizer, ks=[40], openers=["Sure:"], opener_k=5)
+    longest.prepare(PrepareContext(sm, [short], "plain", policy, tmp_path / "q.jsonl", tmp_path))
+    assert longest.cases(short)[0].prefill.startswith("Sure: ")
+
+
+def test_the_one_hot_gradient_is_the_embedding_gradient_at_the_suffixs_own_columns(sm):
+    from safesignal.decoding.forced import build_forced_batch, forced_forward
+
+    gcg = GCG(sm, GCGConfig(**{**SMALL, "adaptive_weight": 2.0}), SafetyPolicy())
+    task = SuffixTask(sm, PROMPT, TARGET, gcg.policy)
+    suffix = next(ids for ids in ([int(i) for i in torch.randint(40, 300, (6,), generator=torch.Generator().manual_seed(s))]
+                                  for s in range(100)) if task.encode(ids) is not None)  # a mixed suffix, no repeats
+    gradient = gcg._gradient(task, suffix)
+    example, _ = task.encode(suffix)
+    row = task.row(example)
+    batch = build_forced_batch([row], cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id)
+    ids = batch.input_ids[0].tolist()
+    at = next(j for j in range(len(ids)) if ids[j:j + len(suffix)] == suffix)  # found by content, not by offsets
+    embeds = sm.embed(batch.input_ids).detach().requires_grad_(True)
+    loss, _, _ = task.losses(forced_forward(sm, [row], inputs_embeds=embeds, batch=batch), 2.0)
+    (grad,) = torch.autograd.grad(loss.sum(), embeds)
+    table = sm.base.get_input_embeddings().weight
+    expected = grad[0, at:at + len(suffix)] @ table.T
+    torch.testing.assert_close(gradient, expected.float(), atol=1e-5, rtol=1e-4)

@@ -124,9 +124,12 @@ def _cmd_attack(args, overrides: list[str]) -> int:
     for name, entry in results["models"].items():
         attack = entry["attacks"].get(args.name) or {}
         search = attack.get("search") or {}
-        print(f"{name}: ASR {attack.get('asr_leak', float('nan')):.1%} (leak-aware, n={attack.get('n')})"
-              + (f"; search loss {search['mean_loss']:.3f}, max P(malicious) {search['mean_max_cls_probability']:.3f}"
-                 if search.get("mean_loss") is not None else ""))
+        line = f"{name}: ASR {attack.get('asr_leak', float('nan')):.1%} (leak-aware, n={attack.get('n')})"
+        if search.get("mean_loss") is not None:
+            line += f"; search loss {search['mean_loss']:.3f}"
+        if search.get("mean_max_cls_probability") is not None:  # None: decoded plainly, no checks
+            line += f", max P(malicious) {search['mean_max_cls_probability']:.3f}"
+        print(line)
     print(f"safesignal attack: wrote {results['_path']} ({results['wall_seconds']:.0f} s)")
     return 0
 

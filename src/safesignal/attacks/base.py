@@ -64,6 +64,7 @@ class PrepareContext:
     store: Path
     run_dir: Path
     progress: bool = False
+    head: str | None = None  # the entry's forced head ("benign" / "malicious"), if any
 
 
 @dataclass

@@ -1,6 +1,9 @@
-"""fake_refusal: a response that opens like a refusal and then answers, aimed at the decoder's
-self-refusal rule (a confirmation over the model's own refusal injects nothing; checks go on,
-so what follows must still be caught; DESIGN.md §Decoding).
+"""fake_refusal: a response that opens like a refusal and then answers. The `template` variant
+is aimed at the decoder's self-refusal rule (a confirmation over the model's own refusal
+injects nothing; checks go on, so what follows must still be caught; DESIGN.md §Decoding):
+the model writes the refusal itself. In the two prefill variants the refusal is the caller's
+text, which the rule never counts as the model's own: they test whether a refusal-shaped
+opening fools the classifier at the first check.
 
 Behaviours come from the prefill pool (a prompt with the real harmful answer pyrit ships for
 it). Variants, each one case:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..decoding import SafetyPolicy
-from ..decoding.forced import ForcedRow, build_forced_batch, forced_forward
+from ..decoding.forced import ForcedRow, build_forced_batch, first_check, forced_forward
 from .base import Attack, PrepareContext, behaviour_id, register, stable_seed, user_turn
 
 
@@ -64,11 +64,11 @@ class GCGResult:
     suffix_ids: list[int]
     loss: float
     target_loss: float
-    max_cls_probability: float  # of the best suffix's checks, over the target
-    first_cls_probability: float  # the first check's (query + suffix)
+    max_cls_probability: float | None  # of the best suffix's checks, over the target (None: no checks)
+    first_cls_probability: float | None  # the first check's (query + suffix)
     losses: list[float] = field(default_factory=list)  # best candidate's loss at each step
     target_losses: list[float] = field(default_factory=list)
-    max_cls_probabilities: list[float] = field(default_factory=list)
+    max_cls_probabilities: list[float | None] = field(default_factory=list)
     steps_run: int = 0
     candidates_dropped: int = 0  # candidates that did not survive re-tokenisation
     behaviour_id: str | None = None  # set by the attack that ran the search
@@ -85,8 +85,10 @@ class GCGResult:
 class SuffixTask:
     """A behaviour with an adversarial suffix appended to its request, and the target answer."""
 
-    def __init__(self, sm, prompt: str, target: str, policy: SafetyPolicy):
-        self.sm, self.prompt, self.policy = sm, prompt, policy
+    def __init__(self, sm, prompt: str, target: str, policy: SafetyPolicy, with_checks: bool = True):
+        # with_checks False: a model decoded plainly, which takes no checks (the forward then
+        # has slot A only, read by no row: the plain model's computation)
+        self.sm, self.prompt, self.policy, self.with_checks = sm, prompt, policy, with_checks
         self.target_ids = sm.tokenizer(target, add_special_tokens=False)["input_ids"]
         if not self.target_ids:
             raise ValueError("target: empty")
@@ -105,7 +107,8 @@ class SuffixTask:
         return example, span
 
     def row(self, example) -> ForcedRow:
-        return ForcedRow(example, self.target_ids, self.policy)
+        checks = None if self.with_checks else [first_check(self.policy, 0)]
+        return ForcedRow(example, self.target_ids, self.policy, checks)
 
     def losses(self, out, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, target CE, max P(malicious)) per row of a forced forward."""
@@ -119,7 +122,13 @@ class SuffixTask:
         # −log P(benign) = softplus(logit) per check, averaged over the row's checks
         benign_nll = (F.softplus(cls) * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
         max_p = torch.sigmoid(torch.where(valid, out.cls_logits, torch.full_like(cls, -math.inf))).amax(dim=1)
+        if not self.with_checks:
+            return ce, ce, torch.full_like(ce, math.nan)  # no verdict exists to report or to drive
         return ce + weight * benign_nll, ce, max_p
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def allowed_tokens(tokenizer, vocabulary: int, ascii_only: bool, cls_token_id: int) -> torch.Tensor:
@@ -142,8 +151,10 @@ def allowed_tokens(tokenizer, vocabulary: int, ascii_only: bool, cls_token_id: i
 class GCG:
     """Runs the search for one behaviour at a time on a SafetyModel."""
 
-    def __init__(self, sm, config: GCGConfig | None = None, policy: SafetyPolicy | None = None):
+    def __init__(self, sm, config: GCGConfig | None = None, policy: SafetyPolicy | None = None,
+                 with_checks: bool = True):
         self.sm = sm
+        self.with_checks = with_checks  # False: the model is decoded plainly (no checks exist)
         self.config = config or GCGConfig()
         # the checks an attacker must get past: the model's default policy unless told otherwise
         self.policy = policy or sm.default_policy()
@@ -153,7 +164,7 @@ class GCG:
     def run(self, prompt: str, target: str, seed: int | None = None, progress=None) -> GCGResult:
         c = self.config
         rng = random.Random(c.seed if seed is None else seed)
-        task = SuffixTask(self.sm, prompt, target, self.policy)
+        task = SuffixTask(self.sm, prompt, target, self.policy, self.with_checks)
         suffix = self.sm.tokenizer(c.suffix_init, add_special_tokens=False)["input_ids"]
         if task.encode(suffix) is None:
             raise ValueError(f"suffix_init {c.suffix_init!r} does not tokenise on its own after this prompt")
@@ -186,8 +197,9 @@ class GCG:
             (loss, ce, max_p, first_p, _), = self._score(task, [(suffix, task.encode(suffix))])
             best = (loss, ce, max_p, first_p, suffix)
         loss, ce, max_p, first_p, ids = best
-        return GCGResult(self.sm.tokenizer.decode(ids), list(ids), loss, ce, max_p, first_p, steps_run=steps_run,
-                         candidates_dropped=dropped, **curves)
+        curves["max_cls_probabilities"] = [_finite(p) for p in curves["max_cls_probabilities"]]
+        return GCGResult(self.sm.tokenizer.decode(ids), list(ids), loss, ce, _finite(max_p), _finite(first_p),
+                         steps_run=steps_run, candidates_dropped=dropped, **curves)
 
     def _gradient(self, task: SuffixTask, suffix: list[int]) -> torch.Tensor:
         """(S, V) gradient of the loss with respect to the suffix's one-hot tokens."""
@@ -234,7 +246,7 @@ class GCG:
                 chunk = encoded[start:start + size]
                 forward = forced_forward(self.sm, [task.row(e) for _, (e, _) in chunk])
                 loss, ce, max_p = task.losses(forward, self.config.adaptive_weight)
-                first = torch.sigmoid(forward.cls_logits[:, 0])
+                first = torch.sigmoid(forward.cls_logits[:, 0]) if task.with_checks else torch.full_like(loss, math.nan)
                 out += [(float(a), float(b), float(m), float(f), ids)
                         for a, b, m, f, (ids, _) in zip(loss, ce, max_p, first, chunk)]
         return out
@@ -287,11 +299,12 @@ class GCGAttack(Attack):
     def cases(self, behaviour):
         return suffixed_cases(self, behaviour)
 
-    def search_setup(self, decoding: str, policy: SafetyPolicy) -> tuple[GCGConfig, SafetyPolicy]:
+    def search_setup(self, decoding: str, policy: SafetyPolicy) -> tuple[GCGConfig, SafetyPolicy, bool]:
+        """(config, policy, with_checks) the search runs with on an entry decoded this way."""
         if decoding == "strategic":
-            return self.config, policy
+            return self.config, policy, True
         plain = SafetyPolicy(strategic_attention=False, strategic_decoding=False)
-        return GCGConfig(**{**asdict(self.config), "adaptive_weight": 0.0}), plain
+        return GCGConfig(**{**asdict(self.config), "adaptive_weight": 0.0}), plain, False
 
     def prepare(self, context: PrepareContext) -> dict:
         """Search every behaviour's suffix (resuming from `context.store`, one line per finished
@@ -301,13 +314,16 @@ class GCGAttack(Attack):
         from ..eval.store import CellFile, fingerprint
 
         sm, behaviours = context.sm, context.behaviours
-        config, search_policy = self.search_setup(context.decoding, context.policy)
+        config, search_policy, with_checks = self.search_setup(context.decoding, context.policy)
         targets = [target_for(b) for b in behaviours]
-        settings = {"attack": self.name, "config": asdict(config), "policy": asdict(search_policy),
+        # what the loss reads: the search, the checks' plan and masks, the weights (the entry
+        # directory is bound to them) and a forced head; not the threshold, τ or refusal strings
+        settings = {"attack": self.name, "config": asdict(config), "checks": with_checks, "head": context.head,
+                    "plan": {k: getattr(search_policy, k) for k in PLAN_FIELDS},
                     "behaviours": [[behaviour_id(b), b["prompt"], t] for b, t in zip(behaviours, targets)]}
         cell = CellFile(Path(context.store), fingerprint(settings), {"attack": self.name, "behaviours": len(behaviours)},
                         record_class=GCGResult)
-        gcg = GCG(sm, config, search_policy)
+        gcg = GCG(sm, config, search_policy, with_checks)
         todo = [i for i in range(len(behaviours)) if i not in cell.done]
         for i in tqdm(todo, desc=f"{self.name} search", unit="behaviour", leave=False, disable=not context.progress):
             seed = stable_seed(self.name, behaviour_id(behaviours[i]), config.seed)
@@ -327,12 +343,18 @@ class GCGAdaptive(GCGAttack):
     config_class = GCGAdaptiveConfig
 
 
+# the SafetyPolicy fields a benign plan and its masks depend on
+PLAN_FIELDS = ("schedule", "period", "annealing_dense_steps", "annealing_first_gap", "annealing_stop",
+               "annealing_tail_period", "r2", "window_includes_query", "strategic_attention")
+
+
 def search_summary(config: GCGConfig, policy: SafetyPolicy, behaviours: list[dict], results: list[GCGResult]) -> dict:
     """What the results file keeps of a search: its budget, the means, and per behaviour the
     curves (loss, target loss, highest P(malicious) per step) and the suffix's token count."""
     n = len(results)
 
     def mean(values):
+        values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
 
     return {

@@ -72,12 +72,13 @@ class PrefillAdaptiveConfig:
 
 @register
 class PrefillAdaptive(Attack):
-    """The prefill whose first verdict is the most benign: per behaviour, every candidate
-    (the real answer cut at each k; each opener alone and before the answer's first `opener_k`
+    """The strongest prefill the first check lets through: per behaviour, every candidate (the
+    real answer cut at each k; each opener alone and before the answer's first `opener_k`
     tokens) is scored by the `[CLS]` probability of the prefill pass's check on the model under
-    test (`decoding.forced`, the decoder's own windows), and the lowest runs. On an entry
-    decoded plainly there is no verdict to evade: the answer at the largest k runs (the
-    strongest prefill there)."""
+    test (`decoding.forced`, the decoder's own windows); of those under the threshold the one
+    with the most answer tokens runs (a bare opener carries none), and where none is under it,
+    the lowest. On an entry decoded plainly there is no verdict to evade: the candidate with the
+    most answer tokens runs."""
 
     name = "prefill_adaptive"
     config_class = PrefillAdaptiveConfig
@@ -109,20 +110,23 @@ class PrefillAdaptive(Attack):
         for behaviour in context.behaviours:
             candidates = self.candidates(behaviour, sm.tokenizer)
             if context.decoding != "strategic":
-                name, text = max(((n, t) for n, t in candidates if n.startswith("answer_")),
-                                 key=lambda c: int(c[0].split("_")[1]))
+                name, text = max(candidates, key=lambda c: _answer_tokens(c[0]))
                 self.chosen[behaviour_id(behaviour)] = (name, text, None)
                 continue
             rows = [ForcedRow(sm.formatter.encode(user_turn(behaviour["prompt"]), text, add_eos=False), [],
                               context.policy) for _, text in candidates]
             with torch.inference_mode():
                 p = torch.sigmoid(forced_forward(sm, rows).cls_logits[:, 0]).tolist()
-            best = min(range(len(candidates)), key=lambda i: p[i])
+            # the most harmful candidate the first check lets through, else the most benign-looking
+            passing = [i for i in range(len(candidates)) if p[i] <= context.policy.threshold]
+            best = (max(passing, key=lambda i: (_answer_tokens(candidates[i][0]), -p[i])) if passing
+                    else min(range(len(candidates)), key=lambda i: p[i]))
             self.chosen[behaviour_id(behaviour)] = (*candidates[best], p[best])
             scores.append(p[best])
         picked = ["opener+answer" if "+" in name else "opener" if name.startswith("opener") else "answer"
                   for name, _, _ in self.chosen.values()]
-        return {"selection": "lowest first-check P(malicious)" if context.decoding == "strategic" else "largest k",
+        return {"selection": ("the most answer tokens among candidates whose first check is benign, else the lowest "
+                              "first-check P(malicious)") if context.decoding == "strategic" else "the most answer tokens",
                 "mean_chosen_probability": sum(scores) / len(scores) if scores else None,
                 "chosen_kinds": {kind: picked.count(kind) for kind in sorted(set(picked))}}
 
@@ -132,3 +136,8 @@ class PrefillAdaptive(Attack):
             raise RuntimeError("prefill_adaptive: its prefills are chosen on the model under test; call prepare() first")
         _, text, _ = chosen[behaviour_id(behaviour)]
         return [self.case(behaviour, user_turn(behaviour["prompt"]), prefill=text)]
+
+
+def _answer_tokens(name: str) -> int:
+    """Tokens of the real answer a candidate carries, from its name (answer_K, opener_I+answer_K, opener_I)."""
+    return int(name.rsplit("answer_", 1)[1]) if "answer_" in name else 0

@@ -106,6 +106,9 @@ def build_forced_batch(rows: list[ForcedRow], *, cls_token_id: int, pad_token_id
     plans = [row.checks if row.checks is not None else benign_plan(row.policy, row.prefill_length, len(row.response_ids))
              for row in rows]
     for i, (row, plan) in enumerate(zip(rows, plans)):
+        if len(row.example.input_ids) > row.policy.max_prompt_tokens:
+            raise ValueError(f"row {i}: prompt (with prefill) is {len(row.example.input_ids)} tokens, over the "
+                             f"policy's max_prompt_tokens={row.policy.max_prompt_tokens}")
         if not plan or plan[0].step != 0:
             raise ValueError(f"row {i}: a check plan starts with the prefill pass's check (step 0)")
         if any(c.step > len(row.response_ids) for c in plan):
@@ -205,8 +208,10 @@ def replay(sm, rows: list[ForcedRow], max_forwards: int | None = None,
     verdicts in plan order while it asks for the check the plan has; where it asks for another
     (a malicious verdict started a confirmation, a benign one ended it), keep what agreed, plan
     the rest as the machine would from its new state with no further state change, and go
-    again. A verdict depends only on earlier tokens and checks, so what agreed stays right;
-    each forward settles at least one more check.
+    again. A verdict depends only on earlier tokens and checks, so what agreed stays right: a
+    settled verdict keeps the probability it was settled with (another layout differs in the
+    last bits, which must never flip a verdict that sits on the threshold), so each forward
+    settles at least one more check and a row needs at most one forward per check.
     """
     for i, row in enumerate(rows):
         if row.policy.strategic_decoding:
@@ -217,8 +222,10 @@ def replay(sm, rows: list[ForcedRow], max_forwards: int | None = None,
     settled: list[list[tuple[Check, float]]] = [[] for _ in rows]
     done = [False] * len(rows)
     forwards = 0
+    # one forward per check at most (see above), and a check per step plus the prefill pass's
+    bound = max_forwards if max_forwards is not None else max(len(r.response_ids) for r in rows) + 2
     while not all(done):
-        if max_forwards is not None and forwards >= max_forwards:
+        if forwards >= bound:
             raise RuntimeError(f"replay: not settled after {forwards} forwards")
         todo = [i for i, d in enumerate(done) if not d]
         batch_rows = [ForcedRow(rows[i].example, rows[i].response_ids, rows[i].policy,
@@ -228,7 +235,7 @@ def replay(sm, rows: list[ForcedRow], max_forwards: int | None = None,
         forwards += 1
         probabilities = torch.sigmoid(out.cls_logits).tolist()
         for i, row, plan, p in zip(todo, batch_rows, out.batch.checks, probabilities):
-            settled[i], done[i] = _settle(rows[i], plan, p, decode, until)
+            settled[i], done[i] = _settle(rows[i], plan, p, decode, until, settled[i])
     return [_events(row, s, decode, until) for row, s in zip(rows, settled)]
 
 
@@ -268,9 +275,11 @@ def _plan_from(row: ForcedRow, settled: list[tuple[Check, float]], decode: Decod
 
 
 def _settle(row: ForcedRow, plan: list[Check], probabilities: list[float], decode: Decode,
-            until=None) -> tuple[list[tuple[Check, float]], bool]:
+            until=None, before: list[tuple[Check, float]] = ()) -> tuple[list[tuple[Check, float]], bool]:
     """The plan's prefix the state machine agrees with, and whether that is the whole response
-    (or reaches an event `until` accepts)."""
+    (or reaches an event `until` accepts). The plan starts with the checks settled `before`,
+    which keep their probabilities."""
+    probabilities = [p for _, p in before] + list(probabilities[len(before):])
     safety = RowSafety(row.policy)
     settled = []
     planned = {c.step: (c, p) for c, p in zip(plan, probabilities)}

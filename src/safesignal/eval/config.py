@@ -301,7 +301,9 @@ def attack_grid(attack: str) -> EvalConfig:
 
 def with_attack_knobs(config: EvalConfig, attack: str, overrides: list[str]) -> tuple[EvalConfig, list[str]]:
     """Route `--key value` pairs that name a field of `attack`'s config class into every spec
-    of that attack; the others are returned for `load_eval_config`'s top-level overrides."""
+    of that attack; the others are returned for the grid's top-level overrides. A grid field
+    wins a name both have (`--seed` is the grid's); `--attack.KEY` always means the attack's.
+    A text knob is taken as typed (`--suffix_init " ! ! !"`), never parsed as YAML."""
     from ..attacks.base import _ATTACKS
 
     specs = [a for a in config.attacks if a.attack == attack]
@@ -310,12 +312,17 @@ def with_attack_knobs(config: EvalConfig, attack: str, overrides: list[str]) -> 
     knobs = {f.name: f for f in dataclasses.fields(_ATTACKS._classes[attack].config_class)}
     if len(overrides) % 2:
         raise ValueError(f"overrides: expected --key value pairs, got {overrides}")
+    grid_fields = {f.name for f in dataclasses.fields(EvalConfig)}
     rest, changes = [], {}
     for flag, text in zip(overrides[::2], overrides[1::2]):
         key = flag.removeprefix("--")
-        if key in knobs:
+        explicit = key.startswith("attack.")
+        key = key.removeprefix("attack.")
+        if key in knobs and (explicit or key not in grid_fields):
             default = knobs[key].default if knobs[key].default is not dataclasses.MISSING else None
-            changes[key] = _coerce(text, default)
+            changes[key] = text if isinstance(default, str) else _coerce(text, default)
+        elif explicit:
+            raise ValueError(f"override {flag!r}: {attack} has no knob {key!r}; its knobs: {sorted(knobs)}")
         else:
             rest += [flag, text]
     attacks = [dataclasses.replace(a, config={**a.config, **changes}) if a.attack == attack else a

@@ -207,7 +207,7 @@ class Grid:
                     # behaviour at a time into a resumable file beside the entry's cells)
                     search = attack.prepare(PrepareContext(sm, behaviours[key], decoding, policy,
                                                            self.out / "cells" / name / "search" / f"{key}.jsonl",
-                                                           self.out, self.progress))
+                                                           self.out, self.progress, pspec.head))
                 cases = [case for b in behaviours[key] for case in attack.cases(b)]
                 records = self._run_cell(sm, name, key, cases, decoding, policy, pspec.head, spec.path,
                                          attack_spec.batch_size)
