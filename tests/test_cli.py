@@ -175,7 +175,7 @@ def test_the_default_attack_grid_runs_the_power_check_beside_the_defended_model(
     grid = attack_grid("gcg")
     entries = {m.name: m for m in grid.models}
     assert entries["cls"].decoding == "strategic" and entries["cls"].policies["weights_only"].decoding == "plain"
-    assert entries["sft"].decoding == "plain"
+    assert entries["sft"].decoding == "plain" and entries["qi_aug"].decoding == "plain"
     assert [a.attack for a in grid.attacks] == ["gcg"] and grid.attacks[0].on_policies
     assert grid.harmful_per_source == {"harmbench_test": 20}
     with pytest.raises(ValueError, match="unknown 'nope'"):

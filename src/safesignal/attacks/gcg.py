@@ -37,8 +37,11 @@ from .base import Attack, PrepareContext, behaviour_id, register, stable_seed, u
 
 @dataclass
 class GCGConfig:
-    steps: int = 50
-    search_width: int = 64  # candidates per step (published protocols: 512)
+    # The defaults fit `safesignal attack gcg_adaptive` (4 entries x 20 behaviours) in about an
+    # hour on 2 CPU cores (bf16: ~5 s a step at width 32 on SmolLM2-135M with its checks);
+    # published protocols are GPU budgets: 500 steps, width 512, top-k 256.
+    steps: int = 8
+    search_width: int = 32  # candidates per step (published protocols: 512)
     topk: int = 64  # replacements kept per position (published: 256)
     n_replace: int = 1  # positions swapped per candidate
     suffix_init: str = " ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! !"  # the published start: 20 tokens of "!"

@@ -281,7 +281,8 @@ def attack_grid(attack: str) -> EvalConfig:
     test behaviours against the embedded cls model at its default policy, the same weights
     decoded plainly (the power check: at the same budget the attack must break them, else the
     budget is inconclusive, not the defense robust) and plain SFT; no benign sets, utility,
-    overhead or classifier figures. Sized for a 2-core CPU; `--models`, the attack's own knobs
+    overhead or classifier figures. qi_aug (data augmentation, Qi et al.) is the other baseline
+    under the same budget. Sized for a 2-core CPU; `--models`, the attack's own knobs
     (`--steps 20`) and the grid's scalars change it (`--harmful_per_source "{harmbench_test: 5}"`
     for fewer behaviours: that, not `--n`, draws the harmful pool here)."""
     from ..attacks import attack_names
@@ -292,7 +293,8 @@ def attack_grid(attack: str) -> EvalConfig:
         name=f"attack_{attack}", n=20, harmful_per_source={"harmbench_test": 20}, max_new_tokens=128, batch_size=20,
         models=[ModelSpec(name="cls", path="smollm2-cls", decoding="strategic",
                           policies={"weights_only": PolicySpec(decoding="plain")}),
-                ModelSpec(name="sft", path="smollm2-sft", decoding="plain")],
+                ModelSpec(name="sft", path="smollm2-sft", decoding="plain"),
+                ModelSpec(name="qi_aug", path="smollm2-qi_aug", decoding="plain")],
         attacks=[AttackSpec(attack=attack, on_policies=True)],
         classifier=ClassifierEvalConfig(enabled=False),
         over_refusal=OverRefusalConfig(edgy=0, heldout_benign=0, contrast=0),
