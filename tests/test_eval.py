@@ -92,6 +92,12 @@ def test_searched_attacks_run_per_entry_and_keep_their_curves(tiny_run):
                 assert len(b["losses"]) == b["steps_run"] == 2 and b["loss"] == min(b["losses"])
             lines = (out / "cells" / entry / "search" / f"{key}.jsonl").read_text().splitlines()
             assert len(lines) == 1 + 2  # a header, then one line per behaviour
+        # the embedding attack: free vectors under the same objective, the same power check
+        embedding = attacks["embedding"]
+        assert embedding["n"] == 2 and embedding["search"]["budget"] == {
+            "steps": 2, "learning_rate": 0.05, "adaptive_weight": 0.0 if plain else 1.0, "behaviours": 2}
+        cell = (out / "cells" / entry / "embedding.jsonl").read_text().splitlines()[1:]
+        assert all(r["prompt"].endswith(" ! ! !") for line in cell for r in json.loads(line)["records"])
     # the generations use the searched suffix: each case's request ends in it
     search = json.loads((out / "cells" / "cls" / "search" / "gcg.jsonl").read_text().splitlines()[1])
     cell = json.loads((out / "cells" / "cls" / "gcg.jsonl").read_text().splitlines()[1])

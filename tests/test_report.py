@@ -270,3 +270,12 @@ def test_a_searched_attack_gets_its_budget_means_and_curves(tmp_path):
         assert shown in row
     section = html[html.index('id="searches"'):]
     assert len(_svgs(section[:section.index("</section>")])) == 2  # target loss, max P(malicious)
+
+
+def test_an_embedding_search_shows_its_steps_at_its_learning_rate(tmp_path):
+    results = synthetic_results()
+    attack = next(iter(results["models"].values()))["attacks"]["direct"]
+    attack["search"] = {"budget": {"steps": 40, "learning_rate": 0.01, "adaptive_weight": 1.0, "behaviours": 2},
+                        "per_behaviour": []}
+    _, md_path = write_report(results, tmp_path / "out")
+    assert any(line.startswith("|") and "40 at lr 0.01" in line for line in md_path.read_text().splitlines())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.sources import normalise
+from ..decoding.prompt_embeddings import PromptEmbeddings
 from ..plugins import Registry
 
 
@@ -27,6 +28,8 @@ class AttackCase:
     behaviour_id: str
     prefill: str | None = None  # text forced at the start of the assistant turn
     decoding: dict | None = None  # do_sample / temperature / top_p / top_k / seed; None: harness default
+    # White-box: vectors in place of some prompt tokens' embeddings (the `embedding` attack)
+    prompt_embeddings: PromptEmbeddings | None = None
 
 
 def behaviour_id(behaviour: dict) -> str:

@@ -109,6 +109,21 @@ class SuffixTask:
             return None
         return example, span
 
+    def forward_with(self, example, span: range, suffix_vectors: torch.Tensor):
+        """The forced forward of this encoding with `suffix_vectors` (S, H) as the input
+        embeddings of the suffix's tokens (`span`): one-hot rows times the table (GCG's
+        gradient) or free vectors (the embedding attack); gradients flow where autograd is on."""
+        sm = self.sm
+        row = self.row(example)
+        batch = build_forced_batch([row], cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
+                                   device=sm.device)
+        embeds = sm.embed(batch.input_ids).detach()
+        # prompt token j sits at column j of the row's prompt, which ends where the response starts
+        columns = batch.response_start[0] - example.prompt_length + torch.arange(span.start, span.stop,
+                                                                                 device=embeds.device)
+        embeds = embeds.index_put((torch.zeros_like(columns), columns), suffix_vectors.to(embeds.dtype))
+        return forced_forward(sm, [row], inputs_embeds=embeds, batch=batch)
+
     def row(self, example) -> ForcedRow:
         checks = None if self.with_checks else [first_check(self.policy, 0)]
         return ForcedRow(example, self.target_ids, self.policy, checks)
@@ -206,20 +221,13 @@ class GCG:
 
     def _gradient(self, task: SuffixTask, suffix: list[int]) -> torch.Tensor:
         """(S, V) gradient of the loss with respect to the suffix's one-hot tokens."""
-        sm = self.sm
         example, span = task.encode(suffix)
-        row = task.row(example)
-        batch = build_forced_batch([row], cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
-                                   device=sm.device)
-        table = sm.base.get_input_embeddings().weight
-        one_hot = torch.zeros(len(suffix), table.shape[0], device=sm.device, dtype=table.dtype)
+        table = self.sm.base.get_input_embeddings().weight
+        one_hot = torch.zeros(len(suffix), table.shape[0], device=self.sm.device, dtype=table.dtype)
         one_hot[torch.arange(len(suffix)), torch.tensor(suffix)] = 1.0
         one_hot.requires_grad_(True)
-        embeds = sm.embed(batch.input_ids).detach()
-        columns = batch.response_start[0] - example.prompt_length + torch.arange(span.start, span.stop)
-        embeds = embeds.index_put((torch.zeros_like(columns), columns), one_hot @ table)
         with torch.enable_grad():
-            out = forced_forward(sm, [row], inputs_embeds=embeds, batch=batch)
+            out = task.forward_with(example, span, one_hot @ table)
             loss, _, _ = task.losses(out, self.config.adaptive_weight)
             (gradient,) = torch.autograd.grad(loss.sum(), one_hot)
         return gradient.float()
@@ -276,6 +284,14 @@ def suffixed_cases(attack: Attack, behaviour: dict) -> list:
     return [attack.case(behaviour, user_turn(behaviour["prompt"] + suffixes[behaviour_id(behaviour)]))]
 
 
+def plain_search_config(config):
+    """The config a search runs with on an entry decoded plainly: the same, without the
+    adaptive term (no verdict exists to drive)."""
+    knobs = {**asdict(config), "adaptive_weight": 0.0}
+    # (GCGAdaptiveConfig refuses a zero weight: its plain form is GCGConfig)
+    return GCGConfig(**knobs) if isinstance(config, GCGConfig) else type(config)(**knobs)
+
+
 @dataclass
 class GCGAdaptiveConfig(GCGConfig):
     adaptive_weight: float = 1.0
@@ -302,12 +318,22 @@ class GCGAttack(Attack):
     def cases(self, behaviour):
         return suffixed_cases(self, behaviour)
 
+    result_class = GCGResult
+
     def search_setup(self, decoding: str, policy: SafetyPolicy) -> tuple[GCGConfig, SafetyPolicy, bool]:
         """(config, policy, with_checks) the search runs with on an entry decoded this way."""
         if decoding == "strategic":
             return self.config, policy, True
         plain = SafetyPolicy(strategic_attention=False, strategic_decoding=False)
-        return GCGConfig(**{**asdict(self.config), "adaptive_weight": 0.0}), plain, False
+        return plain_search_config(self.config), plain, False
+
+    def searcher(self, sm, config, policy: SafetyPolicy, with_checks: bool):
+        """What runs one behaviour's search: `.run(prompt, target, seed=)` → a `result_class`."""
+        return GCG(sm, config, policy, with_checks)
+
+    def found(self, results: dict) -> None:
+        """Keep what the cases need from the finished searches (behaviour id → result)."""
+        self.suffixes = {bid: r.suffix for bid, r in results.items()}
 
     def prepare(self, context: PrepareContext) -> dict:
         """Search every behaviour's suffix (resuming from `context.store`, one line per finished
@@ -325,16 +351,16 @@ class GCGAttack(Attack):
                     "plan": {k: getattr(search_policy, k) for k in PLAN_FIELDS},
                     "behaviours": [[behaviour_id(b), b["prompt"], t] for b, t in zip(behaviours, targets)]}
         cell = CellFile(Path(context.store), fingerprint(settings), {"attack": self.name, "behaviours": len(behaviours)},
-                        record_class=GCGResult)
-        gcg = GCG(sm, config, search_policy, with_checks)
+                        record_class=self.result_class)
+        search = self.searcher(sm, config, search_policy, with_checks)
         todo = [i for i in range(len(behaviours)) if i not in cell.done]
         for i in tqdm(todo, desc=f"{self.name} search", unit="behaviour", leave=False, disable=not context.progress):
             seed = stable_seed(self.name, behaviour_id(behaviours[i]), config.seed)
-            result = gcg.run(behaviours[i]["prompt"], targets[i], seed=seed)
+            result = search.run(behaviours[i]["prompt"], targets[i], seed=seed)
             result.behaviour_id = behaviour_id(behaviours[i])
             cell.add(i, [result])
         results = [cell.done[i][0] for i in range(len(behaviours))]
-        self.suffixes = {behaviour_id(b): r.suffix for b, r in zip(behaviours, results)}
+        self.found({behaviour_id(b): r for b, r in zip(behaviours, results)})
         return search_summary(config, search_policy, behaviours, results)
 
 
@@ -360,9 +386,11 @@ def search_summary(config: GCGConfig, policy: SafetyPolicy, behaviours: list[dic
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
 
+    # the knobs that size the search (an embedding search has steps and a learning rate, no width)
+    sizing = ("steps", "search_width", "topk", "n_replace", "learning_rate", "adaptive_weight")
+    budget = {k: v for k, v in asdict(config).items() if k in sizing}
     return {
-        "budget": {"steps": config.steps, "search_width": config.search_width, "topk": config.topk,
-                   "n_replace": config.n_replace, "behaviours": n, "adaptive_weight": config.adaptive_weight},
+        "budget": {**budget, "behaviours": n},
         "policy": {"strategic_attention": policy.strategic_attention, "schedule": policy.schedule,
                    "threshold": policy.threshold},
         "mean_loss": mean([r.loss for r in results]),

@@ -25,6 +25,7 @@ from .fsm import Check, Inject, RowSafety, SafetyEvent, own_refusal
 from .policy import SafetyPolicy
 from .sampler import Sampler, Sampling
 from .slots import Slots
+from .prompt_embeddings import PromptEmbeddings, embeds_with
 from .stream import StreamChunk, TextRelease, release_frontier
 
 
@@ -44,6 +45,9 @@ class Request:
     # needed; max_new_tokens still caps. An injection (strategic decoding on, or fail closed)
     # retracts them as usual and the model writes the refusal.
     forced_response_ids: list[int] | None = None
+    # Vectors in place of some prompt tokens' input embeddings (a white-box embedding attack's
+    # suffix); the pass over the prompt reads them, every later step reads them through the cache.
+    prompt_embeddings: PromptEmbeddings | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -202,6 +206,10 @@ class StrategicDecoder:
                 )
             examples.append(example)
         self._check_sliding_window(requests, examples)
+        hidden_size = sm.base.get_input_embeddings().weight.shape[1]
+        for i, (request, example) in enumerate(zip(requests, examples)):
+            if request.prompt_embeddings is not None:
+                request.prompt_embeddings.check(example.prompt_length, hidden_size, f"conversation {i}")
         rows = [_Row(q, e.prompt_length, e.input_ids, sm.device, self._decode) for q, e in zip(requests, examples)]
 
         batch = collate(examples, cls_token_id=sm.cls_token_id, pad_token_id=self.tokenizer.pad_token_id,
@@ -242,7 +250,9 @@ class StrategicDecoder:
         allowed = prefill_pass_allowed(batch["attention_mask"], batch["query_mask"], batch["slot_a"], reader_start,
                                        slot_b, batch["window_mask"], window_end, include_query)
         cache = Slots.new_cache()
-        hidden = self._forward(batch["input_ids"], allowed, positions, cache)
+        embeds = embeds_with(sm, batch["input_ids"], [(i, start[i], q.prompt_embeddings) for i, q in enumerate(requests)
+                                                      if q.prompt_embeddings is not None])
+        hidden = self._forward(batch["input_ids"], allowed, positions, cache, inputs_embeds=embeds)
         logits = sm.lm_logits(hidden[:, length - 1 - int(with_slot_b)]).float()
 
         kind = torch.where(batch["attention_mask"].bool(), TOKEN, DEAD).to(torch.int8)
@@ -396,10 +406,11 @@ class StrategicDecoder:
                 return [(math.nan, f"safety check raised {type(err).__name__}: {err}")]
             return [self._verdicts(cls_hidden[i : i + 1])[0] for i in range(cls_hidden.shape[0])]
 
-    def _forward(self, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor, cache,
+                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         self.model_calls += 1
         mask = to_additive(allowed, attention_dtype(self.sm))
-        return self.sm.hidden_states(ids, mask, positions, cache=cache)
+        return self.sm.hidden_states(ids, mask, positions, cache=cache, inputs_embeds=inputs_embeds)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

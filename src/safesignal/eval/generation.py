@@ -18,6 +18,7 @@ from ..attacks import AttackCase
 from ..decoding import Request
 from ..decoding.engine import stop_token_ids
 from ..decoding.policy import SafetyPolicy
+from ..decoding.prompt_embeddings import embeds_with
 from ..decoding.sampler import Sampler, Sampling
 
 PROMPT_TOO_LONG = "prompt too long"
@@ -73,7 +74,7 @@ def too_long(case: AttackCase, max_prompt_tokens: int) -> CaseRecord:
 def strategic_records(sm, cases: list[AttackCase], policy: SafetyPolicy, max_new_tokens: int) -> list[CaseRecord]:
     """One batch of cases through the strategic decoder."""
     requests = [Request(c.messages, prefill=c.prefill, policy=policy, sampling=_sampling(c),
-                        max_new_tokens=max_new_tokens) for c in cases]
+                        max_new_tokens=max_new_tokens, prompt_embeddings=c.prompt_embeddings) for c in cases]
     records = []
     for case, r in zip(cases, sm.generate_requests(requests)):
         text = r.text[len(r.prefill):] if r.prefill and r.text.startswith(r.prefill) else r.text
@@ -128,8 +129,12 @@ def plain_records(sm, cases: list[AttackCase], max_new_tokens: int) -> list[Case
     # penalised batches pay for the per-row loop.
     if any(s.do_sample or s.repetition_penalty != 1.0 for s in samplings):
         processors = LogitsProcessorList([PerRowSampling([Sampler(s, sm.device) for s in samplings], pads)])
+    # an embedding attack's vectors replace its placeholder tokens' embeddings in the prompt pass
+    embeds = embeds_with(sm, ids, [(i, pads[i], c.prompt_embeddings) for i, c in enumerate(cases)
+                                   if c.prompt_embeddings is not None])
+    extra = {} if embeds is None else {"inputs_embeds": embeds}
     out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                           logits_processor=processors, pad_token_id=tok.pad_token_id)
+                           logits_processor=processors, pad_token_id=tok.pad_token_id, **extra)
     eos = stop_token_ids(sm) | {tok.pad_token_id}  # generate pads a finished row
     records = []
     for case, row in zip(cases, out[:, width:].tolist()):

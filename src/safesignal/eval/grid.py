@@ -154,7 +154,10 @@ class Grid:
                     # the plain path reads only this of the policy: which prompts it skips as too long
                     "max_prompt_tokens": policy.max_prompt_tokens,
                     "max_new_tokens": c.max_new_tokens, "batch_size": batch_size,
-                    "cases": [[x.messages, x.prefill, x.decoding, x.variant, x.behaviour_id] for x in cases]}
+                    # (an embedding override's digest only where there is one: other cells keep their stamps)
+                    "cases": [[x.messages, x.prefill, x.decoding, x.variant, x.behaviour_id]
+                              + ([x.prompt_embeddings.digest()] if x.prompt_embeddings is not None else [])
+                              for x in cases]}
         cell = CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
                         {"entry": entry, "key": key, "cases": len(cases)})
         todo = [b for b in range(len(batches)) if b not in cell.done]

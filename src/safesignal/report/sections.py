@@ -374,6 +374,13 @@ def _traces(results: dict) -> Section | None:
         "intervention threshold. Legend: behaviour · variant.", charts])
 
 
+def _search_size(budget: dict) -> str:
+    """Steps × candidates per step (GCG), or steps at a learning rate (the embedding attack)."""
+    if budget.get("search_width") is None and budget.get("learning_rate") is not None:
+        return f"{count(budget.get('steps'))} at lr {budget['learning_rate']:g}"
+    return f"{count(budget.get('steps'))} × {count(budget.get('search_width'))}"
+
+
 def _searches(results: dict) -> Section | None:
     """Attacks searched on the model under test (GCG): budget, means and curves per entry."""
     rows, charts = [], []
@@ -384,7 +391,7 @@ def _searches(results: dict) -> Section | None:
                 continue  # not a search of its own (a transfer reads another entry's)
             budget = part(search, "budget")
             rows.append([name, attack_name, rate_with_interval(attack.get("asr_leak"), attack.get("ci95")),
-                         f"{count(budget.get('steps'))} × {count(budget.get('search_width'))}",
+                         _search_size(budget),
                          count(budget.get("behaviours")), decimal(budget.get("adaptive_weight"), 2),
                          decimal(search.get("mean_target_loss")), decimal(search.get("mean_max_cls_probability")),
                          decimal(search.get("mean_first_cls_probability"))])
@@ -396,10 +403,11 @@ def _searches(results: dict) -> Section | None:
     if not rows:
         return None
     return Section("Attacks searched on the model under test", "searches", [
-        "GCG suffixes searched against each entry as it decodes (a plainly decoded entry has no checks, so its "
+        "Suffixes searched against each entry as it decodes: GCG's tokens, or the embedding attack's free "
+        "vectors (a white-box upper bound). A plainly decoded entry has no checks, so its "
         "search has no [CLS] term). ASR is judged on the full generation with the suffix, never on the loss; "
         "the power check is the same budget on the same weights decoded plainly.",
-        Table(["Entry", "Attack", "ASR (leak-aware)", "Steps × width", "Behaviours", "[CLS] weight",
+        Table(["Entry", "Attack", "ASR (leak-aware)", "Steps × width (or lr)", "Behaviours", "[CLS] weight",
                "Target loss", "Max P(malicious)", "First check P"], rows,
               "Means over behaviours of the best suffix's figures."),
         *charts])
