@@ -207,6 +207,25 @@ def test_lora_and_sft_objectives_train_and_load(tmp_path):
         SafetyModel.from_pretrained(sft).classify("hello")
 
 
+def test_a_trained_head_survives_training_on_the_lm_loss_alone(tmp_path):
+    """A fine-tuning attack with the weights: plain LM loss on a cls checkpoint. Its [CLS] row
+    and head stay frozen and bitwise unchanged, the LM moves, and the checkpoint keeps
+    objective "cls" (it is still served with its head)."""
+    from safetensors.torch import load_file
+
+    common = ["--use_lora", "true", "--lora_r", "4", "--eval_strategy", "no", "--save_strategy", "no"]
+    first = train(tiny_config(tmp_path / "cls", "--max_steps", "2", *common))
+    attacked = train(tiny_config(tmp_path / "attacked", "--model_name_or_path", str(first), "--objective", "sft",
+                                 "--max_steps", "2", *common))
+    assert json.loads((attacked / "safesignal.json").read_text())["objective"] == "cls"
+    before, after = load_file(str(first / "safety_head.safetensors")), load_file(str(attacked / "safety_head.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    adapter = "adapter_model.safetensors"
+    a, b = load_file(str(first / adapter)), load_file(str(attacked / adapter))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    SafetyModel.from_pretrained(attacked).classify("hello")  # a head to read, not a baseline's
+
+
 def test_cli_train_and_classify(tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli_main(

@@ -111,6 +111,17 @@ def is_checkpoint(directory: Path) -> bool:
         return False
 
 
+def has_trained_head(path: str | os.PathLike) -> bool:
+    """Whether `path` (a checkpoint directory or a shipped model's name) holds a safesignal
+    checkpoint whose head was trained (objective "cls"); a plain base gets a fresh one."""
+    from .registry import shipped_checkpoint
+
+    directory = shipped_checkpoint(str(path)) or Path(path)
+    if not is_checkpoint(directory):
+        return False
+    return json.loads((directory / CHECKPOINT_CONFIG).read_text()).get("objective", "cls") == "cls"
+
+
 # ---------------------------------------------------------------------------------- save
 def save_checkpoint(sm, directory: str | os.PathLike) -> Path:
     """Write `sm` to `directory` atomically; only an earlier checkpoint there is replaced.

@@ -41,7 +41,7 @@ from ..data.dataset import EncodedDataset, encode_records
 from ..data.schema import read_jsonl
 from ..formatting import PromptFormatter
 from ..home import safesignal_home
-from ..checkpoint import is_checkpoint
+from ..checkpoint import has_trained_head, is_checkpoint
 from ..io import atomic_write_json, atomic_write_text, refuse_unless_ours, replace_directory
 from ..metrics import classifier_metrics
 from ..model import SafetyModel
@@ -225,7 +225,11 @@ def build_model(config: SafetyTrainingConfig) -> SafetyModel:
     model = SafetyModel.from_pretrained(config.model_name_or_path, attn_implementation=config.attn_implementation)
     model.config.mask_mode = config.mask_mode
     model.config.cls_reads_response_window = config.cls_reads_response_window
-    model.config.objective = config.objective
+    # "cls" marks a trained head. A checkpoint that has one keeps it when training goes on
+    # without the [CLS] objective (its row and head are then frozen, below): a fine-tuning
+    # attack on the LM loss alone leaves a model that is still served with its head.
+    keeps_head = not config.with_cls and has_trained_head(config.model_name_or_path)
+    model.config.objective = "cls" if keeps_head else config.objective
     if model.config.adapter:
         if not config.use_lora:
             raise ValueError(
