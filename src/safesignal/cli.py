@@ -108,9 +108,44 @@ def _cmd_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_finetune(args, overrides: list[str]) -> int:
+    """`safesignal attack finetune`: train attacked checkpoints, then one eval grid over them."""
+    import dataclasses
+
+    from .eval.finetune import load_finetune_config, run_finetune_attack, with_finetune_overrides
+
+    config = with_finetune_overrides(load_finetune_config(args.config), overrides)
+    if args.out:
+        config = dataclasses.replace(config, out=args.out)
+    if args.models:
+        names = [n for n in args.models.split(",") if n]
+        unknown = sorted(set(names) - {m.name for m in config.models})
+        if unknown:
+            raise ValueError(f"--models: no model {unknown} in the attack; known: {[m.name for m in config.models]}")
+        config = dataclasses.replace(config, models=[m for m in config.models if m.name in names])
+    command = " ".join(["safesignal attack finetune"] + (["--config", args.config] if args.config else [])
+                       + (["--out", args.out] if args.out else []) + (["--models", args.models] if args.models else [])
+                       + overrides)
+    results = run_finetune_attack(config, command=command, log=lambda message: print(message, file=sys.stderr))
+    for entry, threats in results["finetune"]["curves"].items():
+        for threat, curve in threats.items():
+            points = ", ".join(f"{p['steps']}: {_rate(p.get('direct'))}" for p in curve["points"])
+            print(f"{entry} {threat}: direct ASR by steps {points}")
+    print(f"safesignal attack: wrote {results['_path']} ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+def _rate(figure: dict | None) -> str:
+    value = (figure or {}).get("asr_leak")
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def _cmd_attack(args, overrides: list[str]) -> int:
     from .eval.config import attack_grid, load_eval_config, select_models, with_attack_knobs, with_overrides
     from .eval.grid import run_eval
+
+    if args.name == "finetune":
+        return _cmd_finetune(args, overrides)
 
     config = load_eval_config(args.config) if args.config else attack_grid(args.name)
     config, rest = with_attack_knobs(config, args.name, overrides)
@@ -324,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_eval)
 
     attack = sub.add_parser("attack", help="one attack against the embedded models (or a grid YAML) -> results.json")
-    attack.add_argument("name", help="the attack, e.g. gcg, gcg_adaptive (any registered attack)")
+    attack.add_argument("name", help="the attack, e.g. gcg, gcg_adaptive (any registered attack), or finetune "
+                        "(fine-tuning attacks under three threat models)")
     attack.add_argument("--config", default=None, help="a grid YAML that runs this attack (default: 20 HarmBench "
                                                        "test behaviours on cls, its weights decoded plainly, and sft)")
     attack.add_argument("--out", default=None, help="output directory (default: SAFESIGNAL_HOME/eval/attack_<name>)")

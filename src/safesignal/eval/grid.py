@@ -39,6 +39,12 @@ def is_eval_dir(path: Path) -> bool:
     return (Path(path) / RUN_MARKER).is_file()
 
 
+def claim_eval_dir(out: Path, name: str) -> None:
+    """Make `out` an eval run's directory (missing, empty or already one; never another kind)."""
+    claim_directory(out, is_eval_dir, "eval output directory")
+    atomic_write_json(Path(out) / RUN_MARKER, {"format": "safesignal-eval-run", "name": name})
+
+
 @contextmanager
 def forced_head(sm, verdict: str | None):
     """The harness controls: every check reads `verdict` ("benign" / "malicious"); restored after."""
@@ -363,8 +369,7 @@ class Grid:
         from .provenance import machine
 
         c = self.config
-        claim_directory(self.out, is_eval_dir, "eval output directory")
-        atomic_write_json(self.out / RUN_MARKER, {"format": "safesignal-eval-run", "name": c.name})
+        claim_eval_dir(self.out, c.name)
         self._data()
         behaviours = self._behaviours()
         # The judges as the headline uses them (k = leak_k); pyrit's rows carry no token counts,

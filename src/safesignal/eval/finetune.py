@@ -1,0 +1,368 @@
+"""Fine-tuning attacks: ASR against fine-tuning steps for each model, under three threat models
+(`safesignal attack finetune`).
+
+- `weights`: the attacker holds the weights and fine-tunes them on harmful pairs with the plain
+  LM loss (LoRA by default; `use_lora: false` is full fine-tuning, a GPU budget). Whoever holds
+  the weights also chooses how to decode, so the figure measures what survives in the weights:
+  a model with a head is reported both served with strategic decoding and decoded plainly.
+- `service`: a fine-tuning service. The user uploads the same harmful pairs; the provider
+  trains with the safesignal objective (the `[CLS]` loss stays on, each example labelled by the
+  model's own classifier before training) and serves with strategic decoding. A model without
+  a head has no such objective: its service is the `weights` run, not repeated.
+- `benign`: the service path on ordinary benign data only (Qi et al. 2023: benign fine-tuning
+  erodes safety too).
+
+The harmful pairs are the fine-tuning-attack third of the pyrit many-shot pairs
+(`sources.shot_pool`), minus any whose question near-duplicates an evaluation behaviour (pyrit's
+questions include HarmBench behaviours); the benign data are forgelm's template conversations.
+Each (model, threat) trains once to the largest step count at a constant learning rate and
+saves a checkpoint at every count (so step N is what an N-step run would give); a killed
+training resumes from its last trainer checkpoint. Every checkpoint and the untouched model
+then go through one eval grid (direct and prefill ASR by the suite's judges, reference-answer
+NLL for utility), so figures share behaviours, judges and resume. Attacked checkpoints live in
+the run directory and are never shipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ..config import read_yaml
+from .config import (
+    AttackSpec, ClassifierEvalConfig, EvalConfig, ModelSpec, OverheadConfig, OverRefusalConfig, PolicySpec,
+    UtilityConfig, _build,
+)
+
+THREATS = ("weights", "service", "benign")
+
+
+def default_eval() -> EvalConfig:
+    """The grid every attacked checkpoint goes through: direct and prefill_10 on 20 HarmBench
+    test behaviours (and 20 prefill-evaluation pairs), reference-answer NLL on 10 MT-Bench
+    answers; no benign sets, classifier, overhead or streaming."""
+    return EvalConfig(
+        name="finetune_eval", n=20, harmful_per_source={"harmbench_test": 20}, max_new_tokens=128, batch_size=20,
+        attacks=[AttackSpec(attack="direct", on_policies=True),
+                 AttackSpec(attack="prefill_k", key="prefill_10", config={"k": 10}, on_policies=True)],
+        classifier=ClassifierEvalConfig(enabled=False), over_refusal=OverRefusalConfig(edgy=0, heldout_benign=0, contrast=0),
+        utility=UtilityConfig(reference_answers=10, heldout_answers=0), overhead=OverheadConfig(enabled=False),
+        leak_k=40)
+
+
+def default_models() -> list[ModelSpec]:
+    return [ModelSpec(name="base", path="smollm2-base", decoding="plain"),
+            ModelSpec(name="sft", path="smollm2-sft", decoding="plain"),
+            ModelSpec(name="qi_aug", path="smollm2-qi_aug", decoding="plain"),
+            ModelSpec(name="cls", path="smollm2-cls", decoding="strategic",
+                      policies={"weights_only": PolicySpec(decoding="plain")})]
+
+
+@dataclass
+class FinetuneAttackConfig:
+    name: str = "attack_finetune"
+    models: list[ModelSpec] = field(default_factory=default_models)
+    threats: list[str] = field(default_factory=lambda: list(THREATS))
+    steps: list[int] = field(default_factory=lambda: [10, 40])  # checkpoints evaluated (batch 8: 40 ≈ 4 epochs)
+    learning_rate: float = 1e-3  # constant; the embedded recipes' LoRA rate
+    batch_size: int = 8
+    use_lora: bool = True  # false: full fine-tuning (a GPU budget)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    max_length: int = 256
+    cls_loss_weight: float = 1.0  # the service's λ: the cls recipe's own
+    harmful_examples: int | None = None  # of the shot pool after the near-duplicate filter (None: all)
+    benign_examples: int = 86  # forgelm conversations (as many as the shot pool has pairs)
+    seed: int = 0
+    eval: EvalConfig = field(default_factory=default_eval)
+    out: str | None = None  # default: SAFESIGNAL_HOME/eval/<name>
+
+    def __post_init__(self):
+        unknown = sorted(set(self.threats) - set(THREATS))
+        if unknown or not self.threats:
+            raise ValueError(f"threats: {unknown or 'none'}; known: {list(THREATS)}")
+        if not self.steps or any(s < 1 for s in self.steps) or len(set(self.steps)) != len(self.steps):
+            raise ValueError(f"steps: distinct counts ≥ 1, got {self.steps}")
+        self.steps = sorted(self.steps)
+        if self.eval.models:
+            raise ValueError("eval.models: set by the attack (each model and its attacked checkpoints); list models "
+                             "under `models`")
+        for key in ("learning_rate", "batch_size", "lora_r", "max_length"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names) or any("@" in n for n in names):
+            raise ValueError(f"models: names must be distinct and free of '@' (attacked entries use it), got {names}")
+
+
+def load_finetune_config(path: str | Path | None = None) -> FinetuneAttackConfig:
+    data = read_yaml(path) if path else {}
+    return _build(FinetuneAttackConfig, data, str(path or "config"))
+
+
+def with_finetune_overrides(config: FinetuneAttackConfig, overrides: list[str]) -> FinetuneAttackConfig:
+    """`--key value` pairs: a top-level field (`--steps "[5, 20]"`, `--learning_rate 5e-4`), or
+    `--eval.KEY value` for a scalar field of the eval grid (`--eval.max_new_tokens 64`)."""
+    from .config import _coerce, with_overrides
+
+    if len(overrides) % 2:
+        raise ValueError(f"overrides: expected --key value pairs, got {overrides}")
+    top = {f.name for f in dataclasses.fields(FinetuneAttackConfig)} - {"models", "eval"}
+    changes, grid = {}, []
+    for flag, text in zip(overrides[::2], overrides[1::2]):
+        key = flag.removeprefix("--")
+        if key.startswith("eval."):
+            grid += ["--" + key.removeprefix("eval."), text]
+        elif flag.startswith("--") and key in top:
+            changes[key] = _coerce(text, getattr(config, key))
+        else:
+            raise ValueError(f"override {flag!r}: not a field of the fine-tuning attack; known: {sorted(top)} "
+                             "and eval.<grid field>")
+    if grid:
+        changes["eval"] = with_overrides(config.eval, grid)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def attacked_name(model: str, threat: str, steps: int) -> str:
+    return f"{model}@{threat}{steps}"
+
+
+def harmful_pairs(behaviours: list[dict], limit: int | None) -> tuple[list[dict], int]:
+    """The fine-tuning-attack third's harmful pairs whose question near-duplicates no evaluation
+    behaviour, and how many were dropped for it."""
+    from ..data.dedup import PromptIndex
+    from ..data.sources import shot_pool
+
+    evaluated = PromptIndex([b["prompt"] for b in behaviours])
+    pool = shot_pool()
+    kept = [p for p in pool if not evaluated.contains(p["prompt"])]
+    return (kept if limit is None else kept[:limit]), len(pool) - len(kept)
+
+
+def benign_conversations(limit: int) -> list[dict]:
+    """forgelm's template conversations that have an answer (English templates only)."""
+    from ..data.sources import forgelm_templates
+
+    rows = [r for r in forgelm_templates() if r.get("response") and r.get("category") != "medical-qa-tr"]
+    return rows[:limit]
+
+
+class FinetuneAttack:
+    def __init__(self, config: FinetuneAttackConfig, command: str, log=print, progress: bool = True):
+        from ..home import safesignal_home
+
+        self.config, self.command, self.log, self.progress = config, command, log, progress
+        self.out = Path(config.out) if config.out else safesignal_home() / "eval" / config.name
+
+    # ------------------------------------------------------------------ data
+    def _datasets(self, behaviours: list[dict]) -> dict:
+        from ..io import atomic_write_text
+
+        c = self.config
+        harmful, dropped = harmful_pairs(behaviours, c.harmful_examples)
+        benign = benign_conversations(c.benign_examples)
+        data = {"harmful": [{"prompt": p["prompt"], "response": p["response"], "label": 1,
+                             "source": "pyrit_finetune_attack"} for p in harmful],
+                # (the user's turn and its answer: a template's long system prompt is not user data)
+                "benign": [{"prompt": r["prompt"], "response": r["response"], "label": 0, "source": "forgelm"}
+                           for r in benign]}
+        directory = self.out / "finetune" / "data"
+        directory.mkdir(parents=True, exist_ok=True)
+        for kind, rows in data.items():
+            atomic_write_text(directory / f"{kind}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self.data_summary = {"harmful": len(harmful), "benign": len(benign), "harmful_dropped_near_eval": dropped,
+                             "harmful_source": "pyrit many-shot, fine-tuning-attack third (shot_pool)",
+                             "benign_source": "forgelm template conversations"}
+        return data
+
+    def _labelled(self, spec: ModelSpec, kind: str, rows: list[dict]) -> Path:
+        """The service's training file for a model with a head: each example labelled by the
+        model's own classifier at its own threshold, as the provider would label user data."""
+        from ..evaluate import classify_prompts
+        from ..io import atomic_write_text
+        from .grid import load_model
+
+        sm = load_model(spec, self.config.eval.dtype)
+        threshold = sm.default_policy().threshold
+        prompts = [r["prompt"] for r in rows]
+        probabilities = classify_prompts(sm, prompts, desc=f"{spec.name} labels {kind}")
+        labelled = [dict(r, label=int(p > threshold)) for r, p in zip(rows, probabilities)]
+        path = self.out / "finetune" / "data" / f"{kind}_labelled_by_{spec.name}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in labelled))
+        self.labels[(spec.name, kind)] = {"malicious": sum(r["label"] for r in labelled), "n": len(labelled),
+                                          "threshold": threshold}
+        return path
+
+    # ------------------------------------------------------------------ training
+    def _plan(self, spec: ModelSpec, has_head: bool) -> list[tuple[str, str, str]]:
+        """(threat, data kind, objective) for each run this model gets."""
+        runs = []
+        for threat in self.config.threats:
+            if threat == "weights":
+                runs.append((threat, "harmful", "sft"))
+            elif has_head:
+                runs.append((threat, "harmful" if threat == "service" else "benign", "cls"))
+            elif threat == "benign":
+                runs.append((threat, "benign", "sft"))
+            # a headless model's service is plain SFT on the harmful pairs: the weights run
+        return runs
+
+    def _train(self, spec: ModelSpec, threat: str, train_file: Path, objective: str) -> dict[int, Path]:
+        """Checkpoints at every step count, trained once (reused when their settings match)."""
+        from ..checkpoint import is_checkpoint
+        from ..io import atomic_write_json
+        from ..training import SafetyTrainingConfig, train
+        from ..training.run_directory import training_checkpoints
+        from .store import fingerprint
+
+        c = self.config
+        directory = self.out / "finetune" / spec.name / threat
+        dirs = {n: directory / f"step_{n}" for n in c.steps}
+        settings = {"model": spec.path, "threat": threat, "objective": objective,
+                    "data": train_file.read_text(encoding="utf-8"),
+                    **{k: getattr(c, k) for k in ("steps", "learning_rate", "batch_size", "use_lora", "lora_r",
+                                                  "lora_alpha", "max_length", "cls_loss_weight", "seed")}}
+        stamp = fingerprint(settings)
+        marker = directory / "finetune.json"
+        if marker.is_file():
+            if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != stamp:
+                raise ValueError(f"{directory}: trained with other settings or data; remove it, or pass another --out")
+            if all(is_checkpoint(d) for d in dirs.values()):
+                return dirs
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(marker, {"fingerprint": stamp, "model": spec.path, "threat": threat, "objective": objective})
+        run_dir = directory / "run"
+        config = SafetyTrainingConfig(
+            output_dir=str(run_dir), final_dir=str(dirs[c.steps[-1]]), model_name_or_path=spec.path,
+            train_file=str(train_file), objective=objective, cls_loss_weight=c.cls_loss_weight,
+            use_lora=c.use_lora, lora_r=c.lora_r, lora_alpha=c.lora_alpha, max_length=c.max_length,
+            max_steps=c.steps[-1], per_device_train_batch_size=c.batch_size, learning_rate=c.learning_rate,
+            lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, balance_classes=False,
+            save_strategy="steps", save_steps=c.steps[0], save_total_limit=1, logging_steps=max(1, c.steps[0]),
+            eval_strategy="no", seed=c.seed, use_cpu=not _cuda(), disable_tqdm=not self.progress)
+        resume = bool(run_dir.is_dir() and training_checkpoints(run_dir))
+        self.log(f"[finetune] {spec.name} {threat}: {objective} on {train_file.name}, {c.steps[-1]} steps"
+                 + (" (resuming)" if resume else ""))
+        train(config, resume=resume, callbacks=[SaveAtSteps({n: d for n, d in dirs.items() if n != c.steps[-1]})])
+        return dirs
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        from ..checkpoint import has_trained_head
+        from ..io import atomic_write_json
+        from .grid import Grid, claim_eval_dir
+
+        c = self.config
+        started = time.time()
+        self.labels: dict = {}
+        claim_eval_dir(self.out, c.name)  # before any file of ours goes in
+        probe = Grid(dataclasses.replace(c.eval, models=[], out=str(self.out)), self.command, self.log, False)
+        behaviours = probe._behaviours()
+        data = self._datasets([b for items in behaviours.values() for b in items])
+        files = {kind: self.out / "finetune" / "data" / f"{kind}.jsonl" for kind in data}
+        entries: list[ModelSpec] = []
+        curves: dict = {}
+        for spec in c.models:
+            has_head = has_trained_head(spec.path)
+            entries.append(spec)
+            curves[spec.name] = {}
+            for threat, kind, objective in self._plan(spec, has_head):
+                train_file = self._labelled(spec, kind, data[kind]) if objective == "cls" else files[kind]
+                dirs = self._train(spec, threat, train_file, objective)
+                curves[spec.name][threat] = {"objective": objective, "data": kind, "entries": {}}
+                for steps, directory in dirs.items():
+                    name = attacked_name(spec.name, threat, steps)
+                    # the weights' holder decodes as it likes: keep the model's plainly decoded control
+                    policies = spec.policies if threat == "weights" else {}
+                    entries.append(ModelSpec(name=name, path=str(directory), decoding=spec.decoding, policy=spec.policy,
+                                             policies=policies))
+                    curves[spec.name][threat]["entries"][steps] = name
+        grid = Grid(dataclasses.replace(c.eval, name=c.name, models=entries, out=str(self.out)), self.command,
+                    self.log, self.progress)
+        results = grid.run()
+        results["finetune"] = self._summary(results, curves)
+        for original, attacks in _attack_figures(results, curves, c.steps[-1]).items():
+            results["models"][original]["attacks"].update(attacks)
+        results["finetune"]["config"] = asdict(c)
+        results["wall_seconds"] = round(time.time() - started, 1)  # training included
+        atomic_write_json(self.out / "results.json", results)
+        results["_path"] = str(self.out / "results.json")
+        return results
+
+    def _summary(self, results: dict, curves: dict) -> dict:
+        c = self.config
+        out = {"budget": {k: getattr(c, k) for k in ("steps", "learning_rate", "batch_size", "use_lora", "lora_r",
+                                                   "cls_loss_weight")},
+               "threats": list(c.threats), "data": self.data_summary,
+               "labels": {f"{m}/{k}": v for (m, k), v in self.labels.items()}, "curves": {}}
+        for model, threats in curves.items():
+            for threat, run in threats.items():
+                for suffix in _policy_suffixes(results, model):
+                    names = [(0, model)] + sorted(run["entries"].items())
+                    if any(name + suffix not in results["models"] for _, name in names):
+                        continue  # (a plainly decoded control exists for the weights threat only)
+                    out["curves"].setdefault(model + suffix, {})[threat] = {
+                        "objective": run["objective"], "data": run["data"],
+                        "points": [_point(results["models"], name + suffix, steps) for steps, name in names]}
+        return out
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _policy_suffixes(results: dict, model: str) -> list[str]:
+    """"" for the model's default entry, ":<policy>" for each of its ablations in the results."""
+    return [""] + [name[len(model):] for name in results["models"] if name.startswith(model + ":")]
+
+
+def _point(entries: dict, name: str, steps: int) -> dict:
+    """One point of a curve: each attack's leak-aware ASR and the utility NLL at `steps` (an
+    ablation entry's NLL is its model's: the same weights, measured on the default entry)."""
+    point = {"steps": steps, "entry": name}
+    for key, attack in entries[name].get("attacks", {}).items():
+        if not key.startswith("finetune_"):
+            point[key] = {"asr_leak": attack.get("asr_leak"), "ci95": attack.get("ci95"), "n": attack.get("n")}
+    point["ref_answer_nll"] = (entries[name.split(":")[0]].get("utility") or {}).get("ref_answer_nll")
+    return point
+
+
+def _attack_figures(results: dict, curves: dict, last: int) -> dict[str, dict]:
+    """Per untouched entry, `finetune_<threat>`: direct ASR after the largest step count (the
+    results file's attack shape), with the step count and the attacked entry it comes from."""
+    out: dict[str, dict] = {}
+    for model, threats in curves.items():
+        for threat, run in threats.items():
+            for suffix in _policy_suffixes(results, model):
+                attacked = results["models"].get(run["entries"][last] + suffix)
+                if attacked is None or "direct" not in attacked.get("attacks", {}):
+                    continue
+                direct = attacked["attacks"]["direct"]
+                out.setdefault(model + suffix, {})[f"finetune_{threat}"] = {
+                    **{k: direct.get(k) for k in ("n", "asr_keyword", "asr_leak", "ci95")},
+                    "steps": last, "entry": run["entries"][last] + suffix, "measured_by": "direct"}
+    return out
+
+
+class SaveAtSteps(TrainerCallback):
+    """Saves the model at the given global steps (a checkpoint directory per step)."""
+
+    def __init__(self, dirs: dict[int, Path]):
+        self.dirs = dirs
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        target = self.dirs.get(state.global_step)
+        if target is not None and args.should_save:
+            getattr(model, "module", model).save_pretrained(target)
+
+
+def run_finetune_attack(config: FinetuneAttackConfig, command: str = "safesignal attack finetune", log=print,
+                        progress: bool = True) -> dict:
+    return FinetuneAttack(config, command, log, progress).run()
