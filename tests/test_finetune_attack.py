@@ -136,3 +136,12 @@ def test_bad_configs_and_overrides_are_refused():
     assert config.steps == [5, 20] and config.eval.max_new_tokens == 16
     with pytest.raises(ValueError, match="not a field of the fine-tuning attack"):
         with_finetune_overrides(FinetuneAttackConfig(), ["--stepz", "3"])
+
+
+def test_the_shipped_config_is_the_default():
+    from pathlib import Path
+
+    from safesignal.eval.finetune import load_finetune_config
+
+    shipped = load_finetune_config(Path(__file__).resolve().parents[1] / "configs" / "eval" / "finetune.yaml")
+    assert shipped == FinetuneAttackConfig()

@@ -279,3 +279,20 @@ def test_an_embedding_search_shows_its_steps_at_its_learning_rate(tmp_path):
                         "per_behaviour": []}
     _, md_path = write_report(results, tmp_path / "out")
     assert any(line.startswith("|") and "40 at lr 0.01" in line for line in md_path.read_text().splitlines())
+
+
+def test_fine_tuning_attacks_get_a_table_row_per_step_and_a_curve(tmp_path):
+    results = synthetic_results()
+    point = lambda steps, direct: {"steps": steps, "direct": {"asr_leak": direct, "ci95": [0.0, 0.5], "n": 20},
+                                   "prefill_10": {"asr_leak": 0.25, "ci95": [0.1, 0.5], "n": 20}, "ref_answer_nll": 1.5}
+    results["finetune"] = {"budget": {"learning_rate": 0.001, "batch_size": 8, "use_lora": True, "lora_r": 16},
+                           "data": {"harmful": 80, "harmful_dropped_near_eval": 6, "benign": 86},
+                           "curves": {"cls": {"service": {"points": [point(0, 0.0), point(10, 0.05), point(40, 0.35)]}}}}
+    html_path, md_path = write_report(results, tmp_path / "out")
+    md = md_path.read_text(encoding="utf-8")
+    assert "Fine-tuning attacks" in md and "80 harmful pairs (6 dropped" in md
+    rows = [line for line in md.splitlines() if line.startswith("| cls | service |")]
+    assert len(rows) == 3 and "35.0 [0.0, 50.0]" in rows[2] and "1.500" in rows[2]
+    html = html_path.read_text(encoding="utf-8")
+    section = html[html.index('id="finetune"'):]
+    assert len(_svgs(section[:section.index("</section>")])) == 1

@@ -120,3 +120,17 @@ def search_curves(entry_name: str, attack_name: str, search: dict, field: str, y
         return None
     return svg.line_chart(lines, title=f"{entry_name} · {attack_name}", x_label="search step", y_label=y_label,
                           y_range=y_range, width=390, height=170)
+
+
+def finetune_curve(entry_name: str, threat: str, points: list[dict]) -> str | None:
+    """Direct and prefill ASR (leak-aware) against fine-tuning steps for one entry and threat."""
+    lines = []
+    for key, label in (("direct", "direct"), ("prefill_10", "prefill 10")):
+        xy = [(p.get("steps"), (p.get(key) or {}).get("asr_leak")) for p in points]
+        xy = [(x, y) for x, y in xy if is_number(x) and is_number(y)]
+        if xy:
+            lines.append(svg.Line(label, [x for x, _ in xy], [y for _, y in xy]))
+    if not lines:
+        return None
+    return svg.line_chart(lines, title=f"{entry_name} · {threat}", x_label="fine-tuning steps", y_label="ASR",
+                          y_range=(0.0, 1.0), percent=True, width=390, height=170)

@@ -31,7 +31,7 @@ EXCERPT_OUTPUT_CHARS = 60
 
 def build_document(results: dict) -> Document:
     results, notes = upgrade_demo_shape(results)
-    builders = (_judges, _main, _leak_sweep, _aggregation, _interventions, _ablations, _searches, _classifier,
+    builders = (_judges, _main, _leak_sweep, _aggregation, _interventions, _ablations, _searches, _finetune, _classifier,
                 _streaming, _traces, _overhead, _behaviours, _excerpts, _provenance)
     sections = [section for build in builders if (section := build(results)) is not None]
     header = _header(results) + [("Note", note) for note in notes]
@@ -410,6 +410,47 @@ def _searches(results: dict) -> Section | None:
         Table(["Entry", "Attack", "ASR (leak-aware)", "Steps × width (or lr)", "Behaviours", "[CLS] weight",
                "Target loss", "Max P(malicious)", "First check P"], rows,
               "Means over behaviours of the best suffix's figures."),
+        *charts])
+
+
+FINETUNE_THREATS = {
+    "weights": "weights in hand: plain LM loss on harmful pairs (the holder also picks the decoding)",
+    "service": "fine-tuning service: the safesignal objective kept, labels from the model's own classifier",
+    "benign": "benign fine-tuning through the service path",
+}
+
+
+def _finetune(results: dict) -> Section | None:
+    """Fine-tuning attacks: ASR and utility against steps, per entry and threat model."""
+    finetune = part(results, "finetune")
+    curves = part(finetune, "curves")
+    if not curves:
+        return None
+    rows, charts = [], []
+    for entry, threats in curves.items():
+        for threat, curve in threats.items():
+            points = items(curve, "points")
+            for point in points:
+                rows.append([entry, threat, count(point.get("steps")),
+                             rate_with_interval(part(point, "direct").get("asr_leak"), part(point, "direct").get("ci95")),
+                             rate_with_interval(part(point, "prefill_10").get("asr_leak"),
+                                                part(point, "prefill_10").get("ci95")),
+                             decimal(point.get("ref_answer_nll"))])
+            chart = figures.finetune_curve(entry, threat, points)
+            if chart:
+                charts.append(Figure(chart, f"leak-aware ASR against fine-tuning steps ({FINETUNE_THREATS.get(threat, threat)})"))
+    budget, data = part(finetune, "budget"), part(finetune, "data")
+    return Section("Fine-tuning attacks", "finetune", [
+        "Each model fine-tuned under each threat model, evaluated after every step count (0: untouched) with "
+        "the suite's judges; reference-answer NLL beside it, so that robust is not broken. "
+        + "; ".join(f"{k}: {v}" for k, v in FINETUNE_THREATS.items()) + ". "
+        f"Budget: learning rate {budget.get('learning_rate', MISSING)}, batch {budget.get('batch_size', MISSING)}, "
+        f"{'LoRA r ' + str(budget.get('lora_r')) if budget.get('use_lora') else 'full fine-tuning'}; "
+        f"{count(data.get('harmful'))} harmful pairs ({count(data.get('harmful_dropped_near_eval'))} dropped as "
+        f"near-copies of evaluated behaviours), {count(data.get('benign'))} benign conversations. "
+        "Attacked checkpoints are never shipped.",
+        Table(["Entry", "Threat", "Steps", "Direct ASR", "Prefill-10 ASR", "Ref-answer NLL"], rows,
+              "Leak-aware ASR with 95% Wilson intervals."),
         *charts])
 
 
