@@ -501,3 +501,35 @@ def test_every_committed_grid_config_loads():
     """A typo in a grid YAML fails here, not hours into a run."""
     for path in sorted((TINY.parent).glob("*.yaml")):
         load_eval_config(path)
+
+
+def test_an_attack_runs_only_on_the_models_it_names():
+    from safesignal.eval.config import AttackSpec, EvalConfig, ModelSpec, select_models
+    from safesignal.eval.grid import Grid
+
+    config = EvalConfig(models=[ModelSpec(name="a", path="tiny-llama"), ModelSpec(name="b", path="tiny-llama")],
+                        attacks=[AttackSpec(attack="direct"), AttackSpec(attack="gcg_transfer", models=["b"])])
+    grid = Grid(config, "test", progress=False)
+    assert [s.attack for s in grid._entry_attacks("a", "default")] == ["direct"]
+    assert [s.attack for s in grid._entry_attacks("b", "default")] == ["direct", "gcg_transfer"]
+    assert select_models(config, ["a"]).attacks[1].models == []  # a part of the grid keeps loading
+    with pytest.raises(ValueError, match=r"attacks\[1\] \(gcg_transfer\).models: no model \['c'\]"):
+        EvalConfig(models=config.models, attacks=[AttackSpec(attack="direct"), AttackSpec(attack="gcg_transfer",
+                                                                                          models=["c"])])
+
+
+def test_the_adaptive_suite_shares_the_attack_grids_settings():
+    """configs/eval/adaptive.yaml promises to reuse `safesignal attack gcg_adaptive`'s searches
+    and cells when run into the same directory: every setting a cell or search stamp reads."""
+    from safesignal.eval.config import attack_grid
+
+    suite, grid = load_eval_config(TINY.parent / "adaptive.yaml"), attack_grid("gcg_adaptive")
+    for key in ("n", "harmful_per_source", "seed", "max_new_tokens", "batch_size", "dtype", "calibrated", "threshold"):
+        assert getattr(suite, key) == getattr(grid, key), key
+    models = {m.name: m for m in suite.models}
+    for spec in grid.models:
+        assert (models[spec.name].path, models[spec.name].decoding) == (spec.path, spec.decoding)
+        for name, policy in spec.policies.items():
+            assert models[spec.name].policies[name] == policy
+    (adaptive,) = [a for a in suite.attacks if a.attack == "gcg_adaptive"]
+    assert adaptive.config == grid.attacks[0].config and adaptive.on_policies

@@ -143,5 +143,5 @@ def test_the_shipped_config_is_the_default():
 
     from safesignal.eval.finetune import load_finetune_config
 
-    shipped = load_finetune_config(Path(__file__).resolve().parents[1] / "configs" / "eval" / "finetune.yaml")
+    shipped = load_finetune_config(Path(__file__).resolve().parents[1] / "configs" / "attacks" / "finetune.yaml")
     assert shipped == FinetuneAttackConfig()

@@ -66,6 +66,9 @@ class AttackSpec:
     config: dict = field(default_factory=dict)  # the attack's config dataclass fields
     n: int | None = None  # behaviours (default: EvalConfig.n)
     on_policies: bool = False  # also run on the ablation / control entries
+    # The model names this attack runs on (None: every model): e.g. a transfer into a model
+    # listed a second time after the model whose search it reads
+    models: list[str] | None = None
     # Cases per batch for this attack's cells (default: EvalConfig.batch_size): long prompts
     # (many-shot, templates) cost attention memory quadratic in their length per batch.
     batch_size: int | None = None
@@ -160,6 +163,9 @@ class EvalConfig:
         if len(set(keys)) != len(keys):
             raise ValueError(f"attacks: duplicate results keys in {keys} (give each a distinct 'key')")
         for i, a in enumerate(self.attacks):
+            unknown = sorted(set(a.models or []) - set(names))
+            if unknown:
+                raise ValueError(f"attacks[{i}] ({a.results_key}).models: no model {unknown}; known: {names}")
             if a.batch_size is not None and a.batch_size < 1:
                 raise ValueError(f"attacks[{i}] ({a.results_key}).batch_size: {a.batch_size} must be at least 1")
         if self.batch_size < 1:
@@ -273,7 +279,9 @@ def select_models(config: EvalConfig, names: list[str]) -> EvalConfig:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"--models: no model {unknown} in the grid; known: {known}")
-    return dataclasses.replace(config, models=[m for m in config.models if m.name in names])
+    attacks = [a if a.models is None else dataclasses.replace(a, models=[m for m in a.models if m in names])
+               for a in config.attacks]
+    return dataclasses.replace(config, models=[m for m in config.models if m.name in names], attacks=attacks)
 
 
 def attack_grid(attack: str) -> EvalConfig:

@@ -178,9 +178,11 @@ class Grid:
     def _entries(self, spec: ModelSpec) -> list[tuple[str, PolicySpec]]:
         return [("default", PolicySpec(decoding=spec.decoding, policy={}))] + list(spec.policies.items())
 
-    def _entry_attacks(self, policy_name: str) -> list[AttackSpec]:
-        """Every attack on the default entry; on an ablation / control, those marked on_policies."""
-        return [a for a in self.config.attacks if policy_name == "default" or a.on_policies]
+    def _entry_attacks(self, model: str, policy_name: str) -> list[AttackSpec]:
+        """The attacks on the model's entry: those whose `models` list it (all, when unset); on an
+        ablation / control, only those marked on_policies."""
+        return [a for a in self.config.attacks if (a.models is None or model in a.models)
+                and (policy_name == "default" or a.on_policies)]
 
     def _benign_sets(self, policy_name: str) -> list[tuple[str, list[dict], list[dict] | None]]:
         """(kind, the prompts this entry runs, the ablations' seeded subset or None when they run
@@ -207,7 +209,7 @@ class Grid:
                        "head": pspec.head, "policy_overrides": {**spec.policy, **pspec.policy},
                        "calibration": self._calibration(sm), "decoder_policy": asdict(policy), "attacks": {}}
         with forced_head(sm, pspec.head):
-            for attack_spec in self._entry_attacks(policy_name):
+            for attack_spec in self._entry_attacks(spec.name, policy_name):
                 key = attack_spec.results_key
                 attack = get_attack(attack_spec.attack, tokenizer=sm.tokenizer, **attack_spec.config)
                 search = None
@@ -353,7 +355,7 @@ class Grid:
             for policy_name, pspec in self._entries(spec):
                 name = _entry_name(spec, policy_name)
                 cells = {}
-                for attack_spec in self._entry_attacks(policy_name):
+                for attack_spec in self._entry_attacks(spec.name, policy_name):
                     attack = get_attack(attack_spec.attack, tokenizer=tokenizer, **attack_spec.config)
                     cells[attack_spec.results_key] = sum(attack.n_cases(b) for b in behaviours[attack_spec.results_key])
                 for kind, prompts, _ in self._benign_sets(policy_name):
