@@ -320,9 +320,9 @@ def test_steps_without_a_check_carry_no_cls_column():
     widths = []
     original = sm.hidden_states
 
-    def spy(ids, mask, positions, cache=None):
+    def spy(ids, mask, positions, cache=None, inputs_embeds=None):
         widths.append(ids.shape[1])
-        return original(ids, mask, positions, cache=cache)
+        return original(ids, mask, positions, cache=cache, inputs_embeds=inputs_embeds)
 
     sm.hidden_states = spy
     StrategicDecoder(sm).generate(requests(PROMPTS[:1], max_new_tokens=16, ignore_eos=True))

@@ -112,9 +112,9 @@ def test_cache_columns_dead_in_every_row_are_dropped(monkeypatch):
     def run():
         keys, original = [], sm.hidden_states
 
-        def spy(ids, mask, positions, cache=None):
+        def spy(ids, mask, positions, cache=None, inputs_embeds=None):
             keys.append(mask.shape[-1])
-            return original(ids, mask, positions, cache=cache)
+            return original(ids, mask, positions, cache=cache, inputs_embeds=inputs_embeds)
 
         sm.hidden_states = spy
         results = StrategicDecoder(sm).generate(requests)
