@@ -58,13 +58,45 @@ def test_table_rows_as_prompt_embeddings_decode_as_those_tokens_strategically(sm
                          prompt_embeddings=PromptEmbeddings(span.start, table_rows(sm, other)))
     real = Request([{"role": "user", "content": PROMPT + OTHER}], policy=policy, max_new_tokens=12)
     untouched = Request([{"role": "user", "content": PROMPT + PLACEHOLDER}], policy=policy, max_new_tokens=12)
-    a, b, c = sm.generate_requests([overridden, real, untouched])  # one batch: rows stay their own
-    assert a.token_ids == b.token_ids
+    short = Request([{"role": "user", "content": "Hi"}], policy=policy, max_new_tokens=12)  # left padding for the rest
+    a, b, c, _ = sm.generate_requests([overridden, real, untouched, short])  # one batch: rows stay their own
+    alone, = sm.generate_requests([real])
+    assert a.token_ids == b.token_ids == alone.token_ids
     assert [e.step for e in a.events] == [e.step for e in b.events]
     for x, y in zip(a.events, b.events):
         assert x.probability == pytest.approx(y.probability, abs=1e-5)
     # the vectors are read: the placeholder's own tokens give another first verdict
     assert abs(a.events[0].probability - c.events[0].probability) > 1e-6
+
+
+def test_prompt_embeddings_with_a_prefill_decode_as_those_tokens(sm):
+    """A prefill adds slot B's column to the batch (it shifts where each row starts)."""
+    _, span, other = swapped(sm, OTHER)
+    policy = SafetyPolicy(strategic_decoding=False, threshold=0.999)
+    kw = dict(policy=policy, max_new_tokens=8, prefill="Sure, here")
+    overridden = Request([{"role": "user", "content": PROMPT + PLACEHOLDER}],
+                         prompt_embeddings=PromptEmbeddings(span.start, table_rows(sm, other)), **kw)
+    real = Request([{"role": "user", "content": PROMPT + OTHER}], **kw)
+    plain_row = Request([{"role": "user", "content": "Hi"}], policy=policy, max_new_tokens=8)  # no prefill, padded
+    a, b, _ = sm.generate_requests([overridden, real, plain_row])
+    assert a.token_ids == b.token_ids
+    for x, y in zip(a.events, b.events):
+        assert x.probability == pytest.approx(y.probability, abs=1e-5)
+
+
+def test_vectors_on_other_tokens_than_their_placeholder_are_refused(sm):
+    _, span, other = swapped(sm, OTHER)
+    placeholder = sm.tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"]
+    override = PromptEmbeddings(span.start, table_rows(sm, other), tuple(placeholder))
+    moved = Request([{"role": "user", "content": "Well. " + PROMPT + PLACEHOLDER}], prompt_embeddings=override)
+    with pytest.raises(ValueError, match="conversation 0: prompt tokens .* are not the placeholder"):
+        sm.generate_requests([moved])
+    case = AttackCase([{"role": "user", "content": "Well. " + PROMPT + PLACEHOLDER}], "embedding", "embedding", "b0",
+                      prompt_embeddings=override)
+    with pytest.raises(ValueError, match="case embedding/b0: prompt tokens"):
+        plain_records(sm, [case], max_new_tokens=2)
+    fits = Request([{"role": "user", "content": PROMPT + PLACEHOLDER}], prompt_embeddings=override, max_new_tokens=2)
+    sm.generate_requests([fits])  # on its own placeholder: accepted
 
 
 def test_table_rows_as_prompt_embeddings_decode_as_those_tokens_plainly(sm):

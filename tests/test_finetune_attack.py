@@ -93,8 +93,11 @@ def test_step_one_is_what_a_one_step_run_gives(attacked, tmp_path):
     2-step run equals a run stopped at 1 step (an independent training)."""
     out, config, _ = attacked
     alone = FinetuneAttack(dataclasses.replace(config, steps=[1], out=str(tmp_path)), "test", lambda m: None, False)
-    (tmp_path / "finetune").mkdir()
-    single = alone._train(config.models[0], "weights", out / "finetune" / "data" / "harmful.jsonl", "sft")[1]
+    data = tmp_path / "finetune" / "data"
+    data.mkdir(parents=True)
+    (data / "harmful.jsonl").write_text((out / "finetune" / "data" / "harmful.jsonl").read_text())
+    rows = [json.loads(line) for line in (data / "harmful.jsonl").read_text().splitlines()]
+    single = alone._train(config.models[0], "weights", "harmful", "sft", rows)[1]
     a = load_file(str(single / "adapter_model.safetensors"))
     b = load_file(str(out / "finetune" / "base" / "weights" / "step_1" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -108,10 +111,17 @@ def test_the_harmful_pairs_are_disjoint_from_the_evaluated_behaviours(attacked):
 
     evaluated = PromptIndex([b["prompt"] for b in pools.subset_per_source("harmful", {"harmbench_test": 2}, 0)])
     assert not any(evaluated.contains(p["prompt"]) for p in pairs)
-    labels = results["finetune"]["labels"]["cls/harmful"]
+    labels = results["finetune"]["labels"]["cls/service"]
     labelled = [json.loads(line)["label"] for line in
-                (out / "finetune" / "data" / "harmful_labelled_by_cls.jsonl").read_text().splitlines()]
+                (out / "finetune" / "cls" / "service" / "harmful_labelled.jsonl").read_text().splitlines()]
     assert labels["n"] == 6 and labels["malicious"] == sum(labelled) and set(labelled) <= {0, 1}
+
+
+def test_other_settings_in_a_trained_directory_are_refused_by_name(attacked):
+    out, config, _ = attacked
+    changed = dataclasses.replace(config, learning_rate=1e-2)
+    with pytest.raises(ValueError, match=r"trained with other settings \(learning_rate differ\)"):
+        FinetuneAttack(changed, "test", log=lambda m: None, progress=False).run()
 
 
 def test_a_second_run_trains_and_generates_nothing(attacked, monkeypatch):
@@ -132,6 +142,10 @@ def test_bad_configs_and_overrides_are_refused():
         FinetuneAttackConfig(eval=dataclasses.replace(default_eval(), models=[ModelSpec(name="x", path="tiny-llama")]))
     with pytest.raises(ValueError, match="steps"):
         FinetuneAttackConfig(steps=[0, 5])
+    with pytest.raises(ValueError, match="threats: a list"):
+        FinetuneAttackConfig(threats="weights")
+    with pytest.raises(ValueError, match="benign_examples"):
+        FinetuneAttackConfig(benign_examples=0)
     config = with_finetune_overrides(FinetuneAttackConfig(), ["--steps", "[20, 5]", "--eval.max_new_tokens", "16"])
     assert config.steps == [5, 20] and config.eval.max_new_tokens == 16
     with pytest.raises(ValueError, match="not a field of the fine-tuning attack"):

@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     attack = sub.add_parser("attack", help="one attack against the embedded models (or a grid YAML) -> results.json")
     attack.add_argument("name", help="the attack, e.g. gcg, gcg_adaptive (any registered attack), or finetune "
                         "(fine-tuning attacks under three threat models)")
-    attack.add_argument("--config", default=None, help="a grid YAML that runs this attack (default: 20 HarmBench "
+    attack.add_argument("--config", default=None, help="a grid YAML that runs this attack, or for finetune a "
+                        "fine-tuning-attack YAML (configs/attacks/finetune.yaml) (default: 20 HarmBench "
                                                        "test behaviours on cls, its weights decoded plainly, and sft)")
     attack.add_argument("--out", default=None, help="output directory (default: SAFESIGNAL_HOME/eval/attack_<name>)")
     attack.add_argument("--models", default=None, help="comma-separated model names of the grid to run")

@@ -45,6 +45,8 @@ class EmbeddingConfig:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
         if self.adaptive_weight < 0:
             raise ValueError(f"adaptive_weight: must be ≥ 0, got {self.adaptive_weight}")
+        if not self.suffix_init.strip():
+            raise ValueError("suffix_init: the placeholder text must hold at least one token")
 
 
 @dataclass
@@ -57,7 +59,7 @@ class EmbeddingResult(GCGResult):
 
     def prompt_embeddings(self) -> PromptEmbeddings:
         data = np.frombuffer(base64.b64decode(self.vectors), dtype=np.float32).reshape(tuple(self.shape))
-        return PromptEmbeddings(self.start, torch.from_numpy(data.copy()))
+        return PromptEmbeddings(self.start, torch.from_numpy(data.copy()), tuple(self.suffix_ids))
 
 
 def _packed(vectors: torch.Tensor) -> str:
@@ -89,8 +91,8 @@ class EmbeddingSearch:
             with torch.enable_grad():
                 out = task.forward_with(example, span, vectors)
                 loss, ce, max_p = task.losses(out, c.adaptive_weight)
-                optimiser.zero_grad()
-                loss.sum().backward()
+                # the vectors' gradient only: nothing accumulates on the model's own parameters
+                (vectors.grad,) = torch.autograd.grad(loss.sum(), vectors)
             # the figures are the vectors' before this step's update
             first = float(torch.sigmoid(out.cls_logits[0, 0].detach())) if task.with_checks else math.nan
             figures = (float(loss[0].detach()), float(ce[0].detach()), float(max_p[0].detach()), first)
@@ -105,7 +107,8 @@ class EmbeddingSearch:
             if c.early_stop_loss is not None and best[0] < c.early_stop_loss:
                 break
         loss, ce, max_p, first_p, kept = best
-        return EmbeddingResult(c.suffix_init, list(placeholder), loss, ce, _finite(max_p), _finite(first_p),
+        # the suffix text the search encoded (decode of the placeholder's tokens), as GCG keeps
+        return EmbeddingResult(self.sm.tokenizer.decode(placeholder), list(placeholder), loss, ce, _finite(max_p), _finite(first_p),
                                steps_run=len(curves["losses"]), start=span.start, shape=list(kept.shape),
                                vectors=_packed(kept), **curves)
 

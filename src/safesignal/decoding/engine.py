@@ -209,7 +209,8 @@ class StrategicDecoder:
         hidden_size = sm.base.get_input_embeddings().weight.shape[1]
         for i, (request, example) in enumerate(zip(requests, examples)):
             if request.prompt_embeddings is not None:
-                request.prompt_embeddings.check(example.prompt_length, hidden_size, f"conversation {i}")
+                request.prompt_embeddings.check(example.input_ids[:example.prompt_length], hidden_size,
+                                                f"conversation {i}")
         rows = [_Row(q, e.prompt_length, e.input_ids, sm.device, self._decode) for q, e in zip(requests, examples)]
 
         batch = collate(examples, cls_token_id=sm.cls_token_id, pad_token_id=self.tokenizer.pad_token_id,

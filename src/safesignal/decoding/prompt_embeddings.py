@@ -18,36 +18,39 @@ import torch
 class PromptEmbeddings:
     start: int  # index, in the encoded prompt, of the first token whose embedding is replaced
     vectors: torch.Tensor  # (S, H): the embeddings of prompt tokens start .. start + S - 1
+    # The placeholder's token ids where the vectors go: a prompt encoded otherwise than the one
+    # searched (another tokenizer, other text) is refused instead of overwriting other tokens.
+    token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.vectors.dim() != 2 or self.vectors.shape[0] < 1:
             raise ValueError(f"prompt embeddings: vectors must be (S ≥ 1, hidden), got {tuple(self.vectors.shape)}")
         if self.start < 0:
             raise ValueError(f"prompt embeddings: start must be ≥ 0, got {self.start}")
+        if self.token_ids and len(self.token_ids) != self.vectors.shape[0]:
+            raise ValueError(f"prompt embeddings: {len(self.token_ids)} token ids for {self.vectors.shape[0]} vectors")
 
     @property
     def stop(self) -> int:
         return self.start + self.vectors.shape[0]
 
-    def check(self, prompt_length: int, hidden_size: int, where: str) -> None:
-        """Raise, naming `where`, unless the vectors fit inside the prompt and the model."""
-        if self.stop > prompt_length:
+    def check(self, prompt_ids: list[int], hidden_size: int, where: str) -> None:
+        """Raise, naming `where`, unless the vectors fit the prompt (`prompt_ids`: its token
+        ids), sit on their placeholder's tokens and match the model's width."""
+        if self.stop > len(prompt_ids):
             raise ValueError(f"{where}: prompt embeddings cover tokens {self.start}:{self.stop}, past the prompt's "
-                             f"{prompt_length} tokens")
+                             f"{len(prompt_ids)} tokens")
+        if self.token_ids and tuple(prompt_ids[self.start:self.stop]) != tuple(self.token_ids):
+            raise ValueError(f"{where}: prompt tokens {self.start}:{self.stop} are not the placeholder the vectors "
+                             "were searched on (the prompt encodes otherwise)")
         if self.vectors.shape[1] != hidden_size:
             raise ValueError(f"{where}: prompt embeddings have width {self.vectors.shape[1]}, the model {hidden_size}")
 
     def digest(self) -> str:
         """A short hash of the placement and the exact values (the cell fingerprint of a case)."""
         data = self.vectors.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-        return hashlib.sha256(f"{self.start}:{tuple(self.vectors.shape)}:".encode() + data).hexdigest()[:16]
-
-    def to_json(self) -> dict:
-        return {"start": self.start, "vectors": self.vectors.detach().float().cpu().tolist()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "PromptEmbeddings":
-        return cls(int(data["start"]), torch.tensor(data["vectors"], dtype=torch.float32))
+        head = f"{self.start}:{tuple(self.vectors.shape)}:{list(self.token_ids)}:".encode()
+        return hashlib.sha256(head + data).hexdigest()[:16]
 
 
 def embeds_with(sm, input_ids: torch.Tensor, placements: list[tuple[int, int, PromptEmbeddings]]) -> torch.Tensor | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,18 +84,20 @@ class FinetuneAttackConfig:
     out: str | None = None  # default: SAFESIGNAL_HOME/eval/<name>
 
     def __post_init__(self):
-        unknown = sorted(set(self.threats) - set(THREATS))
-        if unknown or not self.threats:
-            raise ValueError(f"threats: {unknown or 'none'}; known: {list(THREATS)}")
-        if not self.steps or any(s < 1 for s in self.steps) or len(set(self.steps)) != len(self.steps):
-            raise ValueError(f"steps: distinct counts ≥ 1, got {self.steps}")
+        if not isinstance(self.threats, list) or not self.threats or not set(self.threats) <= set(THREATS):
+            raise ValueError(f"threats: a list of {list(THREATS)}, got {self.threats!r}")
+        if (not isinstance(self.steps, list) or not self.steps or any(not isinstance(s, int) or s < 1 for s in self.steps)
+                or len(set(self.steps)) != len(self.steps)):
+            raise ValueError(f"steps: a list of distinct step counts ≥ 1, got {self.steps!r}")
         self.steps = sorted(self.steps)
         if self.eval.models:
             raise ValueError("eval.models: set by the attack (each model and its attacked checkpoints); list models "
                              "under `models`")
-        for key in ("learning_rate", "batch_size", "lora_r", "max_length"):
+        for key in ("learning_rate", "batch_size", "lora_r", "lora_alpha", "max_length", "benign_examples"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.harmful_examples is not None and self.harmful_examples < 1:
+            raise ValueError(f"harmful_examples: must be ≥ 1 (or null: all), got {self.harmful_examples}")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names) or any("@" in n for n in names):
             raise ValueError(f"models: names must be distinct and free of '@' (attacked entries use it), got {names}")
@@ -180,7 +183,7 @@ class FinetuneAttack:
                              "benign_source": "forgelm template conversations"}
         return data
 
-    def _labelled(self, spec: ModelSpec, kind: str, rows: list[dict]) -> Path:
+    def _labelled(self, spec: ModelSpec, kind: str, rows: list[dict], path: Path) -> Path:
         """The service's training file for a model with a head: each example labelled by the
         model's own classifier at its own threshold, as the provider would label user data."""
         from ..evaluate import classify_prompts
@@ -189,14 +192,14 @@ class FinetuneAttack:
 
         sm = load_model(spec, self.config.eval.dtype)
         threshold = sm.default_policy().threshold
-        prompts = [r["prompt"] for r in rows]
-        probabilities = classify_prompts(sm, prompts, desc=f"{spec.name} labels {kind}")
-        labelled = [dict(r, label=int(p > threshold)) for r, p in zip(rows, probabilities)]
-        path = self.out / "finetune" / "data" / f"{kind}_labelled_by_{spec.name}.jsonl"
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in labelled))
-        self.labels[(spec.name, kind)] = {"malicious": sum(r["label"] for r in labelled), "n": len(labelled),
-                                          "threshold": threshold}
+        probabilities = classify_prompts(sm, [r["prompt"] for r in rows], desc=f"{spec.name} labels {kind}")
+        atomic_write_text(path, "".join(json.dumps(dict(r, label=int(p > threshold))) + "\n"
+                                        for r, p in zip(rows, probabilities)))
         return path
+
+    def _label_counts(self, path: Path) -> dict:
+        labels = [json.loads(line)["label"] for line in path.read_text(encoding="utf-8").splitlines()]
+        return {"malicious": sum(labels), "n": len(labels)}
 
     # ------------------------------------------------------------------ training
     def _plan(self, spec: ModelSpec, has_head: bool) -> list[tuple[str, str, str]]:
@@ -212,8 +215,10 @@ class FinetuneAttack:
             # a headless model's service is plain SFT on the harmful pairs: the weights run
         return runs
 
-    def _train(self, spec: ModelSpec, threat: str, train_file: Path, objective: str) -> dict[int, Path]:
-        """Checkpoints at every step count, trained once (reused when their settings match)."""
+    def _train(self, spec: ModelSpec, threat: str, kind: str, objective: str, rows: list[dict]) -> dict[int, Path]:
+        """Checkpoints at every step count, trained once (reused when their settings match).
+        The stamp reads the user's data, not the labels the service gives it (those come from
+        the model, which the stamp names), so a resumed run never relabels."""
         from ..checkpoint import is_checkpoint
         from ..io import atomic_write_json
         from ..training import SafetyTrainingConfig, train
@@ -223,20 +228,35 @@ class FinetuneAttack:
         c = self.config
         directory = self.out / "finetune" / spec.name / threat
         dirs = {n: directory / f"step_{n}" for n in c.steps}
-        settings = {"model": spec.path, "threat": threat, "objective": objective,
-                    "data": train_file.read_text(encoding="utf-8"),
+        settings = {"model": spec.path, "threat": threat, "objective": objective, "data": kind,
+                    "labelled_by_the_model": objective == "cls",
                     **{k: getattr(c, k) for k in ("steps", "learning_rate", "batch_size", "use_lora", "lora_r",
                                                   "lora_alpha", "max_length", "cls_loss_weight", "seed")}}
-        stamp = fingerprint(settings)
+        stamp = fingerprint({**settings, "rows": rows})
         marker = directory / "finetune.json"
+        if objective == "cls":
+            train_file = directory / f"{kind}_labelled.jsonl"
+        else:
+            train_file = self.out / "finetune" / "data" / f"{kind}.jsonl"
         if marker.is_file():
-            if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != stamp:
-                raise ValueError(f"{directory}: trained with other settings or data; remove it, or pass another --out")
+            stored = json.loads(marker.read_text(encoding="utf-8"))
+            if stored.get("fingerprint") != stamp:
+                changed = sorted(k for k in settings if stored.get("settings", {}).get(k) != settings[k]) or ["the data"]
+                raise ValueError(f"{directory}: trained with other settings ({', '.join(changed)} differ); remove it, "
+                                 "or pass another --out")
             if all(is_checkpoint(d) for d in dirs.values()):
                 return dirs
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, {"fingerprint": stamp, "model": spec.path, "threat": threat, "objective": objective})
+        atomic_write_json(marker, {"fingerprint": stamp, "settings": settings})
+        if objective == "cls" and not train_file.is_file():
+            self._labelled(spec, kind, rows, train_file)
         run_dir = directory / "run"
+        done = [int(p.name.rsplit("-", 1)[1]) for p in training_checkpoints(run_dir)] if run_dir.is_dir() else []
+        if done and any(n <= max(done) and not is_checkpoint(d) for n, d in dirs.items()):
+            # a step checkpoint lost below where training stands: resuming would never save it
+            self.log(f"[finetune] {directory}: step checkpoint missing below step {max(done)}: training again")
+            shutil.rmtree(run_dir)
+            done = []
         config = SafetyTrainingConfig(
             output_dir=str(run_dir), final_dir=str(dirs[c.steps[-1]]), model_name_or_path=spec.path,
             train_file=str(train_file), objective=objective, cls_loss_weight=c.cls_loss_weight,
@@ -245,10 +265,12 @@ class FinetuneAttack:
             lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, balance_classes=False,
             save_strategy="steps", save_steps=c.steps[0], save_total_limit=1, logging_steps=max(1, c.steps[0]),
             eval_strategy="no", seed=c.seed, use_cpu=not _cuda(), disable_tqdm=not self.progress)
-        resume = bool(run_dir.is_dir() and training_checkpoints(run_dir))
         self.log(f"[finetune] {spec.name} {threat}: {objective} on {train_file.name}, {c.steps[-1]} steps"
-                 + (" (resuming)" if resume else ""))
-        train(config, resume=resume, callbacks=[SaveAtSteps({n: d for n, d in dirs.items() if n != c.steps[-1]})])
+                 + (" (resuming)" if done else ""))
+        train(config, resume=bool(done), callbacks=[SaveAtSteps({n: d for n, d in dirs.items() if n != c.steps[-1]})])
+        missing = [str(d) for d in dirs.values() if not is_checkpoint(d)]
+        if missing:
+            raise RuntimeError(f"[finetune] {directory}: training ended without the step checkpoints {missing}")
         return dirs
 
     # ------------------------------------------------------------------ the run
@@ -264,7 +286,6 @@ class FinetuneAttack:
         probe = Grid(dataclasses.replace(c.eval, models=[], out=str(self.out)), self.command, self.log, False)
         behaviours = probe._behaviours()
         data = self._datasets([b for items in behaviours.values() for b in items])
-        files = {kind: self.out / "finetune" / "data" / f"{kind}.jsonl" for kind in data}
         entries: list[ModelSpec] = []
         curves: dict = {}
         for spec in c.models:
@@ -272,8 +293,10 @@ class FinetuneAttack:
             entries.append(spec)
             curves[spec.name] = {}
             for threat, kind, objective in self._plan(spec, has_head):
-                train_file = self._labelled(spec, kind, data[kind]) if objective == "cls" else files[kind]
-                dirs = self._train(spec, threat, train_file, objective)
+                dirs = self._train(spec, threat, kind, objective, data[kind])
+                if objective == "cls":
+                    labelled = self.out / "finetune" / spec.name / threat / f"{kind}_labelled.jsonl"
+                    self.labels[f"{spec.name}/{threat}"] = self._label_counts(labelled)
                 curves[spec.name][threat] = {"objective": objective, "data": kind, "entries": {}}
                 for steps, directory in dirs.items():
                     name = attacked_name(spec.name, threat, steps)
@@ -299,7 +322,7 @@ class FinetuneAttack:
         out = {"budget": {k: getattr(c, k) for k in ("steps", "learning_rate", "batch_size", "use_lora", "lora_r",
                                                    "cls_loss_weight")},
                "threats": list(c.threats), "data": self.data_summary,
-               "labels": {f"{m}/{k}": v for (m, k), v in self.labels.items()}, "curves": {}}
+               "labels": dict(self.labels), "curves": {}}
         for model, threats in curves.items():
             for threat, run in threats.items():
                 for suffix in _policy_suffixes(results, model):

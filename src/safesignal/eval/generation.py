@@ -120,8 +120,13 @@ class PerRowSampling(LogitsProcessor):
 def plain_records(sm, cases: list[AttackCase], max_new_tokens: int) -> list[CaseRecord]:
     """One batch of cases through transformers' `generate` on the LM alone (no [CLS])."""
     tok = sm.tokenizer
-    ids, mask, pads = left_padded(sm, [sm.formatter.encode(c.messages, c.prefill or "", add_eos=False).input_ids
-                                       for c in cases])
+    examples = [sm.formatter.encode(c.messages, c.prefill or "", add_eos=False) for c in cases]
+    hidden_size = sm.base.get_input_embeddings().weight.shape[1]
+    for case, example in zip(cases, examples):
+        if case.prompt_embeddings is not None:
+            case.prompt_embeddings.check(example.input_ids[:example.prompt_length], hidden_size,
+                                         f"case {case.attack}/{case.behaviour_id}")
+    ids, mask, pads = left_padded(sm, [e.input_ids for e in examples])
     width = ids.shape[1]
     samplings = [_sampling(c) for c in cases]
     processors = None

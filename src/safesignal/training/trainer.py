@@ -223,12 +223,14 @@ def build_model(config: SafetyTrainingConfig) -> SafetyModel:
     checkpoint save needs is checked here, before any training time is spent.
     """
     model = SafetyModel.from_pretrained(config.model_name_or_path, attn_implementation=config.attn_implementation)
-    model.config.mask_mode = config.mask_mode
-    model.config.cls_reads_response_window = config.cls_reads_response_window
-    # "cls" marks a trained head. A checkpoint that has one keeps it when training goes on
-    # without the [CLS] objective (its row and head are then frozen, below): a fine-tuning
-    # attack on the LM loss alone leaves a model that is still served with its head.
+    # "cls" marks a trained head. A checkpoint that has one keeps it, and the mask rules it was
+    # trained under, when training goes on without the [CLS] objective (its row and head are
+    # then frozen, below): a fine-tuning attack on the LM loss alone leaves a model that is
+    # still served with its head.
     keeps_head = not config.with_cls and has_trained_head(config.model_name_or_path)
+    if not keeps_head:
+        model.config.mask_mode = config.mask_mode
+        model.config.cls_reads_response_window = config.cls_reads_response_window
     model.config.objective = "cls" if keeps_head else config.objective
     if model.config.adapter:
         if not config.use_lora:
