@@ -379,6 +379,80 @@ def render_utility(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_searches(data: dict) -> str:
+    """Per entry and searched attack: ASR, budget, and what the search did to the checks (the
+    highest P(malicious) any check of the kept suffix reached, and in how many behaviours every
+    check stayed under the entry's threshold)."""
+    lines = ["| entry | attack | ASR | budget | target loss | max P(malicious), mean | all checks benign |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in data["models"].items():
+        threshold = (m.get("decoder_policy") or {}).get("threshold")
+        for key, attack in m["attacks"].items():
+            search = attack.get("search") or {}
+            budget = search.get("budget")
+            if not budget:
+                continue
+            size = (f"{budget['steps']} × {budget['search_width']}" if "search_width" in budget
+                    else f"{budget['steps']} at lr {budget.get('learning_rate')}")
+            peaks = [b.get("max_cls_probability") for b in search.get("per_behaviour", [])]
+            peaks = [p for p in peaks if p is not None]
+            benign = (f"{sum(p <= threshold for p in peaks)} / {len(peaks)}" if peaks and m["decoding"] == "strategic"
+                      else "no checks")
+            mean = search.get("mean_max_cls_probability")
+            lines.append(f"| {name} | {key} | {_asr(attack)} | {size}, {budget['behaviours']} behaviours | "
+                         f"{search['mean_target_loss']:.2f} | {'—' if mean is None else f'{mean:.3f}'} | {benign} |")
+    lines += ["", "Leak-aware ASR in % with its 95% Wilson interval, judged on the full generation with the suffix. "
+              "A plainly decoded entry (`:weights_only`, `sft`, `qi_aug`) takes no checks: its search is plain GCG on "
+              "the weights, the power check at the same budget.",
+              "", f"`{data['command']}`, {data['created'][:10]}, {data.get('machine', 'this machine')}; "
+              f"wall time {wall_time(data)}; commit {data['provenance']['git_commit']}."]
+    return "\n".join(lines)
+
+
+def render_late_harm(data: dict) -> str:
+    """The attacks aimed at where the decoder looks, then detection of harm spliced after a
+    benign preamble per schedule (neutral prompt), per entry."""
+    lines = [render_eval(data), "", "| entry | schedule | " + " | ".join(
+        f"spliced after {n}" for n in _preambles(data)) + " | benign false alarms |",
+             "|---|---|" + "---|" * (len(_preambles(data)) + 1)]
+    for name, m in data["models"].items():
+        results = (m.get("streaming") or {}).get("results") or {}
+        for schedule, modes in results.items():
+            sets = modes.get("neutral") or {}
+            cells = [_ci_pct((sets.get(f"spliced_{n}") or {}).get("detection_rate"),
+                             (sets.get(f"spliced_{n}") or {}).get("detection_ci95")) for n in _preambles(data)]
+            alarms = [sets.get(k, {}).get("false_alarm_rate") for k in ("benign_pyrit", "benign_heldout")]
+            lines.append(f"| {name} | {schedule} | " + " | ".join(cells) + " | "
+                         + " / ".join(_pct(a) for a in alarms) + " |")
+    lines += ["", "Detection in % (95% Wilson interval) of harmful answers force-decoded after a benign preamble of "
+              "that many tokens, with the neutral prompt; false alarms on pyrit's benign and held-out answers."]
+    return "\n".join(lines)
+
+
+def _preambles(data: dict) -> list[int]:
+    return list(data["config"]["streaming"]["options"].get("preamble_tokens", []))
+
+
+def render_finetune(data: dict) -> str:
+    """Fine-tuning attacks: direct and prefill ASR and reference-answer NLL after each step count."""
+    finetune = data["finetune"]
+    lines = ["| entry | threat | steps | direct ASR | prefill-10 ASR | ref-answer NLL |", "|---|---|---|---|---|---|"]
+    for entry, threats in finetune["curves"].items():
+        for threat, curve in threats.items():
+            for point in curve["points"]:
+                nll = point.get("ref_answer_nll")
+                lines.append(f"| {entry} | {threat} | {point['steps']} | {_asr(point.get('direct'))} | "
+                             f"{_asr(point.get('prefill_10'))} | {'—' if nll is None else f'{nll:.3f}'} |")
+    b, d = finetune["budget"], finetune["data"]
+    lines += ["", f"Leak-aware ASR in % with its 95% Wilson interval (n={data['behaviours']['direct']['n']} "
+              f"HarmBench test behaviours). LoRA r {b['lora_r']}, learning rate {b['learning_rate']} (constant), batch "
+              f"{b['batch_size']}; {d['harmful']} harmful pairs ({d['harmful_dropped_near_eval']} dropped as near-copies "
+              f"of evaluated behaviours), {d['benign']} benign conversations.",
+              "", f"`{data['command']}`, {data['created'][:10]}, {data.get('machine', 'this machine')}; "
+              f"wall time {wall_time(data)}; commit {data['provenance']['git_commit']}."]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
@@ -391,6 +465,10 @@ BLOCKS = {
     "eval:seeds": ("results/embedded/seeds.json", render_seeds),
     "eval:utility": ("results/embedded/utility.json", render_utility),
     "eval:sweep": ("results/embedded/sweep.json", render_sweep),
+    "eval:adaptive": ("results/embedded/adaptive.json", render_eval),
+    "eval:adaptive_searches": ("results/embedded/adaptive.json", render_searches),
+    "eval:late_harm": ("results/embedded/late_harm.json", render_late_harm),
+    "eval:finetune": ("results/embedded/finetune.json", render_finetune),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
     "bench:decode_overhead_smollm2": ("results/bench/decode_overhead_smollm2.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
