@@ -4,6 +4,8 @@ chat template's re-tokenisation."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,6 +72,40 @@ def test_the_loss_is_the_decoders_cross_entropy_on_the_target(sm):
         del sm.lm_logits
     logits = torch.stack(seen[:len(task.target_ids)])
     assert ce == pytest.approx(float(F.cross_entropy(logits, torch.tensor(task.target_ids))), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", [("llama", "sdpa"), ("qwen2", "eager")], ids=["llama-sdpa", "qwen2-eager"])
+@pytest.mark.parametrize("policy", [SafetyPolicy(), SafetyPolicy(window_includes_query=False),
+                                    SafetyPolicy(strategic_attention=False, strategic_decoding=False)],
+                         ids=["default", "no-query-windows", "plain"])
+def test_scores_on_the_shared_prefix_equal_the_whole_forward(arch, policy, monkeypatch):
+    """The cached prompt K/V changes nothing: every candidate's loss, target CE and verdicts
+    equal those of the whole forced forward (random candidates, several chunks)."""
+    import random
+
+    sm = make_safety_model(*arch)
+    task = SuffixTask(sm, PROMPT, TARGET, policy, with_checks=policy.strategic_attention)
+    shared = GCG(sm, GCGConfig(**{**SMALL, "share_prefix": True, "adaptive_weight": 1.0}), policy)
+    whole = GCG(sm, GCGConfig(**{**SMALL, "share_prefix": False, "adaptive_weight": 1.0}), policy)
+    start = sm.tokenizer(SMALL["suffix_init"], add_special_tokens=False)["input_ids"]
+    rng, candidates = random.Random(0), []
+    allowed = shared.allowed.nonzero().squeeze(1).tolist()
+    while len(candidates) < 12:
+        ids = [rng.choice(allowed) if rng.random() < 0.5 else t for t in start]
+        if (encoded := task.encode(ids)) is not None:
+            candidates.append((ids, encoded))
+    import safesignal.attacks.gcg as gcg_module
+
+    with monkeypatch.context() as patch:  # the shared path runs, not its whole-forward fallback
+        patch.setattr(gcg_module, "forced_forward", lambda *a, **k: pytest.fail("fell back to the whole forward"))
+        a = shared._score(task, candidates)
+    task.prefix = None
+    b = whole._score(task, candidates)
+    assert task.prefix is None  # the whole forward never built one
+    for x, y in zip(a, b):
+        assert x[4] == y[4]
+        for u, v in zip(x[:4], y[:4]):
+            assert (math.isnan(u) and math.isnan(v)) or u == pytest.approx(v, abs=1e-4)
 
 
 def test_every_kept_suffix_comes_back_as_its_own_tokens(sm):

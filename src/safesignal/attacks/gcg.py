@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from ..decoding import SafetyPolicy
-from ..decoding.forced import ForcedRow, build_forced_batch, first_check, forced_forward
+from ..decoding.engine import attention_dtype
+from ..decoding.forced import ForcedOutput, ForcedRow, build_forced_batch, first_check, forced_forward
+from ..masks import to_additive
 from .base import Attack, PrepareContext, behaviour_id, register, stable_seed, user_turn
 
 
@@ -50,6 +52,9 @@ class GCGConfig:
     ascii_only: bool = True  # only tokens that decode to printable ASCII
     seed: int = 0
     early_stop_loss: float | None = None  # stop once the best loss is below this
+    # Score candidates on the prompt's shared K/V: the tokens before the suffix are the same in
+    # every candidate and read nothing after themselves, so they are computed once per behaviour
+    share_prefix: bool = True
 
     def __post_init__(self):
         for name in ("steps", "search_width", "topk", "n_replace", "candidate_batch_size"):
@@ -92,6 +97,7 @@ class SuffixTask:
         # with_checks False: a model decoded plainly, which takes no checks (the forward then
         # has slot A only, read by no row: the plain model's computation)
         self.sm, self.prompt, self.policy, self.with_checks = sm, prompt, policy, with_checks
+        self.prefix: SharedPrefix | None = None  # built by the first scoring (GCG)
         self.target_ids = sm.tokenizer(target, add_special_tokens=False)["input_ids"]
         if not self.target_ids:
             raise ValueError("target: empty")
@@ -143,6 +149,67 @@ class SuffixTask:
         if not self.with_checks:
             return ce, ce, torch.full_like(ce, math.nan)  # no verdict exists to report or to drive
         return ce + weight * benign_nll, ce, max_p
+
+
+class SharedPrefix:
+    """The K/V of a behaviour's prompt tokens before its suffix, computed once.
+
+    In the forced layout ([CLS A] [prompt] [response] [checks], no padding when every row has
+    the same length) the ordinary tokens before the suffix are the same in every candidate and
+    read only each other (slot A comes first but reads the whole query, and only later rows
+    read it). So each candidate forward can start from their cached K/V and run slot A, the
+    suffix and everything after: the same attention sets, so the same logits and verdicts.
+    """
+
+    def __init__(self, ids: torch.Tensor, columns: torch.Tensor, cache):
+        self.ids, self.columns, self.cache = ids, columns, cache
+
+    @classmethod
+    def of(cls, sm, row: ForcedRow, span: range) -> "SharedPrefix":
+        from transformers import DynamicCache
+
+        batch = build_forced_batch([row], cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
+                                   device=sm.device)
+        first = batch.response_start[0] - row.example.prompt_length  # column of prompt token 0
+        columns = torch.arange(first, first + span.start, device=sm.device)
+        allowed = batch.allowed[0]
+        outside = allowed[columns].clone()
+        outside[:, columns] = False
+        if outside.any():  # the layout promise above: nothing before the suffix reads past it
+            raise AssertionError("a prompt token before the suffix reads a later column")
+        cache = DynamicCache()
+        sm.hidden_states(batch.input_ids[:, columns], to_additive(allowed[columns][:, columns][None], attention_dtype(sm)),
+                         batch.position_ids[:, columns], cache=cache)
+        return cls(batch.input_ids[0, columns], columns, cache)
+
+    def forward(self, sm, rows: list[ForcedRow]) -> ForcedOutput:
+        """`forced_forward(sm, rows)` from the shared K/V (rows of one behaviour's candidates)."""
+        import copy
+
+        batch = build_forced_batch(rows, cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
+                                   device=sm.device)
+        size, length = batch.input_ids.shape
+        if not bool((batch.input_ids[:, self.columns] == self.ids).all()):
+            return forced_forward(sm, rows, batch=batch)  # laid out otherwise (padding): the whole forward
+        keep = torch.ones(length, dtype=torch.bool, device=sm.device)
+        keep[self.columns] = False
+        rest = keep.nonzero().squeeze(1)
+        keys = torch.cat([self.columns, rest])  # the cache's columns first, then the ones fed now
+        mask = batch.allowed[:, rest][:, :, keys]
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(size)
+        hidden = sm.hidden_states(batch.input_ids[:, rest], to_additive(mask, attention_dtype(sm)),
+                                  batch.position_ids[:, rest], cache=cache)
+        where = torch.full((length,), -1, dtype=torch.long, device=sm.device)
+        where[rest] = torch.arange(rest.numel(), device=sm.device)
+        predicts, slots = where[batch.predicts.clamp(min=0)], where[batch.check_rows.clamp(min=0)]
+        if bool((predicts < 0).any() or (slots < 0).any()):
+            raise AssertionError("a prediction or a check sits among the cached columns")
+        index = torch.arange(size, device=sm.device)[:, None]
+        logits = sm.lm_logits(hidden[index, predicts])
+        cls = sm.cls_logits(hidden[index, slots]).float()
+        cls = torch.where(batch.check_rows >= 0, cls, torch.full_like(cls, float("nan")))
+        return ForcedOutput(logits, cls, batch)
 
 
 def _finite(value: float) -> float | None:
@@ -253,9 +320,14 @@ class GCG:
         out = []
         size = self.config.candidate_batch_size
         with torch.inference_mode():
+            if self.config.share_prefix and task.prefix is None:
+                example, span = encoded[0][1]
+                task.prefix = SharedPrefix.of(self.sm, task.row(example), span)
             for start in range(0, len(encoded), size):
                 chunk = encoded[start:start + size]
-                forward = forced_forward(self.sm, [task.row(e) for _, (e, _) in chunk])
+                rows = [task.row(e) for _, (e, _) in chunk]
+                forward = (task.prefix.forward(self.sm, rows) if self.config.share_prefix
+                           else forced_forward(self.sm, rows))
                 loss, ce, max_p = task.losses(forward, self.config.adaptive_weight)
                 first = torch.sigmoid(forward.cls_logits[:, 0]) if task.with_checks else torch.full_like(loss, math.nan)
                 out += [(float(a), float(b), float(m), float(f), ids)
