@@ -201,3 +201,22 @@ def test_the_one_hot_gradient_is_the_embedding_gradient_at_the_suffixs_own_colum
     table = sm.base.get_input_embeddings().weight
     expected = grad[0, at:at + len(suffix)] @ table.T
     torch.testing.assert_close(gradient, expected.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_a_search_is_reused_whether_or_not_it_shared_the_prefix(sm, tmp_path):
+    from safesignal.attacks import get_attack
+    from safesignal.attacks.base import PrepareContext
+
+    class NoSearch:
+        def run(self, *args, **kwargs):
+            pytest.fail("searched again: share_prefix changed the search's stamp")
+
+    behaviours = [{"id": "b0", "prompt": PROMPT}]
+    knobs = {**SMALL, "steps": 1}
+    policy = SafetyPolicy()
+    first = get_attack("gcg", tokenizer=sm.tokenizer, **knobs, share_prefix=False)
+    first.prepare(PrepareContext(sm, behaviours, "strategic", policy, tmp_path / "s.jsonl", tmp_path))
+    again = get_attack("gcg", tokenizer=sm.tokenizer, **knobs, share_prefix=True)
+    again.searcher = lambda *a, **k: NoSearch()
+    again.prepare(PrepareContext(sm, behaviours, "strategic", policy, tmp_path / "s.jsonl", tmp_path))
+    assert again.suffixes == first.suffixes

@@ -419,7 +419,10 @@ class GCGAttack(Attack):
         targets = [target_for(b) for b in behaviours]
         # what the loss reads: the search, the checks' plan and masks, the weights (the entry
         # directory is bound to them) and a forced head; not the threshold, τ or refusal strings
-        settings = {"attack": self.name, "config": asdict(config), "checks": with_checks, "head": context.head,
+        # (share_prefix is left out: the same scores either way, tests/test_gcg.py, so a search
+        # made with either is reused by the other)
+        knobs = {k: v for k, v in asdict(config).items() if k != "share_prefix"}
+        settings = {"attack": self.name, "config": knobs, "checks": with_checks, "head": context.head,
                     "plan": {k: getattr(search_policy, k) for k in PLAN_FIELDS},
                     "behaviours": [[behaviour_id(b), b["prompt"], t] for b, t in zip(behaviours, targets)]}
         cell = CellFile(Path(context.store), fingerprint(settings), {"attack": self.name, "behaviours": len(behaviours)},
