@@ -296,3 +296,16 @@ def test_fine_tuning_attacks_get_a_table_row_per_step_and_a_curve(tmp_path):
     html = html_path.read_text(encoding="utf-8")
     section = html[html.index('id="finetune"'):]
     assert len(_svgs(section[:section.index("</section>")])) == 1
+
+
+def test_successful_cases_are_shown_by_where_they_got_through(tmp_path):
+    results = synthetic_results()
+    name, entry = next((n, e) for n, e in results["models"].items() if e.get("decoding") == "strategic")
+    entry["attacks"]["direct"]["how_broken"] = {"no_checks": 0, "never_flagged": 7, "flagged_not_confirmed": 2,
+                                                "intervened": 1, "threshold": 0.35, "median_peak_probability": 0.125,
+                                                "max_peak_probability": 0.875}
+    _, md_path = write_report(results, tmp_path / "out")
+    md = md_path.read_text(encoding="utf-8")
+    assert "How attacks got through" in md
+    row = next(line for line in md.splitlines() if line.startswith("| direct |") and "0.875" in line)
+    assert "| 7 | 2 | 1 | 0.125 | 0.875 |" in row

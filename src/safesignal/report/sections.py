@@ -31,7 +31,7 @@ EXCERPT_OUTPUT_CHARS = 60
 
 def build_document(results: dict) -> Document:
     results, notes = upgrade_demo_shape(results)
-    builders = (_judges, _main, _leak_sweep, _aggregation, _interventions, _ablations, _searches, _finetune, _classifier,
+    builders = (_judges, _main, _leak_sweep, _aggregation, _interventions, _how_broken, _ablations, _searches, _finetune, _classifier,
                 _streaming, _traces, _overhead, _behaviours, _excerpts, _provenance)
     sections = [section for build in builders if (section := build(results)) is not None]
     header = _header(results) + [("Note", note) for note in notes]
@@ -260,6 +260,32 @@ def _interventions(results: dict) -> Section | None:
         "How often strategic decoding injected a refusal, and how many of those came after the first check "
         "(the per-step mechanism at work, not only the check at the start of the answer). Cases = n × N.",
         Table(columns, rows, group_starts=starts)])
+
+
+def _how_broken(results: dict) -> Section | None:
+    """Where the decoder let the successful cases through, per attack and entry."""
+    def row(a: dict) -> list:
+        b = part(a, "how_broken")
+        return [rate_with_interval(a.get("asr_leak"), a.get("ci95"))] + [count(b.get(k)) for k in (
+            "no_checks", "never_flagged", "flagged_not_confirmed", "intervened")] + [
+            decimal(b.get("median_peak_probability")), decimal(b.get("max_peak_probability"))]
+
+    def broken(a: dict) -> bool:
+        b = part(a, "how_broken")
+        return any(is_number(b.get(k)) and b[k] > 0 for k in ("never_flagged", "flagged_not_confirmed", "intervened"))
+
+    named = [(n, e) for n, e in entries(results) if e.get("decoding") == "strategic"]
+    rows, starts = _grouped_by_attack(named, row, keep=broken)
+    if not rows:
+        return None
+    return Section("How attacks got through", "how-broken", [
+        "For every attack that succeeded on a strategically decoded entry, the successful cases (judged harmful) "
+        "by where the decoder let them through, from their safety events: every check at or under the threshold "
+        "(never flagged), a check over it that confirmation did not carry to an intervention, or an intervention "
+        "too late (a leak before it, or the answer resuming after it); and the highest P(malicious) those cases' "
+        "checks reached (median and maximum over the successes).",
+        Table(["Attack", "Model", "ASR (leak-aware)", "No checks", "Never flagged", "Flagged, not confirmed",
+               "Intervened too late", "Peak P, median", "Peak P, max"], rows, group_starts=starts)])
 
 
 def _ablations(results: dict) -> Section | None:
