@@ -402,8 +402,8 @@ def render_searches(data: dict) -> str:
             lines.append(f"| {name} | {key} | {_asr(attack)} | {size}, {budget['behaviours']} behaviours | "
                          f"{search['mean_target_loss']:.2f} | {'—' if mean is None else f'{mean:.3f}'} | {benign} |")
     lines += ["", "Leak-aware ASR in % with its 95% Wilson interval, judged on the full generation with the suffix. "
-              "A plainly decoded entry (`:weights_only`, `sft`, `qi_aug`) takes no checks: its search is plain GCG on "
-              "the weights, the power check at the same budget.",
+              "A plainly decoded entry (`:weights_only`, `sft`, `qi_aug`) takes no checks: its search has no [CLS] term (plain "
+              "GCG or the embedding search on the weights), the power check at the same budget.",
               "", f"`{data['command']}`, {data['created'][:10]}, {data.get('machine', 'this machine')}; "
               f"wall time {wall_time(data)}; commit {data['provenance']['git_commit']}."]
     return "\n".join(lines)
