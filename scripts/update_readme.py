@@ -466,7 +466,7 @@ BLOCKS = {
     "eval:utility": ("results/embedded/utility.json", render_utility),
     "eval:sweep": ("results/embedded/sweep.json", render_sweep),
     "eval:adaptive": ("results/embedded/adaptive.json", render_eval),
-    "eval:adaptive_searches": ("results/embedded/adaptive.json", render_searches),
+    "eval:adaptive_searches": ("results/embedded/gcg_adaptive.json", render_searches),
     "eval:late_harm": ("results/embedded/late_harm.json", render_late_harm),
     "eval:finetune": ("results/embedded/finetune.json", render_finetune),
     "bench:decode_overhead": ("results/bench/decode_overhead.json", render_decode_overhead),
