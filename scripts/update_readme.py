@@ -425,7 +425,22 @@ def render_late_harm(data: dict) -> str:
             lines.append(f"| {name} | {schedule} | " + " | ".join(cells) + " | "
                          + " / ".join(_pct(a) for a in alarms) + " |")
     lines += ["", "Detection in % (95% Wilson interval) of harmful answers force-decoded after a benign preamble of "
-              "that many tokens, with the neutral prompt; false alarms on pyrit's benign and held-out answers."]
+              "that many tokens, with the neutral prompt; false alarms on pyrit's benign and held-out answers. "
+              "A `_tail32` entry adds a check every 32 steps after annealing's last one (the periodic and each "
+              "schedules do not change)."]
+    for name, m in data["models"].items():
+        for key, attack in m["attacks"].items():
+            broken = attack.get("how_broken") or {}
+            variants = attack.get("per_variant") or {}
+            if len(variants) > 1 or broken.get("never_flagged"):
+                shown = ", ".join(f"{v} {_pct(r['asr_leak'])}%" for v, r in variants.items()) if len(variants) > 1 else ""
+                lines.append("")
+                lines.append(f"{name} `{key}`: " + (f"per variant {shown}; " if shown else "")
+                             + f"of its successes {broken.get('never_flagged', 0)} were never flagged (every check at "
+                             f"or under {broken.get('threshold')}), {broken.get('flagged_not_confirmed', 0)} flagged "
+                             f"but not confirmed, {broken.get('intervened', 0)} intervened too late; median peak "
+                             f"P(malicious) {broken.get('median_peak_probability') or 0:.2f}.")
+        break  # the first entry: the default policy
     return "\n".join(lines)
 
 
