@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..decoding import SafetyPolicy
 from ..decoding.engine import attention_dtype
-from ..decoding.forced import ForcedOutput, ForcedRow, build_forced_batch, first_check, forced_forward
+from ..decoding.forced import ForcedOutput, ForcedRow, first_check, forced_batch, forced_forward, forced_output
 from ..masks import to_additive
 from .base import Attack, PrepareContext, behaviour_id, register, stable_seed, user_turn
 
@@ -121,8 +121,7 @@ class SuffixTask:
         gradient) or free vectors (the embedding attack); gradients flow where autograd is on."""
         sm = self.sm
         row = self.row(example)
-        batch = build_forced_batch([row], cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
-                                   device=sm.device)
+        batch = forced_batch(sm, [row])
         embeds = sm.embed(batch.input_ids).detach()
         # prompt token j sits at column j of the row's prompt, which ends where the response starts
         columns = batch.response_start[0] - example.prompt_length + torch.arange(span.start, span.stop,
@@ -168,8 +167,7 @@ class SharedPrefix:
     def of(cls, sm, row: ForcedRow, span: range) -> "SharedPrefix":
         from transformers import DynamicCache
 
-        batch = build_forced_batch([row], cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
-                                   device=sm.device)
+        batch = forced_batch(sm, [row])
         first = batch.response_start[0] - row.example.prompt_length  # column of prompt token 0
         columns = torch.arange(first, first + span.start, device=sm.device)
         allowed = batch.allowed[0]
@@ -186,8 +184,7 @@ class SharedPrefix:
         """`forced_forward(sm, rows)` from the shared K/V (rows of one behaviour's candidates)."""
         import copy
 
-        batch = build_forced_batch(rows, cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
-                                   device=sm.device)
+        batch = forced_batch(sm, rows)
         size, length = batch.input_ids.shape
         if not bool((batch.input_ids[:, self.columns] == self.ids).all()):
             return forced_forward(sm, rows, batch=batch)  # laid out otherwise (padding): the whole forward
@@ -200,16 +197,9 @@ class SharedPrefix:
         cache.batch_repeat_interleave(size)
         hidden = sm.hidden_states(batch.input_ids[:, rest], to_additive(mask, attention_dtype(sm)),
                                   batch.position_ids[:, rest], cache=cache)
-        where = torch.full((length,), -1, dtype=torch.long, device=sm.device)
-        where[rest] = torch.arange(rest.numel(), device=sm.device)
-        predicts, slots = where[batch.predicts.clamp(min=0)], where[batch.check_rows.clamp(min=0)]
-        if bool((predicts < 0).any() or (slots < 0).any()):
-            raise AssertionError("a prediction or a check sits among the cached columns")
-        index = torch.arange(size, device=sm.device)[:, None]
-        logits = sm.lm_logits(hidden[index, predicts])
-        cls = sm.cls_logits(hidden[index, slots]).float()
-        cls = torch.where(batch.check_rows >= 0, cls, torch.full_like(cls, float("nan")))
-        return ForcedOutput(logits, cls, batch)
+        index_of = torch.full((length,), -1, dtype=torch.long, device=sm.device)
+        index_of[rest] = torch.arange(rest.numel(), device=sm.device)
+        return forced_output(sm, hidden, batch, index_of)
 
 
 def _finite(value: float) -> float | None:

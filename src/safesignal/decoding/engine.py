@@ -25,7 +25,7 @@ from .fsm import Check, Inject, RowSafety, SafetyEvent, own_refusal
 from .policy import SafetyPolicy
 from .sampler import Sampler, Sampling
 from .slots import Slots
-from .prompt_embeddings import PromptEmbeddings, embeds_with
+from .prompt_embeddings import PromptEmbeddings, check_prompt_embeddings, embeds_with
 from .stream import StreamChunk, TextRelease, release_frontier
 
 
@@ -206,11 +206,8 @@ class StrategicDecoder:
                 )
             examples.append(example)
         self._check_sliding_window(requests, examples)
-        hidden_size = sm.base.get_input_embeddings().weight.shape[1]
-        for i, (request, example) in enumerate(zip(requests, examples)):
-            if request.prompt_embeddings is not None:
-                request.prompt_embeddings.check(example.input_ids[:example.prompt_length], hidden_size,
-                                                f"conversation {i}")
+        check_prompt_embeddings(sm, ((q.prompt_embeddings, e, f"conversation {i}")
+                                     for i, (q, e) in enumerate(zip(requests, examples))))
         rows = [_Row(q, e.prompt_length, e.input_ids, sm.device, self._decode) for q, e in zip(requests, examples)]
 
         batch = collate(examples, cls_token_id=sm.cls_token_id, pad_token_id=self.tokenizer.pad_token_id,

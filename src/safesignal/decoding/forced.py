@@ -179,22 +179,36 @@ class ForcedOutput:
     batch: ForcedBatch
 
 
+def forced_batch(sm, rows: list[ForcedRow]) -> ForcedBatch:
+    """`build_forced_batch` with `sm`'s `[CLS]` and pad ids, on its device."""
+    return build_forced_batch(rows, cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
+                              device=sm.device)
+
+
+def forced_output(sm, hidden: torch.Tensor, batch: ForcedBatch, index_of: torch.Tensor | None = None) -> ForcedOutput:
+    """The LM logits and verdicts `batch` asks for, read from `hidden`; `index_of` maps a
+    batch column to its row of `hidden` when the forward ran on some columns only."""
+    predicts, slots = batch.predicts.clamp(min=0), batch.check_rows.clamp(min=0)
+    if index_of is not None:
+        predicts, slots = index_of[predicts], index_of[slots]
+        if bool((predicts < 0).any() or (slots < 0).any()):
+            raise AssertionError("a prediction or a check sits among the columns the forward did not run")
+    index = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    logits = sm.lm_logits(hidden[index, predicts])
+    cls = sm.cls_logits(hidden[index, slots]).float()
+    cls = torch.where(batch.check_rows >= 0, cls, torch.full_like(cls, float("nan")))
+    return ForcedOutput(logits, cls, batch)
+
+
 def forced_forward(sm, rows: list[ForcedRow], inputs_embeds: torch.Tensor | None = None,
                    batch: ForcedBatch | None = None) -> ForcedOutput:
     """One forward of `rows` through `sm` (a SafetyModel), gradients kept where autograd is on.
     `inputs_embeds` (B, L, H) replaces the token embeddings of `batch` (built by the caller,
-    with `build_forced_batch`, so that it knows where each token sits)."""
+    with `forced_batch`, so that it knows where each token sits)."""
     if batch is None:
-        batch = build_forced_batch(rows, cls_token_id=sm.cls_token_id, pad_token_id=sm.tokenizer.pad_token_id,
-                                   device=sm.device)
+        batch = forced_batch(sm, rows)
     hidden = sm.hidden_states(batch.input_ids, batch.mask(attention_dtype(sm)), batch.position_ids, inputs_embeds=inputs_embeds)
-    gather = batch.predicts.clamp(min=0)
-    index = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-    logits = sm.lm_logits(hidden[index, gather])
-    slots = batch.check_rows.clamp(min=0)
-    cls = sm.cls_logits(hidden[index, slots]).float()
-    cls = torch.where(batch.check_rows >= 0, cls, torch.full_like(cls, float("nan")))
-    return ForcedOutput(logits, cls, batch)
+    return forced_output(sm, hidden, batch)
 
 
 def replay(sm, rows: list[ForcedRow], max_forwards: int | None = None,

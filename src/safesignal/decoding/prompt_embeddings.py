@@ -53,6 +53,15 @@ class PromptEmbeddings:
         return hashlib.sha256(head + data).hexdigest()[:16]
 
 
+def check_prompt_embeddings(sm, items) -> None:
+    """`PromptEmbeddings.check` for each (override or None, its encoded example, where) of a
+    batch, against `sm`'s embedding width: before any forward, on either decoding path."""
+    width = sm.base.get_input_embeddings().weight.shape[1]
+    for override, example, where in items:
+        if override is not None:
+            override.check(example.input_ids[:example.prompt_length], width, where)
+
+
 def embeds_with(sm, input_ids: torch.Tensor, placements: list[tuple[int, int, PromptEmbeddings]]) -> torch.Tensor | None:
     """`sm.embed(input_ids)` with, for each (row, column of the row's first prompt token,
     override), the override's vectors in place of those tokens' embeddings; None when there is

@@ -18,7 +18,7 @@ from ..attacks import AttackCase
 from ..decoding import Request
 from ..decoding.engine import stop_token_ids
 from ..decoding.policy import SafetyPolicy
-from ..decoding.prompt_embeddings import embeds_with
+from ..decoding.prompt_embeddings import check_prompt_embeddings, embeds_with
 from ..decoding.sampler import Sampler, Sampling
 
 PROMPT_TOO_LONG = "prompt too long"
@@ -121,11 +121,8 @@ def plain_records(sm, cases: list[AttackCase], max_new_tokens: int) -> list[Case
     """One batch of cases through transformers' `generate` on the LM alone (no [CLS])."""
     tok = sm.tokenizer
     examples = [sm.formatter.encode(c.messages, c.prefill or "", add_eos=False) for c in cases]
-    hidden_size = sm.base.get_input_embeddings().weight.shape[1]
-    for case, example in zip(cases, examples):
-        if case.prompt_embeddings is not None:
-            case.prompt_embeddings.check(example.input_ids[:example.prompt_length], hidden_size,
-                                         f"case {case.attack}/{case.behaviour_id}")
+    check_prompt_embeddings(sm, ((c.prompt_embeddings, e, f"case {c.attack}/{c.behaviour_id}")
+                                 for c, e in zip(cases, examples)))
     ids, mask, pads = left_padded(sm, [e.input_ids for e in examples])
     width = ids.shape[1]
     samplings = [_sampling(c) for c in cases]
