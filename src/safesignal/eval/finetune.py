@@ -198,6 +198,10 @@ class FinetuneAttack:
                                         for r, p in zip(rows, probabilities)))
         return path
 
+    def _labelled_path(self, spec: ModelSpec, threat: str, kind: str) -> Path:
+        """Where a service run keeps its data as the model labelled it."""
+        return self.out / "finetune" / spec.name / threat / f"{kind}_labelled.jsonl"
+
     def _label_counts(self, path: Path) -> dict:
         labels = [json.loads(line)["label"] for line in path.read_text(encoding="utf-8").splitlines()]
         return {"malicious": sum(labels), "n": len(labels)}
@@ -236,7 +240,7 @@ class FinetuneAttack:
         stamp = fingerprint({**settings, "rows": rows})
         marker = directory / "finetune.json"
         if objective == "cls":
-            train_file = directory / f"{kind}_labelled.jsonl"
+            train_file = self._labelled_path(spec, threat, kind)
         else:
             train_file = self.out / "finetune" / "data" / f"{kind}.jsonl"
         if marker.is_file():
@@ -296,8 +300,7 @@ class FinetuneAttack:
             for threat, kind, objective in self._plan(spec, has_head):
                 dirs = self._train(spec, threat, kind, objective, data[kind])
                 if objective == "cls":
-                    labelled = self.out / "finetune" / spec.name / threat / f"{kind}_labelled.jsonl"
-                    self.labels[f"{spec.name}/{threat}"] = self._label_counts(labelled)
+                    self.labels[f"{spec.name}/{threat}"] = self._label_counts(self._labelled_path(spec, threat, kind))
                 curves[spec.name][threat] = {"objective": objective, "data": kind, "entries": {}}
                 for steps, directory in dirs.items():
                     name = attacked_name(spec.name, threat, steps)
