@@ -549,3 +549,20 @@ def test_the_adaptive_suite_shares_the_attack_grids_settings():
             assert models[spec.name].policies[name] == policy
     (adaptive,) = [a for a in suite.attacks if a.attack == "gcg_adaptive"]
     assert adaptive.config == grid.attacks[0].config and adaptive.on_policies
+
+
+def test_relative_utility_skips_a_set_that_was_not_measured():
+    # the fine-tuning attack's grid reads reference answers only: its held-out NLL is None, and
+    # the ratio to sft was a TypeError that stopped the run after every checkpoint was evaluated
+    from safesignal.eval.grid import relative_utility
+
+    models = {"sft": {"utility": {"ref_answer_nll": 2.0, "heldout_answer_nll": None}},
+              "cls": {"utility": {"ref_answer_nll": 3.0, "heldout_answer_nll": None}},
+              "base": {"utility": {"ref_answer_nll": 1.0, "heldout_answer_nll": 4.0}},
+              "plain": {}}
+    relative_utility(models)
+    assert models["cls"]["utility"]["ref_answer_nll_vs_sft"] == 1.5
+    assert models["base"]["utility"]["ref_answer_nll_vs_sft"] == 0.5
+    assert "heldout_answer_nll_vs_sft" not in models["cls"]["utility"]
+    assert "heldout_answer_nll_vs_sft" not in models["base"]["utility"]
+    assert models["plain"] == {}

@@ -429,12 +429,7 @@ class Grid:
                                                      "false_positive_rate": s["false_positive_rate"]}
 
     def _relative_utility(self) -> None:
-        sft = self.results["models"].get("sft", {}).get("utility")
-        for entry in self.results["models"].values():
-            u = entry.get("utility")
-            if u and sft:
-                u["ref_answer_nll_vs_sft"] = u["ref_answer_nll"] / sft["ref_answer_nll"]
-                u["heldout_answer_nll_vs_sft"] = u["heldout_answer_nll"] / sft["heldout_answer_nll"]
+        relative_utility(self.results["models"])
 
     def _write(self) -> None:
         from ..data.sources import files_read
@@ -445,6 +440,19 @@ class Grid:
         self.results["wall_seconds"] = round(time.time() - self.started, 1)
         self.results["reused_batches"] = self.reused_batches
         atomic_write_json(self.out / "results.json", self.results)
+
+
+def relative_utility(models: dict) -> None:
+    """Each entry's answer NLLs as ratios to the sft entry's, for the sets both measured: a grid
+    may skip a set (the fine-tuning attack reads no held-out answers), whose NLL is then None."""
+    sft = models.get("sft", {}).get("utility")
+    for entry in models.values():
+        u = entry.get("utility")
+        if not (u and sft):
+            continue
+        for kind in ("ref_answer_nll", "heldout_answer_nll"):
+            if u.get(kind) is not None and sft.get(kind) is not None:
+                u[f"{kind}_vs_sft"] = u[kind] / sft[kind]
 
 
 def _entry_name(spec: ModelSpec, policy_name: str) -> str:
