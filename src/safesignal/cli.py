@@ -211,6 +211,21 @@ def _cmd_report(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_merge(args, overrides: list[str]) -> int:
+    if overrides:
+        raise SystemExit(f"merge: unexpected arguments {overrides}")
+    from .io import atomic_write_json
+    from .report.merge import merge_results
+
+    merged = merge_results(args.results, command=" ".join(["safesignal merge", *args.results, "--out", args.out]))
+    atomic_write_json(args.out, merged)
+    attacks = sum(len(entry["attacks"]) for entry in merged["models"].values())
+    print(f"safesignal merge: wrote {args.out}: {len(merged['models'])} entries, {attacks} attack figures from "
+          f"{len(args.results)} files; {len(merged['merge']['shadowed'])} figures shadowed by a file listed earlier, "
+          f"{len(merged['merge']['renamed'])} attacks renamed for another behaviour pool")
+    return 0
+
+
 def _load_policy(args, overrides: list[str], model=None):
     """SafetyPolicy from --config YAML plus --field value overrides (any SafetyPolicy field),
     over the values calibrated for `model` (its default policy). Called once without the model
@@ -384,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="results.json written by `safesignal eval` or `safesignal demo`")
     report.add_argument("--out", default=None, help="output folder (default: the results file's folder)")
     report.set_defaults(func=_cmd_report)
+
+    merge = sub.add_parser("merge", help="one results.json from several runs of the same models (listed first wins)")
+    merge.add_argument("results", nargs="+", help="results.json files; an attack measured twice keeps the first")
+    merge.add_argument("--out", required=True, help="the merged results.json")
+    merge.set_defaults(func=_cmd_merge)
 
     classify = sub.add_parser("classify", help="print P(malicious) for prompts (arguments or stdin lines)")
     _add_model_argument(classify)

@@ -6,9 +6,11 @@ formatted by numbers.py only, rates as percentages with their 95% intervals and 
 
 from __future__ import annotations
 
+from collections import Counter
+
 from . import figures
 from .document import Cell, Document, Figure, Section, Table
-from .numbers import MISSING, count, decimal, is_number, percent, rate_with_interval, times, wall_time
+from .numbers import MISSING, count, decimal, is_number, percent, rate_with_interval, seconds, times, wall_time
 from .results import (ablation_entries, attack_names, attacks_of, default_entries, entries, headline_judge, items,
                       leak_k, model_of, part, policy_of, refusal_sets, upgrade_demo_shape)
 
@@ -31,7 +33,7 @@ EXCERPT_OUTPUT_CHARS = 60
 
 def build_document(results: dict) -> Document:
     results, notes = upgrade_demo_shape(results)
-    builders = (_judges, _main, _leak_sweep, _aggregation, _interventions, _how_broken, _ablations, _searches, _finetune, _classifier,
+    builders = (_sources, _judges, _main, _leak_sweep, _aggregation, _interventions, _how_broken, _ablations, _searches, _finetune, _classifier,
                 _streaming, _traces, _overhead, _behaviours, _excerpts, _provenance)
     sections = [section for build in builders if (section := build(results)) is not None]
     header = _header(results) + [("Note", note) for note in notes]
@@ -90,6 +92,25 @@ def _common(values: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- sections
+def _sources(results: dict) -> Section | None:
+    """The runs a merged file (`safesignal merge`) was made from, and what each contributed."""
+    sources = [s for s in items(results, "sources") if isinstance(s, dict)]
+    if not sources:
+        return None
+    kept = Counter(attack.get("source") for _, entry in entries(results) for attack in attacks_of(entry).values())
+    shadowed = Counter(item.get("file") for item in items(part(results, "merge"), "shadowed") if isinstance(item, dict))
+    rows = [[str(s.get("name", MISSING)), str(s.get("command", MISSING)), str(s.get("created", MISSING))[:19],
+             seconds(s.get("wall_seconds")), str(part(s, "provenance").get("git_commit") or MISSING)[:10],
+             count(kept.get(s.get("name"), 0)), count(shadowed.get(s.get("file"), 0))] for s in sources]
+    renamed = [f"{item.get('attack')} from {item.get('file')} is shown as {item.get('as')}: it was measured on "
+               "another behaviour pool" for item in items(part(results, "merge"), "renamed") if isinstance(item, dict)]
+    return Section("Runs merged into this file", "sources", [
+        "Each attack figure comes from one run; where two runs measured the same attack on the same entry, the "
+        "run listed first is kept and the other's figure is counted as shadowed.",
+        Table(["Run", "Command", "Created", "Wall time", "Git commit", "Attack figures kept", "Shadowed"], rows)]
+        + renamed)
+
+
 def _judges(results: dict) -> Section | None:
     judges = {name: j for name, j in part(results, "judges").items() if isinstance(j, dict)}
     if not judges:
