@@ -92,10 +92,11 @@ def test_a_shared_name_must_mean_the_same_entry(tmp_path, two_runs):
                          {"x": POOL_A})
     with pytest.raises(MergeError, match="moved.json: entry 'cls' field 'checkpoint'"):
         merge_results([standard, moved])
-    # a generation-length field may differ, and a field an older file lacks reads as its default
+    # a generation-length field may differ, and a field one file does not record is not compared
+    # (standard.json predates annealing_tail_period; today's default need not be what it ran)
     longer = results_file(tmp_path / "longer.json",
                           {"cls": entry({"x": attack(0.0)}, policy={**POLICY, "refusal_max_new_tokens": None,
-                                                                    "annealing_tail_period": 0})}, {"x": POOL_A})
+                                                                    "annealing_tail_period": 32})}, {"x": POOL_A})
     assert "x" in merge_results([standard, longer])["models"]["cls"]["attacks"]
     # a plainly decoded entry's policy decides nothing
     plain = results_file(tmp_path / "plain.json", {"sft": entry({"x": attack(0.0)}, decoding="plain",

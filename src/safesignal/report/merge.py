@@ -6,8 +6,9 @@ directory; DESIGN.md §Results file asks for all of them in one `results.json`. 
 conservative, so a merged figure still means what it meant in its own file:
 
 - an entry name shared by two files must be the same checkpoint, decoding and decision policy
-  (the SafetyPolicy fields that decide a verdict), and the files must use the same judges and
-  leak-aware k; otherwise the merge is refused, naming both files and the field;
+  (the SafetyPolicy fields that decide a verdict, as far as both files record them), and the
+  files must use the same judges and leak-aware k; otherwise the merge is refused, naming both
+  files and the field;
 - files listed first win: an attack an earlier file measured on an entry is kept, the later
   file's measurement of it is counted in `merge.shadowed` and dropped;
 - an attack measured on another behaviour pool than the one the merged file already holds under
@@ -111,12 +112,10 @@ def _check_judges(first_path: Path, first: dict, path: Path, results: dict) -> N
 
 
 def decision_policy(entry: dict) -> dict:
-    """The SafetyPolicy fields of an entry that decide verdicts; a field an older file lacks reads
-    as SafetyPolicy's default (fields are only ever added with a default that keeps old behaviour)."""
+    """The stored SafetyPolicy fields of an entry that decide verdicts. A field an older file lacks
+    is left out, not filled with today's default: a default may change after the file was written."""
     stored = entry.get("decoder_policy") or {}
-    defaults = SafetyPolicy()
-    return {f.name: stored.get(f.name, getattr(defaults, f.name)) for f in fields(SafetyPolicy)
-            if f.name not in LENGTH_FIELDS}
+    return {f.name: stored[f.name] for f in fields(SafetyPolicy) if f.name in stored and f.name not in LENGTH_FIELDS}
 
 
 def _check_entry(name: str, first_path: Path, first: dict, path: Path, entry: dict) -> None:
@@ -127,7 +126,7 @@ def _check_entry(name: str, first_path: Path, first: dict, path: Path, entry: di
     if first.get("decoding") != "strategic":
         return  # a plainly decoded entry's policy decides nothing
     mine, theirs = decision_policy(entry), decision_policy(first)
-    differ = [f for f in mine if mine[f] != theirs[f]]
+    differ = [f for f in mine if f in theirs and mine[f] != theirs[f]]
     if differ:
         f = differ[0]
         raise MergeError(f"{path}: entry {name!r} field 'decoder_policy.{f}' is {mine[f]!r} but {first_path} has "
