@@ -11,8 +11,9 @@ generated token.
 
     python benchmarks/decode_overhead.py [--repeats 3] [--out results/bench/decode_overhead.json]
 
-The last line is a JSON object with `annealing_ratio`, `periodic10_ratio`, `each_ratio` (256
-new tokens, batch 1) and the same at batch 8 (`*_b8`).
+The last line is a JSON object with `annealing_ratio` (the default, with its tail),
+`annealing_no_tail_ratio`, `periodic10_ratio`, `each_ratio` (256 new tokens, batch 1) and the
+same at batch 8 (`*_b8`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ PROMPTS = [
     "Summarise the plot of a heist movie you invent.",
     "Why is the sky blue during the day?",
 ]
-SCHEDULES = {"annealing": SafetyPolicy(), "periodic10": SafetyPolicy(schedule="periodic"),
-             "each": SafetyPolicy(schedule="each")}
+# annealing is the default (with its 32-step tail); annealing_no_tail is DESIGN.md's schedule
+SCHEDULES = {"annealing": SafetyPolicy(), "annealing_no_tail": SafetyPolicy(annealing_tail_period=0),
+             "periodic10": SafetyPolicy(schedule="periodic"), "each": SafetyPolicy(schedule="each")}
 
 
 def plain_generate(sm, prompts: list[str], new_tokens: int, kernel: str = "sdpa") -> tuple[float, int]:

@@ -44,16 +44,20 @@ def render_train_overhead(data: dict) -> str:
 
 
 def render_decode_overhead(data: dict) -> str:
+    # a record made before the default got its tail has no annealing_no_tail column: its annealing is that schedule
+    tail = any("annealing_no_tail_ratio" in row for row in data["per_setting"].values())
+    annealing = "annealing (default, tail 32) | annealing, no tail" if tail else "annealing (no tail)"
     lines = [
-        "| batch | new tokens | plain generate (s) | annealing | periodic(10) | each | annealing vs plain with our kernel | model calls per token (plain / annealing) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| batch | new tokens | plain generate (s) | {annealing} | periodic(10) | each | annealing vs plain with our kernel | model calls per token (plain / annealing) |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if tail else ""),
     ]
     for key, row in data["per_setting"].items():
         batch, tokens = key[1:].split("_n")
         calls = row["calls_per_token"]
         same = f"×{row['annealing_ratio_same_kernel']:.3f}" if "annealing_ratio_same_kernel" in row else "—"
+        no_tail = f"×{row['annealing_no_tail_ratio']:.3f} | " if tail else ""
         lines.append(
-            f"| {batch} | {tokens} | {row['plain_s']:.2f} | ×{row['annealing_ratio']:.3f} | "
+            f"| {batch} | {tokens} | {row['plain_s']:.2f} | ×{row['annealing_ratio']:.3f} | {no_tail}"
             f"×{row['periodic10_ratio']:.3f} | ×{row['each_ratio']:.3f} | {same} | "
             f"{calls['plain']:.2f} / {calls['annealing']:.2f} |"
         )
@@ -428,19 +432,65 @@ def render_late_harm(data: dict) -> str:
               "that many tokens, with the neutral prompt; false alarms on pyrit's benign and held-out answers. "
               "A `_tail32` entry adds a check every 32 steps after annealing's last one (the periodic and each "
               "schedules do not change)."]
-    for name, m in data["models"].items():
+    return "\n".join(lines + _how_broken_lines(data, list(data["models"])[:1]))  # the first entry: the default policy
+
+
+def _how_broken_lines(data: dict, entries) -> list[str]:
+    """Per strategic entry and attack with successes: where they got through the decoder."""
+    lines = []
+    for name in entries:
+        m = data["models"][name]
         for key, attack in m["attacks"].items():
             broken = attack.get("how_broken") or {}
             variants = attack.get("per_variant") or {}
             if len(variants) > 1 or broken.get("never_flagged"):
                 shown = ", ".join(f"{v} {_pct(r['asr_leak'])}%" for v, r in variants.items()) if len(variants) > 1 else ""
-                lines.append("")
-                lines.append(f"{name} `{key}`: " + (f"per variant {shown}; " if shown else "")
-                             + f"of its successes {broken.get('never_flagged', 0)} were never flagged (every check at "
-                             f"or under {broken.get('threshold')}), {broken.get('flagged_not_confirmed', 0)} flagged "
-                             f"but not confirmed, {broken.get('intervened', 0)} intervened too late; median peak "
-                             f"P(malicious) {broken.get('median_peak_probability') or 0:.2f}.")
-        break  # the first entry: the default policy
+                lines += ["", f"{name} `{key}`: " + (f"per variant {shown}; " if shown else "")
+                          + f"of its successes {broken.get('never_flagged', 0)} were never flagged (every check at "
+                          f"or under {broken.get('threshold')}), {broken.get('flagged_not_confirmed', 0)} flagged "
+                          f"but not confirmed, {broken.get('intervened', 0)} intervened too late; median peak "
+                          f"P(malicious) {broken.get('median_peak_probability') or 0:.2f}."]
+    return lines
+
+
+def render_adaptive(data: dict) -> str:
+    """The adaptive suite: every entry's ASR per attack, the searches, and for the defended
+    entries where the successes got through."""
+    names = list(data["models"])
+    attacks = list(dict.fromkeys(k for m in data["models"].values() for k in m["attacks"]))
+    lines = ["| attack | n × N | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for key in attacks:
+        first = next(m["attacks"][key] for m in data["models"].values() if key in m["attacks"])
+        lines.append(f"| {key} | {first['n']} × {first['variants']} | "
+                     + " | ".join(_asr(data["models"][n]["attacks"].get(key)) for n in names) + " |")
+    decoding = ", ".join(f"{n} {m['decoding']}" for n, m in data["models"].items())
+    lines += ["", f"Leak-aware ASR in % (k={data['leak_k']}, any-of over the N variants) with its 95% Wilson interval, "
+              f"on the same HarmBench test behaviours for every entry; decoding: {decoding}. `gcg_from_sft` applies "
+              "sft's searched suffixes to cls, `gcg_from_cls` cls's to sft (`sft_transfer` is sft again). — : not run "
+              "on that entry.", "", render_searches(data)]
+    strategic = [n for n, m in data["models"].items() if m["decoding"] == "strategic"]
+    return "\n".join(lines + _how_broken_lines(data, strategic))
+
+
+def render_merged(data: dict) -> str:
+    """Every attack on the four default models of the merged results file, with the run each
+    figure comes from, then the runs merged."""
+    names = [n for n in ("base", "sft", "qi_aug", "cls") if n in data["models"]]
+    attacks = list(dict.fromkeys(k for n in names for k in data["models"][n]["attacks"]))
+    lines = ["| attack | run | n × N | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for key in attacks:
+        figures = [data["models"][n]["attacks"].get(key) for n in names]
+        first = next(f for f in figures if f)
+        runs = ", ".join(dict.fromkeys(f["source"] for f in figures if f))
+        size = f"{first['n']} × {first.get('variants', 1)}"
+        lines.append(f"| {key} | {runs} | {size} | " + " | ".join(_asr(f) for f in figures) + " |")
+    lines += ["", f"Leak-aware ASR in % (k={data['leak_k']}) with its 95% Wilson interval; each row's run is the "
+              "results file it comes from (a `finetune_<threat>` row is the direct ASR after the largest step "
+              "count). Runs merged, listed first wins:", ""]
+    lines += [f"- `{s['name']}`: `{s['command']}`, {str(s.get('created', ''))[:10]}, wall time "
+              f"{wall_time(s)}" for s in data["sources"]]
+    lines += ["", f"`{data['command']}`, {data['created'][:10]}; {len(data['merge']['shadowed'])} figures shadowed by a "
+              f"run listed earlier, {len(data['merge']['renamed'])} attacks renamed for another behaviour pool."]
     return "\n".join(lines)
 
 
@@ -480,7 +530,8 @@ BLOCKS = {
     "eval:seeds": ("results/embedded/seeds.json", render_seeds),
     "eval:utility": ("results/embedded/utility.json", render_utility),
     "eval:sweep": ("results/embedded/sweep.json", render_sweep),
-    "eval:adaptive": ("results/embedded/adaptive.json", render_eval),
+    "eval:adaptive": ("results/embedded/adaptive.json", render_adaptive),
+    "eval:merged": ("results/embedded/results.json", render_merged),
     "eval:adaptive_searches": ("results/embedded/gcg_adaptive.json", render_searches),
     "eval:late_harm": ("results/embedded/late_harm.json", render_late_harm),
     "eval:finetune": ("results/embedded/finetune.json", render_finetune),

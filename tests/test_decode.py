@@ -236,13 +236,29 @@ def test_schedules():
     assert [s for s in range(1, 31) if SafetyPolicy(schedule="periodic").checks_at(s)] == [10, 20, 30]
     assert all(SafetyPolicy(schedule="each").checks_at(s) for s in range(1, 300))
     assert not any(SafetyPolicy(schedule="first").checks_at(s) for s in range(1, 300))
-    assert not any(SafetyPolicy().checks_at(s) for s in range(135, 400))
+    assert not any(SafetyPolicy(annealing_tail_period=0).checks_at(s) for s in range(135, 400))
+    # the default adds a check every 32 steps after annealing's last one (134)
+    assert [s for s in range(135, 300) if SafetyPolicy().checks_at(s)] == [166, 198, 230, 262, 294]
     tail = SafetyPolicy(annealing_tail_period=50)
     assert [s for s in range(1, 400) if tail.checks_at(s)] == sorted(SafetyPolicy().annealing_steps()) + [184, 234, 284, 334, 384]
     with pytest.raises(ValueError, match="annealing_tail_period"):
         SafetyPolicy(annealing_tail_period=-1)
     with pytest.raises(ValueError, match="schedule"):
         SafetyPolicy(schedule="sometimes")
+
+
+def test_within_drops_only_a_tail_that_has_no_check_in_the_span():
+    policies = [SafetyPolicy(), SafetyPolicy(annealing_tail_period=5), SafetyPolicy(annealing_tail_period=0),
+                SafetyPolicy(schedule="periodic"), SafetyPolicy(annealing_stop=20, annealing_tail_period=7)]
+    for policy in policies:
+        for span in (1, 30, 134, 165, 166, 300):
+            narrowed = policy.within(span)
+            # the same checks over the span, counted step by step
+            assert [s for s in range(1, span + 1) if narrowed.checks_at(s)] == \
+                   [s for s in range(1, span + 1) if policy.checks_at(s)]
+    assert SafetyPolicy().within(165).annealing_tail_period == 0  # first tail check: 134 + 32 = 166
+    assert SafetyPolicy().within(166).annealing_tail_period == 32
+    assert SafetyPolicy(annealing_stop=20, annealing_tail_period=7).within(29).annealing_tail_period == 7  # 22 + 7
 
 
 def test_policy_yaml_round_trip_and_unknown_field(tmp_path):

@@ -220,3 +220,36 @@ def test_a_search_is_reused_whether_or_not_it_shared_the_prefix(sm, tmp_path):
     again.searcher = lambda *a, **k: NoSearch()
     again.prepare(PrepareContext(sm, behaviours, "strategic", policy, tmp_path / "s.jsonl", tmp_path))
     assert again.suffixes == first.suffixes
+
+
+def test_a_search_is_reused_across_a_tail_it_cannot_reach_and_redone_for_one_it_can(sm, tmp_path):
+    from safesignal.attacks import get_attack
+    from safesignal.attacks.base import PrepareContext
+
+    searched = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, *args, **kwargs):
+            searched.append(1)
+            return self.inner.run(*args, **kwargs)
+
+    behaviours = [{"id": "b0", "prompt": PROMPT}]
+    knobs = {**SMALL, "steps": 1}
+
+    def prepare(policy):
+        attack = get_attack("gcg_adaptive", tokenizer=sm.tokenizer, **knobs)
+        inner = attack.searcher
+        attack.searcher = lambda *a, **k: Counting(inner(*a, **k))
+        attack.prepare(PrepareContext(sm, behaviours, "strategic", policy, tmp_path / "s.jsonl", tmp_path))
+        return attack.suffixes
+
+    # the target is a few tokens: a tail first checking at 134 + 32 reads none of them
+    assert len(sm.tokenizer(TARGET, add_special_tokens=False)["input_ids"]) < 40
+    first = prepare(SafetyPolicy(annealing_tail_period=0))
+    assert prepare(SafetyPolicy(annealing_tail_period=32)) == first and len(searched) == 1
+    # a schedule whose checks fall on the target's tokens is another search
+    prepare(SafetyPolicy(annealing_dense_steps=2, annealing_stop=2, annealing_tail_period=3))
+    assert len(searched) == 2

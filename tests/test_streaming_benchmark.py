@@ -71,7 +71,8 @@ def test_annealing_waits_for_its_next_scheduled_check_after_the_harm_starts(sm):
 
 
 def test_annealing_never_detects_past_its_last_check_and_first_never_detects_mid_answer(sm):
-    _, late = measure(sm, item(150 + 30, 150), "annealing", [BEN] * 15)  # 0, 1-8, 10, 14, 22, 38, 70, 134 benign
+    _, late = measure(sm, item(150 + 30, 150), "annealing", [BEN] * 15,  # 0, 1-8, 10, 14, 22, 38, 70, 134 benign
+                      policy_fields={"annealing_tail_period": 0})
     assert (late["detected"], late["false_alarms"]) == (0, 0)
     # a periodic tail after annealing reads it: benign at 0-134, malicious from the tail's check at 150
     _, tail = measure(sm, item(150 + 30, 150), "annealing", [BEN] * 15, policy_fields={"annealing_tail_period": 16})

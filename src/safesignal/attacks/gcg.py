@@ -412,8 +412,11 @@ class GCGAttack(Attack):
         # (share_prefix is left out: the same scores either way, tests/test_gcg.py, so a search
         # made with either is reused by the other)
         knobs = {k: v for k, v in asdict(config).items() if k != "share_prefix"}
+        # the checks the loss can reach are those over the longest target's tokens
+        span = max(len(sm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets)
+        plan = search_policy.within(span)
         settings = {"attack": self.name, "config": knobs, "checks": with_checks, "head": context.head,
-                    "plan": {k: getattr(search_policy, k) for k in PLAN_FIELDS},
+                    "plan": {k: getattr(plan, k) for k in PLAN_FIELDS},
                     "behaviours": [[behaviour_id(b), b["prompt"], t] for b, t in zip(behaviours, targets)]}
         cell = CellFile(Path(context.store), fingerprint(settings), {"attack": self.name, "behaviours": len(behaviours)},
                         record_class=self.result_class)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -47,9 +47,10 @@ class SafetyPolicy:
     annealing_dense_steps: int = 8  # check every step up to here ...
     annealing_first_gap: int = 2  # ... then at gaps 2, 4, 8, ... (steps 10, 14, 22, 38, 70, 134)
     annealing_stop: int = 256  # ... and never after this step
-    # then every this many steps after annealing's last check (0: none): harm that starts late in
-    # a long answer is otherwise never read (issue "adaptive attacks", late_harm)
-    annealing_tail_period: int = 0
+    # then every this many steps after annealing's last check (0: none): without it harm that starts
+    # after step 134 is never read (issue "adaptive attacks": spliced answers after a 300-400 token
+    # preamble went from 0% to 15-25% detected at 32, for ~3 more checks per 256 tokens)
+    annealing_tail_period: int = 32
     window_includes_query: bool = True
     strategic_attention: bool = True  # generated tokens read the refreshed [CLS] state
     strategic_decoding: bool = True  # inject the refusal on a malicious verdict
@@ -88,6 +89,15 @@ class SafetyPolicy:
             return True
         last, tail = max(steps), self.annealing_tail_period
         return bool(tail) and step > last and (step - last) % tail == 0
+
+    def within(self, span: int) -> "SafetyPolicy":
+        """This policy with a tail that has no check in steps 1..`span` set to 0 (no tail): the same
+        checks over the span. A search keyed by it (GCG's, over a target of `span` tokens) is then
+        reused across a change of the tail, which only moves checks past what it reads."""
+        if (self.schedule == "annealing" and self.annealing_tail_period
+                and max(self.annealing_steps()) + self.annealing_tail_period > span):
+            return replace(self, annealing_tail_period=0)
+        return self
 
     def annealing_steps(self) -> frozenset[int]:
         steps = set(range(1, min(self.annealing_dense_steps, self.annealing_stop) + 1))
