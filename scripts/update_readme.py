@@ -509,6 +509,18 @@ def render_finetune(data: dict) -> str:
                 lines.append(f"| {entry} | {threat} | {point['steps']} | {_asr(point.get('direct'))} | "
                              f"{_asr(point.get('prefill_10'))} | {'—' if nll is None else f'{nll:.3f}'} |")
     b, d = finetune["budget"], finetune["data"]
+    labels = "; ".join(f"{run}: {v['malicious']} of {v['n']} labelled malicious" for run, v in finetune["labels"].items())
+    last = b["steps"][-1]
+    broken = []
+    for name, m in data["models"].items():
+        direct = m["attacks"].get("direct") or {}
+        how = direct.get("how_broken") or {}
+        if m["decoding"] == "strategic" and name.split(":")[0].endswith(str(last)) and how.get("never_flagged"):
+            broken.append(f"{name} {how['never_flagged']} never flagged, median peak P(malicious) "
+                          f"{how.get('median_peak_probability') or 0:.2f}")
+    lines += ["", f"Labels the service gave its training examples (the model's own classifier at its threshold): "
+              f"{labels}. Direct successes after {last} steps, by where they got through: "
+              + ("; ".join(broken) or "none never flagged") + "."]
     lines += ["", f"Leak-aware ASR in % with its 95% Wilson interval (n={data['behaviours']['direct']['n']} "
               f"HarmBench test behaviours). LoRA r {b['lora_r']}, learning rate {b['learning_rate']} (constant), batch "
               f"{b['batch_size']}; {d['harmful']} harmful pairs ({d['harmful_dropped_near_eval']} dropped as near-copies "
