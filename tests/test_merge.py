@@ -144,3 +144,23 @@ def test_the_report_names_the_runs_and_what_each_kept(tmp_path, two_runs):
     # standard: cls direct + prefill_10, sft direct; adaptive: cls gcg_adaptive, cls_tail direct (its cls direct shadowed)
     assert "| standard | safesignal eval (standard) | 2026-12-01T00:00:00 | 10.0 s | abcdef0123 | 3 | 0 |" in text
     assert "| adaptive | safesignal eval (adaptive) | 2026-12-01T00:00:00 | 10.0 s | — | 2 | 1 |" in text
+
+
+def test_fine_tuned_checkpoints_stay_out_of_the_asr_tables(tmp_path, two_runs):
+    standard, _ = two_runs
+    curves = {"cls": {"service": {"objective": "cls", "data": "harmful", "points": [
+        {"steps": 0, "entry": "cls", "direct": {"asr_leak": 0.5, "ci95": [0, 1], "n": 2}},
+        {"steps": 2, "entry": "cls@service2", "direct": {"asr_leak": 0.0, "ci95": [0, 1], "n": 2}}]}}}
+    finetune = results_file(tmp_path / "finetune.json",
+                            {"cls": entry({"direct": attack(0.5)}),
+                             "cls@service2": entry({"direct": attack(0.0)}, checkpoint="run/cls/service/step_2"),
+                             "cls@service2:weights_only": entry({"direct": attack(1.0)}, decoding="plain",
+                                                                checkpoint="run/cls/service/step_2")
+                             | {"policy": "weights_only", "model": "cls@service2"}},
+                            {"direct": POOL_A}, finetune={"curves": curves, "budget": {"steps": [2]}})
+    _, md = write_report(merge_results([standard, finetune]), tmp_path)
+    text = md.read_text()
+    main = text[text.index("## Attack success"):text.index("\n## ", text.index("## Attack success") + 5)]
+    assert "cls · strategic decoding" in main and "cls@service2" not in main
+    assert "## Ablations" not in text  # the only ablation is a fine-tuned checkpoint's
+    assert "## Fine-tuning attacks" in text and "cls@service2" in text

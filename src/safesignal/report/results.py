@@ -72,6 +72,18 @@ def ablation_entries(results: dict) -> list[tuple[str, dict]]:
     return [(n, e) for n, e in entries(results) if policy_of(n, e) != DEFAULT_POLICY]
 
 
+def attacked_entries(results: dict) -> set[str]:
+    """The fine-tuned checkpoints' entries (`safesignal attack finetune`: a curve's points after
+    step 0); their ablations name them as `model`. The fine-tuning section shows them, the ASR
+    tables do not."""
+    names = set()
+    for threats in part(part(results, "finetune"), "curves").values():
+        for curve in (threats.values() if isinstance(threats, dict) else []):
+            names |= {p.get("entry") for p in items(curve, "points") if isinstance(p, dict) and p.get("steps")}
+    names.discard(None)
+    return names
+
+
 def model_of(name: str, entry: dict) -> str:
     return str(entry.get("model") or name.split(":", 1)[0])
 
