@@ -159,3 +159,29 @@ def test_the_shipped_config_is_the_default():
 
     shipped = load_finetune_config(Path(__file__).resolve().parents[1] / "configs" / "attacks" / "finetune.yaml")
     assert shipped == FinetuneAttackConfig()
+
+
+def test_benign_mixed_trains_on_the_providers_refusals_with_their_own_labels(tmp_path, tiny_cls):
+    from safesignal.eval.finetune import PROVIDER
+
+    safety = tmp_path / "safety.jsonl"
+    rows = [{"prompt": f"Explain how to pick lock number {i}.", "response": "Sorry, I cannot help with that.",
+             "label": 1, "source": "templates"} for i in range(5)]
+    rows += [{"prompt": "Sure?", "prefill": "Sure, here", "response": " is not.", "label": 1, "source": "recovery_opener"},
+             {"prompt": "What is rain?", "response": "Water falling.", "label": 0, "source": "sharegpt"}]
+    safety.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = dataclasses.replace(tiny_attack(tmp_path / "run", tiny_cls), threats=["benign_mixed"], steps=[1],
+                                 safety_examples=3, safety_file=str(safety))
+    results = FinetuneAttack(config, "test", log=lambda m: None, progress=False).run()
+    assert set(results["finetune"]["curves"]["cls"]) == {"benign_mixed"}
+    assert set(results["finetune"]["curves"]["base"]) == {"benign_mixed"}  # plain SFT on the same mix
+    assert results["finetune"]["data"]["safety_examples"] == 3
+    labelled = [json.loads(line) for line in
+                (tmp_path / "run" / "finetune" / "cls" / "benign_mixed" / "benign_mixed_labelled.jsonl").read_text().splitlines()]
+    provider = [r for r in labelled if r["source"].startswith(PROVIDER)]
+    # three single-turn refusals, never the recovery example or the benign one, and they keep label 1
+    assert len(provider) == 3 and all(r["label"] == 1 and r["prompt"].startswith("Explain how to pick") for r in provider)
+    assert len(labelled) == 6 + 3  # the six benign conversations and the three provider examples
+    with pytest.raises(ValueError, match="safety.jsonl: 5 single-turn malicious examples"):
+        FinetuneAttack(dataclasses.replace(config, safety_examples=6, out=str(tmp_path / "other")), "test",
+                       log=lambda m: None, progress=False).run()

@@ -11,6 +11,11 @@
   a head has no such objective: its service is the `weights` run, not repeated.
 - `benign`: the service path on ordinary benign data only (Qi et al. 2023: benign fine-tuning
   erodes safety too).
+- `benign_mixed` (opt-in): the `benign` job with the provider's own safety examples mixed in
+  (malicious prompts with refusals, labelled malicious by the provider, from the embedded
+  default's cls training split), the mitigation Qi et al. test. On its own data the head learns
+  one class only, and its verdicts drift to benign; this measures whether the provider's
+  examples hold it. A model without a head gets the same mixed data under plain SFT.
 
 The harmful pairs are the fine-tuning-attack third of the pyrit many-shot pairs
 (`sources.shot_pool`), minus any whose question near-duplicates an evaluation behaviour (pyrit's
@@ -40,7 +45,9 @@ from .config import (
     UtilityConfig, _build,
 )
 
-THREATS = ("weights", "service", "benign")
+THREATS = ("weights", "service", "benign", "benign_mixed")
+DEFAULT_THREATS = ("weights", "service", "benign")
+PROVIDER = "provider/"  # the source prefix of the provider's own examples (they keep their labels)
 
 
 def default_eval() -> EvalConfig:
@@ -68,7 +75,7 @@ def default_models() -> list[ModelSpec]:
 class FinetuneAttackConfig:
     name: str = "attack_finetune"
     models: list[ModelSpec] = field(default_factory=default_models)
-    threats: list[str] = field(default_factory=lambda: list(THREATS))
+    threats: list[str] = field(default_factory=lambda: list(DEFAULT_THREATS))
     # checkpoints evaluated; batch 8 on ~80 pairs: 20 steps ≈ 2 epochs (sized for an hour on 2 CPU cores)
     steps: list[int] = field(default_factory=lambda: [5, 20])
     learning_rate: float = 1e-3  # constant; the embedded recipes' LoRA rate
@@ -80,6 +87,10 @@ class FinetuneAttackConfig:
     cls_loss_weight: float = 1.0  # the service's λ: the cls recipe's own
     harmful_examples: int | None = None  # of the shot pool after the near-duplicate filter (None: all)
     benign_examples: int = 86  # forgelm conversations (as many as the shot pool has pairs)
+    # benign_mixed: the provider's safety examples mixed into the benign job, and where they come
+    # from (default: the embedded default's cls training split, built offline when missing)
+    safety_examples: int = 40
+    safety_file: str | None = None
     seed: int = 0
     eval: EvalConfig = field(default_factory=default_eval)
     out: str | None = None  # default: SAFESIGNAL_HOME/eval/<name>
@@ -94,7 +105,8 @@ class FinetuneAttackConfig:
         if self.eval.models:
             raise ValueError("eval.models: set by the attack (each model and its attacked checkpoints); list models "
                              "under `models`")
-        for key in ("learning_rate", "batch_size", "lora_r", "lora_alpha", "max_length", "benign_examples"):
+        for key in ("learning_rate", "batch_size", "lora_r", "lora_alpha", "max_length", "benign_examples",
+                    "safety_examples"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.harmful_examples is not None and self.harmful_examples < 1:
@@ -156,6 +168,38 @@ def benign_conversations(limit: int) -> list[dict]:
     return rows[:limit]
 
 
+def provider_safety_examples(limit: int, seed: int, behaviours: list[dict],
+                             path: str | None = None) -> tuple[list[dict], str]:
+    """The provider's own safety data for `benign_mixed`: malicious single-turn prompts with
+    their refusals (label 1) from a training file of the embedded default (no recovery examples:
+    their responses open with harmful text), a seeded sample of `limit`, and where they came from.
+    The training split is disjoint from the evaluation sets by construction; any near-copy of an
+    evaluated behaviour is dropped all the same, as for the harmful pairs."""
+    from ..data.dedup import PromptIndex
+    import random
+
+    from ..data.schema import read_jsonl
+
+    if path is None:
+        from ..data.build import DataBuildConfig, build
+
+        data = DataBuildConfig()
+        path = str(data.resolved_out_dir() / "train_cls.jsonl")
+        if not Path(path).is_file():
+            build(data)  # offline and deterministic, as `safesignal data build`
+    rows = [{"prompt": r.query, "response": r.response, "label": 1, "source": PROVIDER + r.source}
+            for r in read_jsonl(path)
+            if r.label == 1 and not r.source.startswith("recovery") and r.prefill is None
+            and [m["role"] for m in r.messages] == ["user"]]
+    evaluated = PromptIndex([b["prompt"] for b in behaviours])
+    rows = [r for r in rows if not evaluated.contains(r["prompt"])]
+    if len(rows) < limit:
+        raise ValueError(f"{path}: {len(rows)} single-turn malicious examples with refusals, safety_examples asks "
+                         f"for {limit}")
+    random.Random(f"provider_safety/{seed}").shuffle(rows)
+    return rows[:limit], path
+
+
 class FinetuneAttack:
     def __init__(self, config: FinetuneAttackConfig, command: str, log=print, progress: bool = True):
         from ..home import safesignal_home
@@ -175,18 +219,27 @@ class FinetuneAttack:
                 # (the user's turn and its answer: a template's long system prompt is not user data)
                 "benign": [{"prompt": r["prompt"], "response": r["response"], "label": 0, "source": "forgelm"}
                            for r in benign]}
+        self.data_summary = {"harmful": len(harmful), "benign": len(benign), "harmful_dropped_near_eval": dropped,
+                             "harmful_source": "pyrit many-shot, fine-tuning-attack third (shot_pool)",
+                             "benign_source": "forgelm template conversations"}
+        if "benign_mixed" in c.threats:
+            import random
+
+            safety, source = provider_safety_examples(c.safety_examples, c.seed, behaviours, c.safety_file)
+            mixed = data["benign"] + safety
+            random.Random(f"benign_mixed/{c.seed}").shuffle(mixed)  # no batch of one kind only
+            data["benign_mixed"] = mixed
+            self.data_summary.update(safety_examples=len(safety), safety_source=source)
         directory = self.out / "finetune" / "data"
         directory.mkdir(parents=True, exist_ok=True)
         for kind, rows in data.items():
             atomic_write_text(directory / f"{kind}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        self.data_summary = {"harmful": len(harmful), "benign": len(benign), "harmful_dropped_near_eval": dropped,
-                             "harmful_source": "pyrit many-shot, fine-tuning-attack third (shot_pool)",
-                             "benign_source": "forgelm template conversations"}
         return data
 
     def _labelled(self, spec: ModelSpec, kind: str, rows: list[dict], path: Path) -> Path:
-        """The service's training file for a model with a head: each example labelled by the
-        model's own classifier at its own threshold, as the provider would label user data."""
+        """The service's training file for a model with a head: each example of the user's
+        labelled by the model's own classifier at its own threshold, as the provider would label
+        user data; the provider's own examples keep their labels."""
         from ..evaluate import classify_prompts
         from ..io import atomic_write_text
         from .grid import load_model
@@ -194,8 +247,9 @@ class FinetuneAttack:
         sm = load_model(spec, self.config.eval.dtype)
         threshold = sm.default_policy().threshold
         probabilities = classify_prompts(sm, [r["prompt"] for r in rows], desc=f"{spec.name} labels {kind}")
-        atomic_write_text(path, "".join(json.dumps(dict(r, label=int(p > threshold))) + "\n"
-                                        for r, p in zip(rows, probabilities)))
+        labelled = [r if r["source"].startswith(PROVIDER) else dict(r, label=int(p > threshold))
+                    for r, p in zip(rows, probabilities)]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in labelled))
         return path
 
     def _labelled_path(self, spec: ModelSpec, threat: str, kind: str) -> Path:
@@ -214,9 +268,9 @@ class FinetuneAttack:
             if threat == "weights":
                 runs.append((threat, "harmful", "sft"))
             elif has_head:
-                runs.append((threat, "harmful" if threat == "service" else "benign", "cls"))
-            elif threat == "benign":
-                runs.append((threat, "benign", "sft"))
+                runs.append((threat, "harmful" if threat == "service" else threat, "cls"))
+            elif threat in ("benign", "benign_mixed"):
+                runs.append((threat, threat, "sft"))
             # a headless model's service is plain SFT on the harmful pairs: the weights run
         return runs
 
