@@ -98,6 +98,18 @@ def test_a_shared_name_must_mean_the_same_entry(tmp_path, two_runs):
                           {"cls": entry({"x": attack(0.0)}, policy={**POLICY, "refusal_max_new_tokens": None,
                                                                     "annealing_tail_period": 32})}, {"x": POOL_A})
     assert "x" in merge_results([standard, longer])["models"]["cls"]["attacks"]
+    # a tail that has no check within what a run generated decides nothing there: a run of 128 tokens
+    # with the tail matches one without it; at 256 tokens (first tail check: step 166) it does not
+    notail = results_file(tmp_path / "notail.json", {"cls": entry({"y": attack(0.0)}, policy={**POLICY,
+                          "annealing_tail_period": 0})}, {"y": POOL_A}, config={"max_new_tokens": 256})
+    for tokens, compatible in ((128, True), (165, True), (256, False)):
+        tail = results_file(tmp_path / f"tail{tokens}.json", {"cls": entry({"z": attack(0.0)}, policy={
+                            **POLICY, "annealing_tail_period": 32})}, {"z": POOL_A}, config={"max_new_tokens": tokens})
+        if compatible:
+            assert "z" in merge_results([notail, tail])["models"]["cls"]["attacks"]
+        else:
+            with pytest.raises(MergeError, match="decoder_policy.annealing_tail_period' is 32 but .*notail.json has 0"):
+                merge_results([notail, tail])
     # a plainly decoded entry's policy decides nothing
     plain = results_file(tmp_path / "plain.json", {"sft": entry({"x": attack(0.0)}, decoding="plain",
                                                                 checkpoint="smollm2-sft", policy={"tau": 9})},

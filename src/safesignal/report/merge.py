@@ -6,9 +6,9 @@ directory; DESIGN.md §Results file asks for all of them in one `results.json`. 
 conservative, so a merged figure still means what it meant in its own file:
 
 - an entry name shared by two files must be the same checkpoint, decoding and decision policy
-  (the SafetyPolicy fields that decide a verdict, as far as both files record them), and the
-  files must use the same judges and leak-aware k; otherwise the merge is refused, naming both
-  files and the field;
+  (the SafetyPolicy fields that decide a verdict over the tokens each run generated, as far as
+  both files record them), and the files must use the same judges and leak-aware k; otherwise
+  the merge is refused, naming both files and the field;
 - files listed first win: an attack an earlier file measured on an entry is kept, the later
   file's measurement of it is counted in `merge.shadowed` and dropped;
 - an attack measured on another behaviour pool than the one the merged file already holds under
@@ -56,18 +56,19 @@ def merge_results(paths, command: str = "safesignal merge") -> dict:
               "provenance": first.get("provenance", {}),
               "sources": [_source(path, results) for path, results in loaded],
               "behaviours": {}, "models": {}, "merge": {"shadowed": [], "renamed": []}}
-    origin: dict[str, Path] = {}  # entry name -> the file it first came from
+    origin: dict[str, tuple[Path, int | None]] = {}  # entry name -> the file it first came from, and its span
     for path, results in loaded:
         _check_judges(first_path, first, path, results)
+        span = (results.get("config") or {}).get("max_new_tokens")
         for key, value in results.items():
             if key not in RUN_FIELDS and key not in ("behaviours", "models") and key not in merged:
                 merged[key] = value
         pools = results.get("behaviours") or {}
         for name, entry in (results.get("models") or {}).items():
             if name in origin:
-                _check_entry(name, origin[name], merged["models"][name], path, entry)
+                _check_entry(name, origin[name], merged["models"][name], (path, span), entry)
             else:
-                origin[name] = path
+                origin[name] = (path, span)
                 merged["models"][name] = {k: v for k, v in entry.items() if k != "attacks"} | {"attacks": {}}
             target = merged["models"][name]
             for field, value in entry.items():
@@ -111,21 +112,34 @@ def _check_judges(first_path: Path, first: dict, path: Path, results: dict) -> N
         raise MergeError(f"{path}: field 'judges' names {names} but {first_path} names {first_names}")
 
 
-def decision_policy(entry: dict) -> dict:
-    """The stored SafetyPolicy fields of an entry that decide verdicts. A field an older file lacks
-    is left out, not filled with today's default: a default may change after the file was written."""
+def decision_policy(entry: dict, span: int | None = None) -> dict:
+    """The stored SafetyPolicy fields of an entry that decide verdicts over a run that generated
+    up to `span` tokens: a tail with no check inside the span reads as none (`SafetyPolicy.within`),
+    so a run at 128 tokens matches one under the same policy without the tail. A field an older
+    file lacks is left out, not filled with today's default: a default may change after the file
+    was written."""
     stored = entry.get("decoder_policy") or {}
-    return {f.name: stored[f.name] for f in fields(SafetyPolicy) if f.name in stored and f.name not in LENGTH_FIELDS}
+    known = {f.name for f in fields(SafetyPolicy)}
+    values = {k: v for k, v in stored.items() if k in known and k not in LENGTH_FIELDS}
+    if span and values.get("annealing_tail_period"):
+        try:
+            narrowed = SafetyPolicy(**{k: v for k, v in stored.items() if k in known}).within(span)
+        except (TypeError, ValueError):
+            return values  # not a policy this version can build: compared as stored
+        values["annealing_tail_period"] = narrowed.annealing_tail_period
+    return values
 
 
-def _check_entry(name: str, first_path: Path, first: dict, path: Path, entry: dict) -> None:
+def _check_entry(name: str, first_origin: tuple[Path, int | None], first: dict, origin: tuple[Path, int | None],
+                 entry: dict) -> None:
+    (first_path, first_span), (path, span) = first_origin, origin
     for field in ENTRY_IDENTITY:
         if entry.get(field) != first.get(field):
             raise MergeError(f"{path}: entry {name!r} field '{field}' is {entry.get(field)!r} but {first_path} has "
                              f"{first.get(field)!r}: rename one of the entries")
     if first.get("decoding") != "strategic":
         return  # a plainly decoded entry's policy decides nothing
-    mine, theirs = decision_policy(entry), decision_policy(first)
+    mine, theirs = decision_policy(entry, span), decision_policy(first, first_span)
     differ = [f for f in mine if f in theirs and mine[f] != theirs[f]]
     if differ:
         f = differ[0]
