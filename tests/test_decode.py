@@ -342,8 +342,10 @@ def test_steps_without_a_check_carry_no_cls_column():
 
     sm.hidden_states = spy
     StrategicDecoder(sm).generate(requests(PROMPTS[:1], max_new_tokens=16, ignore_eos=True))
-    steps = widths[1:]  # after the prefill pass; step t feeds generated token t (the 16th included)
-    assert steps == [2 if t in SafetyPolicy().annealing_steps() else 1 for t in range(1, 17)]
+    steps = widths[1:]  # after the prefill pass; step t feeds generated token t (the 16th is not
+    # fed: it ends the row and no check reads it)
+    assert 16 not in SafetyPolicy().annealing_steps()
+    assert steps == [2 if t in SafetyPolicy().annealing_steps() else 1 for t in range(1, 16)]
 
 
 def test_rolling_back_one_row_leaves_the_other_rows_unchanged():
@@ -386,3 +388,28 @@ def test_a_fixed_length_stream_equals_the_fixed_length_generate():
     streamed = list(sm.stream(PROMPTS[0], max_new_tokens=9, ignore_eos=True))
     assert "".join(d.text for d in streamed) == expected.text
     assert streamed[-1].result.token_ids == expected.token_ids
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_last_token_no_check_reads_is_not_fed(arch):
+    # the budget's last token used to be fed to end the row even when no check rode with it: one
+    # forward more than plain generate (65 for 64 tokens in benchmarks/decode_overhead.py)
+    sm = force_head(make_safety_model(arch, "eager"), -20.0)
+    decoder_module = sm.base.get_decoder()
+    calls = {"n": 0}
+    handle = decoder_module.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        results = {}
+        # annealing checks steps 1-8, 10, 14: step 12 reads nothing, step 8 reads the window
+        for n, forwards in ((12, 12), (8, 9), (13, 13)):
+            calls["n"] = 0
+            decoder = StrategicDecoder(sm)
+            request = Request([{"role": "user", "content": PROMPTS[0]}], max_new_tokens=n, ignore_eos=True)
+            (results[n],) = decoder.generate([request])
+            assert len(results[n].token_ids) == n and calls["n"] == decoder.model_calls == forwards
+            assert results[n].finish_reason == "length"
+        # ending unfed changes no token: the shorter runs are the longer run's beginning
+        assert results[13].token_ids[:12] == results[12].token_ids
+        assert results[12].text == sm.tokenizer.decode(results[12].token_ids, skip_special_tokens=True)
+    finally:
+        handle.remove()

@@ -104,12 +104,12 @@ def test_rule2_rule3_windows_previous_cls_reads_and_rollback_match_the_reference
         for j, token in enumerate(injected):  # step 6 feeds the refusal at token 4's position on
             ref.add(f"i{j}", token, n + 4 + j, kept + [f"i{k}" for k in range(j + 1)] + ["C5"])
         inj = [f"i{k}" for k in range(len(injected))]
-        # steps 7 and 8 feed the refusal's two budget tokens (calls 6 and 7 chose them); no checks
+        # step 7 feeds the refusal's first budget token (call 6 chose it); the second, the budget's
+        # last, ends the row unfed: no check reads it. No checks after the injection
         ref.add("t7", tokens[6], n + 4 + len(injected), kept + inj + ["t7", "C5"])
-        ref.add("t8", tokens[7], n + 5 + len(injected), kept + inj + ["t7", "t8", "C5"])
         hidden = ref.hidden()
         lm = ([hidden[f"p{n - 1}"]] + [hidden[f"t{t}"] for t in range(1, 6)]
-              + [hidden[inj[-1]], hidden["t7"], hidden["t8"]])
+              + [hidden[inj[-1]], hidden["t7"]])
         return lm, [hidden["A"]] + [hidden[f"C{t}"] for t in range(1, 6)], windows
 
     lm, checks, windows = reference("previous", rule2_width=2)

@@ -74,6 +74,13 @@ class GenerationResult:
         return [e for e in self.events if e.outcome == "self_refusal"]
 
 
+def _ends_unread(row, check) -> bool:
+    """The row's pending token is its last (budget or stop string), no check rides with it and no
+    confirmation waits on a verdict: feeding it would compute nothing anyone reads."""
+    return (row.ending is not None and check is None and not row.pending_injection
+            and row.safety.state != "confirming")
+
+
 class _Row:
     """One request in flight."""
 
@@ -158,10 +165,10 @@ class StrategicDecoder:
             self._after_step()
 
     def step(self) -> None:
-        """One forward for every active row."""
+        """One forward for every active row (none when every row only ends: `steps` counts forwards)."""
         with torch.inference_mode():
-            self._step()
-        self.steps += 1
+            fed = self._step()
+        self.steps += fed
 
     def cancel(self, index: int) -> None:
         """End row `index` (in the order the rows came) now, keeping what it has (a client
@@ -271,13 +278,23 @@ class StrategicDecoder:
         return rows, slots
 
     # ------------------------------------------------------------------ one decode step
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One decode step; whether it ran a forward."""
         sm, rows = self.sm, self.active
         size = len(rows)
         checks: list[Check | None] = []
         for row in rows:
             fed_last = len(row.response) + len(row.pending)  # response index of the last token fed
             checks.append(None if row.pending_injection else row.safety.check_for(row.generated, fed_last))
+        if all(_ends_unread(row, check) for row, check in zip(rows, checks)):
+            # every row feeds its last token only to end, and no check would read it: no forward
+            for row in rows:
+                for token in row.pending:
+                    self._append(row, token)
+                row.pending = []
+                self._end(row, row.ending)
+            self._after_step()
+            return False
         any_check = any(c is not None for c in checks)
         width = max(len(r.pending) for r in rows) + any_check
 
@@ -288,11 +305,8 @@ class StrategicDecoder:
         window = torch.zeros((size, 2), dtype=torch.long)
         for i, (row, check) in enumerate(zip(rows, checks)):
             for k, token in enumerate(row.pending):
-                row.response.append(token)
-                index = len(row.response)
-                row.position_of[index] = row.position
-                ids[i, k], kind[i, k], response_index[i, k], positions[i, k] = token, TOKEN, index, row.position
-                row.position += 1
+                ids[i, k], kind[i, k], positions[i, k] = token, TOKEN, row.position
+                response_index[i, k] = self._append(row, token)
             if check is not None:
                 ids[i, -1], kind[i, -1] = sm.cls_token_id, CLS
                 window[i] = torch.tensor(check.window)
@@ -325,6 +339,16 @@ class StrategicDecoder:
             else:
                 self._take(row, logits[i])
         self._after_step()
+        return True
+
+    @staticmethod
+    def _append(row: _Row, token: int) -> int:
+        """Add a fed token to the row's response at the row's next position; its response index."""
+        row.response.append(token)
+        index = len(row.response)
+        row.position_of[index] = row.position
+        row.position += 1
+        return index
 
     def _after_step(self) -> None:
         """Move the release frontiers, let finished rows leave, drop dead cache columns."""
