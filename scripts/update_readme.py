@@ -133,17 +133,23 @@ def _asr(attack: dict | None) -> str:
     return f"{100 * attack['asr_leak']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
-def render_eval(data: dict) -> str:
-    """The grid's main table: leak-aware any-of ASR per attack per default entry, then
-    over-refusal, utility and overhead; then the ablations and controls on their attacks."""
-    models = {name: m for name, m in data["models"].items() if m.get("policy", "default") == "default"}
-    ablations = {name: m for name, m in data["models"].items() if m.get("policy", "default") != "default"}
+def _attack_table(models: dict) -> list[str]:
+    """Leak-aware ASR per attack (rows, in first-seen order) per entry (columns)."""
     attacks = list(dict.fromkeys(key for m in models.values() for key in m["attacks"]))
     lines = ["| attack | n × N | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for key in attacks:
         first = next(m["attacks"][key] for m in models.values() if key in m["attacks"])
         lines.append(f"| {key} | {first['n']} × {first['variants']} | "
                      + " | ".join(_asr(m["attacks"].get(key)) for m in models.values()) + " |")
+    return lines
+
+
+def render_eval(data: dict) -> str:
+    """The grid's main table: leak-aware any-of ASR per attack per default entry, then
+    over-refusal, utility and overhead; then the ablations and controls on their attacks."""
+    models = {name: m for name, m in data["models"].items() if m.get("policy", "default") == "default"}
+    ablations = {name: m for name, m in data["models"].items() if m.get("policy", "default") != "default"}
+    lines = _attack_table(models)
 
     def row(label: str, values) -> str:
         return f"| {label} | | " + " | ".join(values) + " |"
@@ -456,13 +462,7 @@ def _how_broken_lines(data: dict, entries) -> list[str]:
 def render_adaptive(data: dict) -> str:
     """The adaptive suite: every entry's ASR per attack, the searches, and for the defended
     entries where the successes got through."""
-    names = list(data["models"])
-    attacks = list(dict.fromkeys(k for m in data["models"].values() for k in m["attacks"]))
-    lines = ["| attack | n × N | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for key in attacks:
-        first = next(m["attacks"][key] for m in data["models"].values() if key in m["attacks"])
-        lines.append(f"| {key} | {first['n']} × {first['variants']} | "
-                     + " | ".join(_asr(data["models"][n]["attacks"].get(key)) for n in names) + " |")
+    lines = _attack_table(data["models"])
     decoding = ", ".join(f"{n} {m['decoding']}" for n, m in data["models"].items())
     lines += ["", f"Leak-aware ASR in % (k={data['leak_k']}, any-of over the N variants) with its 95% Wilson interval, "
               f"on the same HarmBench test behaviours for every entry; decoding: {decoding}. `gcg_from_sft` applies "

@@ -84,6 +84,12 @@ def attacked_entries(results: dict) -> set[str]:
     return names
 
 
+def without_attacked(results: dict, named: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """`named` less the fine-tuned checkpoints' entries and their ablations."""
+    attacked = attacked_entries(results)
+    return [(n, e) for n, e in named if not {n, model_of(n, e)} & attacked]
+
+
 def model_of(name: str, entry: dict) -> str:
     return str(entry.get("model") or name.split(":", 1)[0])
 

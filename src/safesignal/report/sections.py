@@ -11,8 +11,8 @@ from collections import Counter
 from . import figures
 from .document import Cell, Document, Figure, Section, Table
 from .numbers import MISSING, count, decimal, is_number, percent, rate_with_interval, seconds, times, wall_time
-from .results import (ablation_entries, attack_names, attacked_entries, attacks_of, default_entries, entries,
-                      headline_judge, items, leak_k, model_of, part, policy_of, refusal_sets, upgrade_demo_shape)
+from .results import (ablation_entries, attack_names, attacks_of, default_entries, entries, headline_judge, items,
+                      leak_k, model_of, part, policy_of, refusal_sets, upgrade_demo_shape, without_attacked)
 
 # Both rule-based judges count refusal markers; the report must never let a reader take them
 # for a judge model.
@@ -194,8 +194,7 @@ def _overhead_rows(named_entries) -> list[list]:
 
 
 def _main(results: dict) -> Section | None:
-    attacked = attacked_entries(results)
-    named = [(n, e) for n, e in default_entries(results) if not {n, model_of(n, e)} & attacked]
+    named = without_attacked(results, default_entries(results))
     if not named:
         return None
     attacks = attack_names(named)
@@ -311,8 +310,7 @@ def _how_broken(results: dict) -> Section | None:
 
 
 def _ablations(results: dict) -> Section | None:
-    attacked = attacked_entries(results)
-    ablations = [(n, e) for n, e in ablation_entries(results) if not {n, model_of(n, e)} & attacked]
+    ablations = without_attacked(results, ablation_entries(results))
     if not ablations:
         return None
     defaults = dict(default_entries(results))
