@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -148,13 +149,11 @@ def attacked_name(model: str, threat: str, steps: int) -> str:
     return f"{model}@{threat}{steps}"
 
 
-def harmful_pairs(behaviours: list[dict], limit: int | None) -> tuple[list[dict], int]:
-    """The fine-tuning-attack third's harmful pairs whose question near-duplicates no evaluation
-    behaviour, and how many were dropped for it."""
-    from ..data.dedup import PromptIndex
+def harmful_pairs(evaluated, limit: int | None) -> tuple[list[dict], int]:
+    """The fine-tuning-attack third's harmful pairs whose question near-duplicates no evaluated
+    behaviour (`evaluated`, a PromptIndex of them), and how many were dropped for it."""
     from ..data.sources import shot_pool
 
-    evaluated = PromptIndex([b["prompt"] for b in behaviours])
     pool = shot_pool()
     kept = [p for p in pool if not evaluated.contains(p["prompt"])]
     return (kept if limit is None else kept[:limit]), len(pool) - len(kept)
@@ -168,16 +167,12 @@ def benign_conversations(limit: int) -> list[dict]:
     return rows[:limit]
 
 
-def provider_safety_examples(limit: int, seed: int, behaviours: list[dict],
-                             path: str | None = None) -> tuple[list[dict], str]:
+def provider_safety_examples(limit: int, seed: int, evaluated, path: str | None = None) -> tuple[list[dict], str]:
     """The provider's own safety data for `benign_mixed`: malicious single-turn prompts with
     their refusals (label 1) from a training file of the embedded default (no recovery examples:
     their responses open with harmful text), a seeded sample of `limit`, and where they came from.
     The training split is disjoint from the evaluation sets by construction; any near-copy of an
-    evaluated behaviour is dropped all the same, as for the harmful pairs."""
-    from ..data.dedup import PromptIndex
-    import random
-
+    evaluated behaviour (`evaluated`, a PromptIndex) is dropped all the same, as for the harmful pairs."""
     from ..data.schema import read_jsonl
 
     if path is None:
@@ -191,7 +186,6 @@ def provider_safety_examples(limit: int, seed: int, behaviours: list[dict],
             for r in read_jsonl(path)
             if r.label == 1 and not r.source.startswith("recovery") and r.prefill is None
             and [m["role"] for m in r.messages] == ["user"]]
-    evaluated = PromptIndex([b["prompt"] for b in behaviours])
     rows = [r for r in rows if not evaluated.contains(r["prompt"])]
     if len(rows) < limit:
         raise ValueError(f"{path}: {len(rows)} single-turn malicious examples with refusals, safety_examples asks "
@@ -211,8 +205,11 @@ class FinetuneAttack:
     def _datasets(self, behaviours: list[dict]) -> dict:
         from ..io import atomic_write_text
 
+        from ..data.dedup import PromptIndex
+
         c = self.config
-        harmful, dropped = harmful_pairs(behaviours, c.harmful_examples)
+        evaluated = PromptIndex([b["prompt"] for b in behaviours])  # what no training example may near-copy
+        harmful, dropped = harmful_pairs(evaluated, c.harmful_examples)
         benign = benign_conversations(c.benign_examples)
         data = {"harmful": [{"prompt": p["prompt"], "response": p["response"], "label": 1,
                              "source": "pyrit_finetune_attack"} for p in harmful],
@@ -223,9 +220,7 @@ class FinetuneAttack:
                              "harmful_source": "pyrit many-shot, fine-tuning-attack third (shot_pool)",
                              "benign_source": "forgelm template conversations"}
         if "benign_mixed" in c.threats:
-            import random
-
-            safety, source = provider_safety_examples(c.safety_examples, c.seed, behaviours, c.safety_file)
+            safety, source = provider_safety_examples(c.safety_examples, c.seed, evaluated, c.safety_file)
             mixed = data["benign"] + safety
             random.Random(f"benign_mixed/{c.seed}").shuffle(mixed)  # no batch of one kind only
             data["benign_mixed"] = mixed
