@@ -288,6 +288,16 @@ def test_a_torn_header_restarts_the_cell(tmp_path):
     assert CellFile(path, "aaaa").records(1)[0].response == "r"
 
 
+def test_a_cell_keyed_by_text_reads_back_and_a_malformed_key_names_its_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    CellFile(path, "aaaa").add("b7#1f", [CaseRecord("direct", "direct", "b7", "p", "r")])
+    assert CellFile(path, "aaaa").done["b7#1f"][0].response == "r"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"batch": [3], "records": []}\n')
+    with pytest.raises(DataError, match=r"c\.jsonl:3: malformed batch line"):
+        CellFile(path, "aaaa")
+
+
 def test_results_files_hold_no_nan(tmp_path):
     from safesignal.io import atomic_write_json
 
@@ -462,8 +472,15 @@ def test_per_source_subsets_draw_each_source_apart():
     assert chosen == behaviours.subset_per_source("harmful", {"advbench": 7, "harmbench_test": 5}, 0)
     with pytest.raises(ValueError, match="no source"):
         behaviours.subset_per_source("harmful", {"harmbench_val": 3}, 0)
-    for path in ("standard", "full"):  # the shipped grids load
+    for path in ("standard", "full", "gcg_large"):  # the shipped grids load
         load_eval_config(TINY.parent / f"{path}.yaml")
+
+
+def test_a_smaller_draw_is_inside_every_larger_one():
+    # configs/eval/gcg_large.yaml grows its behaviours across sessions on this
+    draws = [behaviours.subset_per_source("harmful", {"harmbench_test": k}, 0) for k in (4, 8, 12, 20)]
+    for smaller, larger in zip(draws, draws[1:]):
+        assert {b["prompt"] for b in smaller} < {b["prompt"] for b in larger}
 
 
 CALIBRATION_GRID = """\

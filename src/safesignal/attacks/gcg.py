@@ -393,13 +393,25 @@ class GCGAttack(Attack):
         """What runs one behaviour's search: `.run(prompt, target, seed=)` → a `result_class`."""
         return GCG(sm, config, policy, with_checks)
 
+    @staticmethod
+    def search_key(sm, policy: SafetyPolicy, behaviour: dict, target: str) -> str:
+        """A search's line key: the behaviour, its request and target, and the checks the loss
+        can reach over the target's tokens (a tail that first checks past them changes nothing)."""
+        from ..eval.store import fingerprint
+
+        plan = policy.within(len(sm.tokenizer(target, add_special_tokens=False)["input_ids"]))
+        what = [behaviour["prompt"], target, {k: getattr(plan, k) for k in PLAN_FIELDS}]
+        return f"{behaviour_id(behaviour)}#{fingerprint(what)}"
+
     def found(self, results: dict) -> None:
         """Keep what the cases need from the finished searches (behaviour id → result)."""
         self.suffixes = {bid: r.suffix for bid, r in results.items()}
 
     def prepare(self, context: PrepareContext) -> dict:
         """Search every behaviour's suffix (resuming from `context.store`, one line per finished
-        behaviour) and return the search's summary for the results file."""
+        behaviour) and return the search's summary for the results file. A line is keyed by the
+        behaviour, not by its position, so a run on more behaviours (or on other ones) reuses
+        every search already made with the same budget, model and checks."""
         from tqdm import tqdm
 
         from ..eval.store import CellFile, fingerprint
@@ -412,22 +424,18 @@ class GCGAttack(Attack):
         # (share_prefix is left out: the same scores either way, tests/test_gcg.py, so a search
         # made with either is reused by the other)
         knobs = {k: v for k, v in asdict(config).items() if k != "share_prefix"}
-        # the checks the loss can reach are those over the longest target's tokens
-        span = max(len(sm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets)
-        plan = search_policy.within(span)
-        settings = {"attack": self.name, "config": knobs, "checks": with_checks, "head": context.head,
-                    "plan": {k: getattr(plan, k) for k in PLAN_FIELDS},
-                    "behaviours": [[behaviour_id(b), b["prompt"], t] for b, t in zip(behaviours, targets)]}
-        cell = CellFile(Path(context.store), fingerprint(settings), {"attack": self.name, "behaviours": len(behaviours)},
+        settings = {"attack": self.name, "config": knobs, "checks": with_checks, "head": context.head}
+        cell = CellFile(Path(context.store), fingerprint(settings), {"attack": self.name},
                         record_class=self.result_class)
+        keys = [self.search_key(sm, search_policy, b, t) for b, t in zip(behaviours, targets)]
         search = self.searcher(sm, config, search_policy, with_checks)
-        todo = [i for i in range(len(behaviours)) if i not in cell.done]
+        todo = [i for i in range(len(behaviours)) if keys[i] not in cell.done]
         for i in tqdm(todo, desc=f"{self.name} search", unit="behaviour", leave=False, disable=not context.progress):
             seed = stable_seed(self.name, behaviour_id(behaviours[i]), config.seed)
             result = search.run(behaviours[i]["prompt"], targets[i], seed=seed)
             result.behaviour_id = behaviour_id(behaviours[i])
-            cell.add(i, [result])
-        results = [cell.done[i][0] for i in range(len(behaviours))]
+            cell.add(keys[i], [result])
+        results = [cell.done[key][0] for key in keys]
         self.found({behaviour_id(b): r for b, r in zip(behaviours, results)})
         return search_summary(config, search_policy, behaviours, results)
 

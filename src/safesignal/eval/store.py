@@ -108,7 +108,10 @@ def cell_batches(path: Path, complete: list[str]):
     for number, line in enumerate(complete[1:], start=2):
         try:
             obj = json.loads(line)
-            batch, records = int(obj["batch"]), obj["records"]
+            batch, records = obj["batch"], obj["records"]
+            # a batch's index, or a text key (a search's line per behaviour: behaviour, not position)
+            if isinstance(batch, bool) or not isinstance(batch, (int, str)):
+                raise TypeError(f"batch: expected an index or a key, got {batch!r}")
             if not isinstance(records, list):
                 raise TypeError(f"records: expected a list, got {type(records).__name__}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
@@ -123,7 +126,7 @@ class CellFile:
     def __init__(self, path: Path, fingerprint: str, meta: dict | None = None, record_class=CaseRecord):
         self.path, self.fingerprint, self.meta = Path(path), fingerprint, meta or {}
         self.record_class = record_class
-        self.done: dict[int, list] = {}
+        self.done: dict[int | str, list] = {}
         if self.path.exists():
             self._read()
 
@@ -160,7 +163,7 @@ class CellFile:
             f.flush()
             os.fsync(f.fileno())
 
-    def add(self, batch: int, records: list) -> None:
+    def add(self, batch: int | str, records: list) -> None:
         if not self.path.exists() or self.path.stat().st_size == 0:
             self._append({"format": CELL_FORMAT, "fingerprint": self.fingerprint, **self.meta})
         self._append({"batch": batch, "records": [r.to_json() for r in records]})
