@@ -152,6 +152,14 @@ def test_bad_configs_and_overrides_are_refused():
         with_finetune_overrides(FinetuneAttackConfig(), ["--stepz", "3"])
 
 
+def test_an_unknown_model_is_refused_before_anything_trains(capsys, tmp_path):
+    from safesignal.cli import main
+
+    assert main(["attack", "finetune", "--models", "cls,nope", "--out", str(tmp_path / "run")]) == 2
+    assert "--models: no model ['nope'] in the attack; known: ['base', 'sft', 'qi_aug', 'cls']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_shipped_config_is_the_default():
     from pathlib import Path
 

@@ -112,6 +112,7 @@ def _cmd_finetune(args, overrides: list[str]) -> int:
     """`safesignal attack finetune`: train attacked checkpoints, then one eval grid over them."""
     import dataclasses
 
+    from .eval.config import check_model_names
     from .eval.finetune import load_finetune_config, run_finetune_attack, with_finetune_overrides
 
     config = with_finetune_overrides(load_finetune_config(args.config), overrides)
@@ -119,9 +120,7 @@ def _cmd_finetune(args, overrides: list[str]) -> int:
         config = dataclasses.replace(config, out=args.out)
     if args.models:
         names = [n for n in args.models.split(",") if n]
-        unknown = sorted(set(names) - {m.name for m in config.models})
-        if unknown:
-            raise ValueError(f"--models: no model {unknown} in the attack; known: {[m.name for m in config.models]}")
+        check_model_names(config.models, names, "the attack")
         config = dataclasses.replace(config, models=[m for m in config.models if m.name in names])
     command = " ".join(["safesignal attack finetune"] + (["--config", args.config] if args.config else [])
                        + (["--out", args.out] if args.out else []) + (["--models", args.models] if args.models else [])

@@ -272,13 +272,18 @@ def with_overrides(config: EvalConfig, overrides: list[str] | None) -> EvalConfi
     return dataclasses.replace(config, **changes) if changes else config
 
 
+def check_model_names(models, names: list[str], where: str) -> None:
+    """Refuse a `--models` name that is not one of `models` (ModelSpecs), listing the known ones."""
+    known = [m.name for m in models]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--models: no model {unknown} in {where}; known: {known}")
+
+
 def select_models(config: EvalConfig, names: list[str]) -> EvalConfig:
     """The grid restricted to the named model entries, in the config's order: a part of a grid
     run into the grid's own output directory, whose cells a later run of the whole grid reuses."""
-    known = [m.name for m in config.models]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"--models: no model {unknown} in the grid; known: {known}")
+    check_model_names(config.models, names, "the grid")
     attacks = [a if a.models is None else dataclasses.replace(a, models=[m for m in a.models if m in names])
                for a in config.attacks]
     return dataclasses.replace(config, models=[m for m in config.models if m.name in names], attacks=attacks)
