@@ -195,13 +195,16 @@ def _ci_pct(rate, ci) -> str:
     return f"{100 * rate:.0f} [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
 
 
-def render_release_comparison(current: dict, previous: dict) -> str:
+def render_release_comparison(current: dict, previous: dict, labels: tuple[str, str] = ("v1", "v2"),
+                              names: list[str] | None = None) -> str:
     """One grid's run on this release beside the same grid on the previous one (the boundary
-    and the standard grids): per default model, over-refusal on the benign sets, ASR per
-    attack, and the cls classifier's recall / false-positive rate on the contrast set. A
-    measure neither run has (the standard grid has no contrast set) is left out."""
-    names = [n for n, m in current["models"].items() if m.get("policy", "default") == "default"]
-    entries = [(n, release, data["models"].get(n)) for n in names for release, data in (("v1", previous), ("v2", current))]
+    and the standard grids), or a rerun beside the run it repeats (`labels`, `names`: the
+    entries shown, default every entry at its default policy): per entry, over-refusal on the
+    benign sets, ASR per attack, and the cls classifier's recall / false-positive rate on the
+    contrast set. A measure neither run has (the standard grid has no contrast set) is left out."""
+    old, new = labels
+    names = names or [n for n, m in current["models"].items() if m.get("policy", "default") == "default"]
+    entries = [(n, release, data["models"].get(n)) for n in names for release, data in ((old, previous), (new, current))]
     lines = ["| measure | " + " | ".join(f"{n} {release}" for n, release, _ in entries) + " |",
              "|---|" + "---|" * len(entries)]
 
@@ -230,8 +233,8 @@ def render_release_comparison(current: dict, previous: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Rates in % with 95% Wilson intervals; ASR is leak-aware any-of (k="
               f"{current['leak_k']}), the suite's keyword judges, as in the standard table. "
-              f"v1: `{previous['command']}` at commit {previous['provenance']['git_commit']} "
-              f"({previous['created'][:10]}); v2: `{current['command']}` at commit "
+              f"{old}: `{previous['command']}` at commit {previous['provenance']['git_commit']} "
+              f"({previous['created'][:10]}), {previous.get('machine', '')}; {new}: `{current['command']}` at commit "
               f"{current['provenance']['git_commit']} ({current['created'][:10]}), {current.get('machine', '')}."]
     return "\n".join(lines)
 
@@ -542,6 +545,11 @@ BLOCKS = {
     "eval:seeds": ("results/embedded/seeds.json", render_seeds),
     "eval:utility": ("results/embedded/utility.json", render_utility),
     "eval:sweep": ("results/embedded/sweep.json", render_sweep),
+    # the standard grid's cls entries rerun under the default tail (1 thread) beside the committed run
+    "eval:standard_cls_rerun": (("results/embedded/standard_cls.json", "results/embedded/standard.json"),
+                                lambda current, previous: render_release_comparison(
+                                    current, previous, ("before", "rerun"), ["cls", "cls:weights_only"])),
+    "eval:gcg_large": ("results/embedded/gcg_large.json", render_searches),
     "eval:adaptive": ("results/embedded/adaptive.json", render_adaptive),
     "eval:merged": ("results/embedded/results.json", render_merged),
     "eval:adaptive_searches": ("results/embedded/gcg_adaptive.json", render_searches),
