@@ -493,7 +493,7 @@ def render_merged(data: dict) -> str:
     lines += [f"- `{s['name']}`: `{s['command']}`, {str(s.get('created', ''))[:10]}, wall time "
               f"{wall_time(s)}" for s in data["sources"]]
     lines += ["", f"`{data['command']}`, {data['created'][:10]}; {len(data['merge']['shadowed'])} figures shadowed by a "
-              f"run listed earlier, {len(data['merge']['renamed'])} attacks renamed for another behaviour pool."]
+              f"run listed earlier, {len(data['merge']['renamed'])} attacks renamed for another behaviour pool or configuration."]
     return "\n".join(lines)
 
 

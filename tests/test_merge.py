@@ -78,8 +78,27 @@ def test_an_attack_on_another_pool_is_kept_apart(tmp_path, two_runs):
     assert merged["models"]["cls"]["attacks"]["direct@finetune"]["asr_leak"] == 0.25
     assert set(merged["models"]["cls@service20"]["attacks"]) == {"direct@finetune"}
     assert merged["behaviours"]["direct"] == POOL_A and merged["behaviours"]["direct@finetune"] == POOL_B
-    assert merged["merge"]["renamed"] == [{"attack": "direct", "as": "direct@finetune", "file": other}]
+    assert merged["merge"]["renamed"] == [{"attack": "direct", "as": "direct@finetune", "file": other,
+                                           "why": "behaviour pool"}]
     assert merged["merge"]["shadowed"] == []
+
+
+def test_an_attack_with_another_budget_is_kept_apart_and_the_same_budget_is_shadowed(tmp_path):
+    def run(name, steps, asr):
+        grid = {"attacks": [{"attack": "gcg_adaptive", "key": None, "config": {"steps": steps}}]}
+        return results_file(tmp_path / f"{name}.json", {"cls": entry({"gcg_adaptive": attack(asr)})},
+                            {"gcg_adaptive": POOL_B}, config=grid)
+
+    default, large, again = run("adaptive", 8, 0.5), run("gcg_large", 50, 0.0), run("rerun", 8, 1.0)
+    merged = merge_results([default, large, again])
+    attacks = merged["models"]["cls"]["attacks"]
+    assert attacks["gcg_adaptive"]["asr_leak"] == 0.5 and attacks["gcg_adaptive@gcg_large"]["asr_leak"] == 0.0
+    assert merged["merge"]["renamed"] == [{"attack": "gcg_adaptive", "as": "gcg_adaptive@gcg_large", "file": large,
+                                           "why": "configuration"}]
+    assert [s["file"] for s in merged["merge"]["shadowed"]] == [again]  # the same budget measured again
+    assert merged["behaviours"]["gcg_adaptive@gcg_large"] == POOL_B
+    _, md = write_report(merged, tmp_path / "report")
+    assert "is shown as gcg_adaptive@gcg_large: it was measured with another configuration" in md.read_text()
 
 
 def test_a_shared_name_must_mean_the_same_entry(tmp_path, two_runs):

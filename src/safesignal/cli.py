@@ -221,7 +221,7 @@ def _cmd_merge(args, overrides: list[str]) -> int:
     attacks = sum(len(entry["attacks"]) for entry in merged["models"].values())
     print(f"safesignal merge: wrote {args.out}: {len(merged['models'])} entries, {attacks} attack figures from "
           f"{len(args.results)} files; {len(merged['merge']['shadowed'])} figures shadowed by a file listed earlier, "
-          f"{len(merged['merge']['renamed'])} attacks renamed for another behaviour pool")
+          f"{len(merged['merge']['renamed'])} attacks renamed for another behaviour pool or configuration")
     return 0
 
 

@@ -11,8 +11,9 @@ conservative, so a merged figure still means what it meant in its own file:
   the merge is refused, naming both files and the field;
 - files listed first win: an attack an earlier file measured on an entry is kept, the later
   file's measurement of it is counted in `merge.shadowed` and dropped;
-- an attack measured on another behaviour pool than the one the merged file already holds under
-  its name is kept under `<attack>@<file stem>` with its own pool, never mixed with the first;
+- an attack measured on another behaviour pool, or with another configuration (a larger search
+  budget, other variants), than the one the merged file already holds under its name is kept
+  under `<attack>@<file stem>` with its own pool, never mixed with the first;
 - every attack entry names its `source` file, and `sources` keeps each file's command, date,
   machine, wall time and provenance.
 """
@@ -57,6 +58,7 @@ def merge_results(paths, command: str = "safesignal merge") -> dict:
               "sources": [_source(path, results) for path, results in loaded],
               "behaviours": {}, "models": {}, "merge": {"shadowed": [], "renamed": []}}
     origin: dict[str, tuple[Path, int | None]] = {}  # entry name -> the file it first came from, and its span
+    held_configs: dict[str, dict | None] = {}  # attack key -> the configuration it was measured with
     for path, results in loaded:
         _check_judges(first_path, first, path, results)
         span = (results.get("config") or {}).get("max_new_tokens")
@@ -64,6 +66,7 @@ def merge_results(paths, command: str = "safesignal merge") -> dict:
             if key not in RUN_FIELDS and key not in ("behaviours", "models") and key not in merged:
                 merged[key] = value
         pools = results.get("behaviours") or {}
+        configs = attack_configs(results)
         for name, entry in (results.get("models") or {}).items():
             if name in origin:
                 _check_entry(name, origin[name], merged["models"][name], (path, span), entry)
@@ -74,7 +77,8 @@ def merge_results(paths, command: str = "safesignal merge") -> dict:
             for field, value in entry.items():
                 target.setdefault(field, value)
             for attack_name, attack in (entry.get("attacks") or {}).items():
-                key = _attack_key(merged, attack_name, pools.get(attack_name), path)
+                key = _attack_key(merged, held_configs, attack_name, pools.get(attack_name),
+                                  configs.get(attack_name), path)
                 if key in target["attacks"]:
                     merged["merge"]["shadowed"].append({"entry": name, "attack": attack_name, "file": str(path),
                                                         "kept_from": target["attacks"][key]["source"]})
@@ -83,18 +87,33 @@ def merge_results(paths, command: str = "safesignal merge") -> dict:
     return merged
 
 
-def _attack_key(merged: dict, attack_name: str, pool, path: Path) -> str:
+def attack_configs(results: dict) -> dict[str, dict]:
+    """Each attack's configuration (results key -> its spec's `config`) as the run's grid gave it;
+    empty for a file without its grid (a merged file keeps its runs' grids under `sources`)."""
+    specs = (results.get("config") or {}).get("attacks") or []
+    return {spec.get("key") or spec["attack"]: spec.get("config") or {} for spec in specs if isinstance(spec, dict)}
+
+
+def _attack_key(merged: dict, held_configs: dict, attack_name: str, pool, config: dict | None, path: Path) -> str:
     """The name an attack from `path` is kept under: its own, unless the merged file already holds
-    that name measured on another behaviour pool."""
+    that name measured on another behaviour pool or with another configuration (where both files
+    record one)."""
     held = merged["behaviours"]
-    if pool is None or held.get(attack_name, pool) == pool:
+    same_pool = pool is None or held.get(attack_name, pool) == pool
+    known = held_configs.get(attack_name)
+    same_config = known is None or config is None or known == config
+    if same_pool and same_config:
         if pool is not None:
             held.setdefault(attack_name, pool)
+        if config is not None:
+            held_configs.setdefault(attack_name, config)
         return attack_name
     key = f"{attack_name}@{path.stem}"
     if key not in held:
         held[key] = pool
-        merged["merge"]["renamed"].append({"attack": attack_name, "as": key, "file": str(path)})
+        held_configs[key] = config
+        merged["merge"]["renamed"].append({"attack": attack_name, "as": key, "file": str(path),
+                                           "why": "behaviour pool" if not same_pool else "configuration"})
     return key
 
 

@@ -102,8 +102,9 @@ def _sources(results: dict) -> Section | None:
     rows = [[str(s.get("name", MISSING)), str(s.get("command", MISSING)), str(s.get("created", MISSING))[:19],
              seconds(s.get("wall_seconds")), str(part(s, "provenance").get("git_commit") or MISSING)[:10],
              count(kept.get(s.get("name"), 0)), count(shadowed.get(s.get("file"), 0))] for s in sources]
-    renamed = [f"{item.get('attack')} from {item.get('file')} is shown as {item.get('as')}: it was measured on "
-               "another behaviour pool" for item in items(part(results, "merge"), "renamed") if isinstance(item, dict)]
+    renamed = [f"{item.get('attack')} from {item.get('file')} is shown as {item.get('as')}: it was measured "
+               f"{'with another configuration' if item.get('why') == 'configuration' else 'on another behaviour pool'}"
+               for item in items(part(results, "merge"), "renamed") if isinstance(item, dict)]
     return Section("Runs merged into this file", "sources", [
         "Each attack figure comes from one run; where two runs measured the same attack on the same entry, the "
         "run listed first is kept and the other's figure is counted as shadowed.",
