@@ -279,6 +279,21 @@ def test_the_output_directory_must_be_ours(tmp_path, capsys):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+def test_a_directory_of_copied_cells_is_a_run_directory_and_a_stray_file_is_not(tmp_path):
+    from safesignal.eval.grid import claim_eval_dir
+
+    run = tmp_path / "run"
+    CellFile(run / "cells" / "cls" / "search" / "gcg.jsonl", "aaaa").add("b0", [CaseRecord("d", "d", "b", "p", "r")])
+    claim_eval_dir(run, "copied")  # searches copied in to be resumed
+    assert (run / "safesignal_eval.json").is_file()
+    other = tmp_path / "other"
+    (other / "cells").mkdir(parents=True)
+    (other / "cells" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="does not hold a safesignal eval output directory"):
+        claim_eval_dir(other, "x")
+    assert sorted(p.name for p in other.rglob("*")) == ["cells", "notes.txt"]
+
+
 def test_a_torn_header_restarts_the_cell(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text('{"format": "safesignal-eval-ce')  # the kill cut the very first write

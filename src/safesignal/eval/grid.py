@@ -29,14 +29,22 @@ from . import behaviours as behaviour_pools
 from .config import AttackSpec, EvalConfig, ModelSpec, PolicySpec
 from .generation import CaseRecord, length_batches, run_batch, user_cases
 from .scoring import Scorer, attack_entry, refusal_entry
-from .store import CellFile, claim_entry_dir, fingerprint, weights_digest
+from .store import CellFile, claim_entry_dir, fingerprint, is_cell_file, weights_digest
 
 RUN_MARKER = "safesignal_eval.json"
 HEAD_FORCE_BIAS = 20.0  # sigmoid(±20) = 1 − 2e-9: every verdict is the forced one
 
 
 def is_eval_dir(path: Path) -> bool:
-    return (Path(path) / RUN_MARKER).is_file()
+    """A run's directory: it has the run marker, or it holds nothing but cell files under
+    `cells/` (searches copied in to be resumed, e.g. results/embedded/search/gcg_large/)."""
+    path = Path(path)
+    if (path / RUN_MARKER).is_file():
+        return True
+    if [p.name for p in path.iterdir()] != ["cells"]:
+        return False
+    files = [p for p in (path / "cells").rglob("*") if not p.is_dir()]
+    return bool(files) and all(is_cell_file(p) for p in files)
 
 
 def claim_eval_dir(out: Path, name: str) -> None:

@@ -93,6 +93,16 @@ def cell_lines(path: Path) -> tuple[list[str], bool]:
     return lines[:-1], bool(lines[-1].strip())
 
 
+def is_cell_file(path: Path) -> bool:
+    """Whether `path` is one of our cell files (its first line is a cell header)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = json.loads(f.readline())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(header, dict) and header.get("format") == CELL_FORMAT
+
+
 def cell_header(path: Path, complete: list[str]) -> dict:
     try:
         header = json.loads(complete[0])
