@@ -93,16 +93,6 @@ def cell_lines(path: Path) -> tuple[list[str], bool]:
     return lines[:-1], bool(lines[-1].strip())
 
 
-def is_cell_file(path: Path) -> bool:
-    """Whether `path` is one of our cell files (its first line is a cell header)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            header = json.loads(f.readline())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(header, dict) and header.get("format") == CELL_FORMAT
-
-
 def cell_header(path: Path, complete: list[str]) -> dict:
     try:
         header = json.loads(complete[0])
@@ -111,6 +101,16 @@ def cell_header(path: Path, complete: list[str]) -> dict:
     if not isinstance(header, dict) or header.get("format") != CELL_FORMAT:
         raise DataError([f"{path}:1: format: expected {CELL_FORMAT!r}, not an eval cell"])
     return header
+
+
+def is_cell_file(path: Path) -> bool:
+    """Whether `path` is one of our cell files: its first line is what `cell_header` accepts."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            cell_header(Path(path), [f.readline()])
+    except (OSError, UnicodeDecodeError, DataError):
+        return False
+    return True
 
 
 def cell_batches(path: Path, complete: list[str]):
