@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TextIO
 
 MAX_REPORTED = 20
 
@@ -46,14 +47,17 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and a rename."""
+@contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text handle on a temporary file beside `path`, renamed onto `path` when the block
+    ends without an error (and removed when it raises): files too big to build in memory
+    are streamed through it and still appear whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            yield handle
         # mkstemp creates the file 0600; a results file or report is meant to be read like any
         # other file the user writes, so give it the mode their umask gives new files.
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -61,6 +65,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` via a temporary file in the same directory and a rename."""
+    with atomic_writer(path) as handle:
+        handle.write(text)
 
 
 def finite_json(obj):
@@ -80,18 +90,21 @@ def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """One JSON object per line, written atomically."""
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    """One JSON object per line, written atomically (streamed: `records` may be a generator)."""
+    with atomic_writer(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------- JSONL
-def iter_jsonl_lines(text: str, name: str) -> Iterator[tuple[str, dict | str]]:
-    """(where, object) per non-blank line of `text`; `where` is "name:line".
+def iter_jsonl_lines(lines: str | Iterable[str], name: str) -> Iterator[tuple[str, dict | str]]:
+    """(where, object) per non-blank line of `lines` (a text, or an open file read line by
+    line so a big file is never held whole); `where` is "name:line".
 
     A line that is not a JSON object yields (where, problem message) instead, so callers can
     report every bad line at once rather than stopping at the first.
     """
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines.splitlines() if isinstance(lines, str) else lines, start=1):
         if not line.strip():
             continue
         where = f"{name}:{number}"
@@ -136,14 +149,15 @@ def read_jsonl(path: str | os.PathLike, parse: Callable[[dict, str], object] | N
         raise FileNotFoundError(f"{name}: file not found")
     parse = parse or (lambda obj, where: (where, obj))
     out, problems = [], []
-    for where, obj in iter_jsonl_lines(path.read_text(encoding="utf-8"), name):
-        if isinstance(obj, str):
-            problems.append(f"{where}: {obj}")
-            continue
-        try:
-            out.append(parse(obj, where))
-        except DataError as err:
-            problems.extend(err.problems)
+    with path.open(encoding="utf-8") as handle:
+        for where, obj in iter_jsonl_lines(handle, name):
+            if isinstance(obj, str):
+                problems.append(f"{where}: {obj}")
+                continue
+            try:
+                out.append(parse(obj, where))
+            except DataError as err:
+                problems.extend(err.problems)
     if problems:
         raise DataError(problems)
     return out
@@ -220,6 +234,6 @@ def recover_interrupted_replace(target: str | os.PathLike, is_ours: Callable[[Pa
 
 
 __all__ = [
-    "DataError", "NotOursError", "atomic_write_json", "atomic_write_text", "claim_directory", "refuse_unless_ours",
+    "DataError", "NotOursError", "atomic_write_json", "atomic_write_text", "atomic_writer", "claim_directory", "refuse_unless_ours",
     "iter_jsonl_lines", "read_jsonl", "recover_interrupted_replace", "replace_directory", "write_jsonl",
 ]
