@@ -18,6 +18,12 @@ def _cmd_train(args, overrides: list[str]) -> int:
     from .training import SafetyTrainingConfig, train
 
     config = load_config(SafetyTrainingConfig, args.config, overrides)
+    if args.dry_run:
+        from .training.sizing import dry_run, format_dry_run
+
+        run = dry_run(config, num_gpus=args.num_gpus, gpu_memory_gb=args.gpu_memory_gb)
+        print(json.dumps(run.as_dict(), indent=1) if args.json else format_dry_run(run))
+        return 0
     final_dir = train(config, resume=args.resume)
     print(f"safesignal train: final model written to {final_dir}")
     return 0
@@ -351,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="resume from the newest checkpoint in output_dir (or from the given checkpoint)",
     )
+    train.add_argument("--dry-run", action="store_true",
+                       help="validate the config, size the job on the meta device (no weights) and exit")
+    train.add_argument("--num_gpus", type=_positive_int, default=1, help="--dry-run: GPUs to size the job for")
+    train.add_argument("--gpu_memory_gb", type=float, default=80.0, help="--dry-run: memory of one GPU")
+    train.add_argument("--json", action="store_true", help="--dry-run: print the figures as JSON")
     train.set_defaults(func=_cmd_train)
 
     data = sub.add_parser("data", help="build the embedded default's train / validation / evaluation JSONL")

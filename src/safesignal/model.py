@@ -272,21 +272,28 @@ class SafetyModel(nn.Module):
             raise ValueError("strategic decoding needs a [CLS]-trained model (this one is a plain-SFT baseline)")
         return StrategicDecoder(self)
 
+    # ------------------------------------------------------------------ training memory
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False) -> None:
+        """Recompute each decoder layer in the backward pass (what `activation_checkpointing: true`
+        asks the Trainer for). Non-reentrant by default: a LoRA model's frozen embeddings give
+        the first layer an input that needs no gradient, which reentrant checkpointing mishandles."""
+        self.base.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=activation_checkpointing_kwargs or {"use_reentrant": False},
+            every_n_layers=every_n_layers, offload=offload)
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.base.is_activation_checkpointing
+
     # ------------------------------------------------------------------ LoRA
     def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):
         """Wrap the LM in a peft LoRA adapter; `[CLS]` row and head stay fully trainable."""
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         if self.config.adapter:
             raise ValueError("this SafetyModel already has a LoRA adapter")
-        lora = LoraConfig(
-            r=r,
-            lora_alpha=alpha,
-            lora_dropout=dropout,
-            target_modules=target_modules or "all-linear",
-            task_type="CAUSAL_LM",
-        )
-        self.model = get_peft_model(self.model, lora)
+        self.model = get_peft_model(self.model, lora_config(r, alpha, dropout, target_modules))
         self.config.adapter = "lora"
         return self
 
@@ -334,6 +341,14 @@ class SafetyModel(nn.Module):
         """Load the trainable weights (full model or LoRA adapter, `[CLS]` row, head) of a
         checkpoint written by this model's configuration; used to resume training."""
         checkpoint.load_trainable_weights(self, directory)
+
+
+def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):
+    """The peft LoRA configuration `add_lora` applies (also what the dry run sizes)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules or "all-linear",
+                      task_type="CAUSAL_LM")
 
 
 def _as_messages(conversation: list[dict] | str) -> list[dict]:

@@ -41,6 +41,43 @@ def shipped_checkpoint(name: str) -> Path | None:
     return path
 
 
+def base_config(reference):
+    """The Hugging Face architecture config of a base model or checkpoint, without its weights.
+
+    `reference` as for `load_base`, or a safesignal checkpoint directory (a LoRA checkpoint
+    answers with its base's config)."""
+    from transformers import AutoConfig
+
+    if isinstance(reference, dict):
+        if reference.get("kind") == "registry":
+            return base_config(reference["name"])
+        if reference.get("kind") == "home":
+            return base_config(str(safesignal_home() / reference["path"]))
+        raise ValueError(f"base_model: unrecognised reference {reference!r}")
+    name = str(reference)
+    from .base_models import SMOLLM2_NAME, ensure_smollm2_base
+
+    if name == SMOLLM2_NAME:
+        return AutoConfig.from_pretrained(str(ensure_smollm2_base()))
+    if name.startswith(TINY_PREFIX):
+        from .tiny import build_tiny_tokenizer, tiny_config
+
+        return tiny_config(name[len(TINY_PREFIX):], vocab_size=len(build_tiny_tokenizer()))
+    checkpoint = shipped_checkpoint(name) or Path(name).expanduser()
+    if (checkpoint / CHECKPOINT_CONFIG).is_file():
+        from .checkpoint import SafeSignalConfig
+
+        config = SafeSignalConfig.load(checkpoint / CHECKPOINT_CONFIG)
+        if config.adapter:
+            return base_config(config.base_model)
+    if not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{name}: no such model directory (or no config.json in it), and not a registry name "
+            f"({', '.join(registry_names())})"
+        )
+    return AutoConfig.from_pretrained(str(checkpoint))
+
+
 def load_base(reference, *, dtype=None, attn_implementation=None):
     """Return (model, tokenizer, reference-dict) for a base model.
 

@@ -71,18 +71,16 @@ def build_tiny_tokenizer(vocab_size: int = 384, extra_text: list[str] | None = N
 _CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
 
 
-def build_tiny_model(
+def tiny_config(
     arch: str = "llama",
     vocab_size: int = 384,
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
     num_kv_heads: int = 2,
-    attn_implementation: str = "sdpa",
-    seed: int = 0,
     **overrides,
 ):
-    """A seeded random decoder-only LM of the given architecture (fp32)."""
+    """The architecture config of a tiny random model (no weights)."""
     if arch not in _CONFIGS:
         raise ValueError(f"arch: unknown tiny architecture {arch!r} (choose from {sorted(_CONFIGS)})")
     config = _CONFIGS[arch](
@@ -98,6 +96,12 @@ def build_tiny_model(
     )
     if arch == "mistral":
         config.sliding_window = 4096
+    return config
+
+
+def build_tiny_model(arch: str = "llama", attn_implementation: str = "sdpa", seed: int = 0, **geometry):
+    """A seeded random decoder-only LM of the given architecture (fp32); `geometry`: see `tiny_config`."""
+    config = tiny_config(arch, **geometry)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)

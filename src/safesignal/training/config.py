@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 OBJECTIVES = ("cls", "sft")
+MODEL_DTYPES = (None, "float32", "bfloat16")
 
 
 @dataclass
@@ -31,6 +32,15 @@ class SafetyTrainingConfig(TrainingArguments):
     lora_target_modules: list[str] | None = field(default=None, metadata={"help": "default: all linear layers"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa' or 'eager' (masks are 4-D)"})
     final_dir: str | None = field(default=None, metadata={"help": "where the final model goes (default output_dir/final)"})
+    model_dtype: str | None = field(default=None, metadata={
+        "help": "load the weights in 'float32' or 'bfloat16' (pure bf16: weights, gradients and AdamW moments "
+                "in bf16); default: as stored"})
+    model_geometry_file: str | None = field(default=None, metadata={
+        "help": "a config.json the dry run sizes when model_name_or_path is not on this machine"})
+    chat_template_file: str | None = field(default=None, metadata={
+        "help": "a Jinja chat template to train (and save) the model with, replacing the tokenizer's"})
+    lr_decay_per_epoch: float = field(default=1.0, metadata={
+        "help": "multiply the scheduled learning rate by this once per epoch (llama-recipes' StepLR, γ=0.85)"})
 
     def __post_init__(self):
         # Trainer defaults that do not fit this data: our batches carry mask descriptors.
@@ -42,9 +52,19 @@ class SafetyTrainingConfig(TrainingArguments):
             raise ValueError(f"objective: {self.objective!r} is not one of {OBJECTIVES}")
         if self.mask_mode not in ("sft", "pretrain"):
             raise ValueError(f"mask_mode: {self.mask_mode!r} is not 'sft' or 'pretrain'")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(f"model_dtype: {self.model_dtype!r} is not one of {MODEL_DTYPES}")
+        if not 0 < self.lr_decay_per_epoch <= 1:
+            raise ValueError(f"lr_decay_per_epoch: must be in (0, 1], got {self.lr_decay_per_epoch}")
         if self.cls_loss_weight < 0:
             raise ValueError(f"cls_loss_weight: must be ≥ 0, got {self.cls_loss_weight}")
 
     @property
     def with_cls(self) -> bool:
         return self.objective == "cls"
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.model_dtype) if self.model_dtype else None

@@ -104,6 +104,23 @@ class SafetyTrainer(Trainer):
             self._component_sums, self._component_steps = {}, set()
         super().log(logs, start_time)
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The configured schedule, times `lr_decay_per_epoch` once per epoch (llama-recipes' StepLR)."""
+        created = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        gamma = self.args.lr_decay_per_epoch
+        if created and gamma != 1.0:
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                raise ValueError(f"lr_decay_per_epoch: cannot be combined with lr_scheduler_type "
+                                 f"{self.args.lr_scheduler_type!r} (not a step-wise schedule)")
+            steps_per_epoch = max(1, len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps)
+            # Closures, not callable objects: LambdaLR then leaves them out of its state dict.
+            scheduler.lr_lambdas = [
+                (lambda step, inner=inner: inner(step) * gamma ** (step // steps_per_epoch))
+                for inner in scheduler.lr_lambdas
+            ]
+        return scheduler
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """LM loss and classifier metrics (slot A) on the evaluation set; every rank must call it."""
@@ -222,7 +239,8 @@ def build_model(config: SafetyTrainingConfig) -> SafetyModel:
     A LoRA checkpoint goes on training its own adapter (its base stays frozen). Everything a
     checkpoint save needs is checked here, before any training time is spent.
     """
-    model = SafetyModel.from_pretrained(config.model_name_or_path, attn_implementation=config.attn_implementation)
+    model = SafetyModel.from_pretrained(config.model_name_or_path, attn_implementation=config.attn_implementation,
+                                        dtype=config.torch_dtype)
     # "cls" marks a trained head. A checkpoint that has one keeps it, and the mask rules it was
     # trained under, when training goes on without the [CLS] objective (its row and head are
     # then frozen, below): a fine-tuning attack on the LM loss alone leaves a model that is
@@ -232,6 +250,11 @@ def build_model(config: SafetyTrainingConfig) -> SafetyModel:
         model.config.mask_mode = config.mask_mode
         model.config.cls_reads_response_window = config.cls_reads_response_window
     model.config.objective = "cls" if keeps_head else config.objective
+    if config.chat_template_file:
+        path = Path(config.chat_template_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"chat_template_file: {path}: no such file")
+        model.tokenizer.chat_template = path.read_text()
     if model.config.adapter:
         if not config.use_lora:
             raise ValueError(
