@@ -68,6 +68,7 @@ class PrepareContext:
     run_dir: Path
     progress: bool = False
     head: str | None = None  # the entry's forced head ("benign" / "malicious"), if any
+    shard: object = None  # eval.sharding.Shard: the processes that share the searches (None: this one)
 
 
 @dataclass

@@ -412,8 +412,7 @@ class GCGAttack(Attack):
         behaviour) and return the search's summary for the results file. A line is keyed by the
         behaviour, not by its position, so a run on more behaviours (or on other ones) reuses
         every search already made with the same budget, model and checks."""
-        from tqdm import tqdm
-
+        from ..eval.sharding import fill_cell
         from ..eval.store import CellFile, fingerprint
 
         sm, behaviours = context.sm, context.behaviours
@@ -425,17 +424,22 @@ class GCGAttack(Attack):
         # made with either is reused by the other)
         knobs = {k: v for k, v in asdict(config).items() if k != "share_prefix"}
         settings = {"attack": self.name, "config": knobs, "checks": with_checks, "head": context.head}
-        cell = CellFile(Path(context.store), fingerprint(settings), {"attack": self.name},
-                        record_class=self.result_class)
         keys = [self.search_key(sm, search_policy, b, t) for b, t in zip(behaviours, targets)]
         search = self.searcher(sm, config, search_policy, with_checks)
-        todo = [i for i in range(len(behaviours)) if keys[i] not in cell.done]
-        for i in tqdm(todo, desc=f"{self.name} search", unit="behaviour", leave=False, disable=not context.progress):
-            seed = stable_seed(self.name, behaviour_id(behaviours[i]), config.seed)
-            result = search.run(behaviours[i]["prompt"], targets[i], seed=seed)
+
+        def run(key: str) -> list:
+            i = keys.index(key)
+            result = search.run(behaviours[i]["prompt"], targets[i],
+                                seed=stable_seed(self.name, behaviour_id(behaviours[i]), config.seed))
             result.behaviour_id = behaviour_id(behaviours[i])
-            cell.add(keys[i], [result])
-        results = [cell.done[key][0] for key in keys]
+            return [result]
+
+        # behaviours are searched independently: under torchrun each process takes its share
+        done = fill_cell(context.shard, lambda: CellFile(Path(context.store), fingerprint(settings),
+                                                         {"attack": self.name}, record_class=self.result_class),
+                         keys, run, desc=f"{self.name} search", unit="behaviour",
+                         progress=context.progress).done
+        results = [done[key][0] for key in keys]
         self.found({behaviour_id(b): r for b, r in zip(behaviours, results)})
         return search_summary(config, search_policy, behaviours, results)
 

@@ -5,7 +5,9 @@ policy, then its ablations and controls) over every attack, the benign over-refu
 and, for default entries, utility, overhead, the classifier metrics and the streaming
 benchmark. Each attack cell is stored batch by batch under `<out>/cells/` (store.py), so a
 killed run continues where it stopped and writes the same results.json; results.json itself
-is rewritten atomically after every model, so a long run can be reported on midway.
+is rewritten atomically after every model, so a long run can be reported on midway. Under
+torchrun / accelerate launch the processes share out the batches and searches and rank 0
+writes the same files (sharding.py).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from ..attacks import AttackCase, attack_pool, get_attack
 from ..attacks.base import PrepareContext
 from ..decoding.policy import SafetyPolicy
@@ -29,6 +29,7 @@ from . import behaviours as behaviour_pools
 from .config import AttackSpec, EvalConfig, ModelSpec, PolicySpec
 from .generation import CaseRecord, length_batches, run_batch, user_cases
 from .scoring import Scorer, attack_entry, refusal_entry
+from .sharding import SINGLE, Shard, check_shared_directory, fill_cell, join_world
 from .store import CellFile, claim_entry_dir, fingerprint, is_cell_file, weights_digest
 
 RUN_MARKER = "safesignal_eval.json"
@@ -85,12 +86,16 @@ def load_model(spec: ModelSpec, dtype: str):
 
 
 class Grid:
-    def __init__(self, config: EvalConfig, command: str, log=print, progress: bool = True):
-        self.config, self.command, self.log, self.progress = config, command, log, progress
+    def __init__(self, config: EvalConfig, command: str, log=print, progress: bool = True, shard: Shard = SINGLE):
+        self.shard = shard
+        # one voice: rank 0 logs and shows progress for the whole run
+        self.log = log if shard.is_main else (lambda message: None)
+        self.config, self.command, self.progress = config, command, progress and shard.is_main
         self.out = Path(config.out) if config.out else safesignal_home() / "eval" / config.name
         self.started = time.time()
         self.results: dict = {}
         self.reused_batches = 0  # batches read back from an earlier run's cells: wall time covers only the rest
+        self.computed_batches = 0  # generation batches this process computed (its share, when sharded)
         from .provenance import git_commit
 
         self.commit = git_commit()  # the code this run executes, not HEAD when it ends
@@ -162,6 +167,9 @@ class Grid:
                   batch_size: int | None = None) -> list[CaseRecord]:
         c = self.config
         batch_size = batch_size or c.batch_size
+        # rank 0's cases on every rank: a prepare that chose them on the model (prefill_adaptive)
+        # could otherwise choose differently on another process's arithmetic
+        cases = self.shard.broadcast(cases)
         batches, lengths = length_batches(sm, cases, batch_size)
         settings = {"model": model_path, "dtype": c.dtype, "decoding": decoding, "head": head,
                     "policy": asdict(policy) if decoding == "strategic" else None,
@@ -172,14 +180,16 @@ class Grid:
                     "cases": [[x.messages, x.prefill, x.decoding, x.variant, x.behaviour_id]
                               + ([x.prompt_embeddings.digest()] if x.prompt_embeddings is not None else [])
                               for x in cases]}
-        cell = CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
-                        {"entry": entry, "key": key, "cases": len(cases)})
-        todo = [b for b in range(len(batches)) if b not in cell.done]
-        self.reused_batches += len(batches) - len(todo)
-        for b in tqdm(todo, desc=f"{entry} {key}", unit="batch", leave=False, disable=not self.progress):
-            cell.add(b, run_batch(sm, [cases[i] for i in batches[b]], [lengths[i] for i in batches[b]], decoding,
-                                  policy, c.max_new_tokens))
-        by_index = {i: r for b, idx in enumerate(batches) for i, r in zip(idx, cell.done[b])}
+        filled = fill_cell(
+            self.shard, lambda: CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
+                                         {"entry": entry, "key": key, "cases": len(cases)}),
+            list(range(len(batches))),
+            lambda b: run_batch(sm, [cases[i] for i in batches[b]], [lengths[i] for i in batches[b]], decoding,
+                                policy, c.max_new_tokens),
+            desc=f"{entry} {key}", progress=self.progress)
+        self.reused_batches += filled.reused
+        self.computed_batches += filled.computed_here
+        by_index = {i: r for b, idx in enumerate(batches) for i, r in zip(idx, filled.done[b])}
         return [by_index[i] for i in range(len(cases))]
 
     # ------------------------------------------------------------------ entries
@@ -226,7 +236,7 @@ class Grid:
                     # behaviour at a time into a resumable file beside the entry's cells)
                     search = attack.prepare(PrepareContext(sm, behaviours[key], decoding, policy,
                                                            self.out / "cells" / name / "search" / f"{key}.jsonl",
-                                                           self.out, self.progress, pspec.head))
+                                                           self.out, self.progress, pspec.head, self.shard))
                 cases = [case for b in behaviours[key] for case in attack.cases(b)]
                 records = self._run_cell(sm, name, key, cases, decoding, policy, pspec.head, spec.path,
                                          attack_spec.batch_size)
@@ -246,7 +256,7 @@ class Grid:
                                                                     scorer)
             entry["over_refusal"] = detail["edgy"]["rate"] if "edgy" in detail else None
             entry["over_refusal_detail"] = detail
-            if policy_name == "default":
+            if policy_name == "default" and self.shard.is_main:  # not split: rank 0's (sharding.py)
                 self._default_extras(sm, spec, entry, decoding, policy)
         entry["seconds"] = round(time.time() - start, 1)
         self.log(f"[eval] {name}: " + ", ".join(f"{k} {_percent(a['asr_leak'])}" for k, a in entry["attacks"].items())
@@ -379,7 +389,10 @@ class Grid:
         from .provenance import machine
 
         c = self.config
-        claim_eval_dir(self.out, c.name)
+        self.shard.agree("eval config", {"config": asdict(c), "out": str(self.out.resolve()), "commit": self.commit})
+        if self.shard.is_main:
+            claim_eval_dir(self.out, c.name)
+        check_shared_directory(self.shard, self.out)
         self._data()
         behaviours = self._behaviours()
         # The judges as the headline uses them (k = leak_k); pyrit's rows carry no token counts,
@@ -405,18 +418,26 @@ class Grid:
         for index, spec in enumerate(c.models):
             torch.manual_seed(c.seed)  # a fresh [CLS] row and head (a plain base) are initialised from it
             sm = load_model(spec, c.dtype)
-            if index == 0:
+            if index == 0 and self.shard.is_main:
                 # Leak-aware counts tokens with the tokenizer of the models it judges (the grid's first).
                 self._audit(sm.tokenizer)
             scorer = Scorer(sm.tokenizer, c.leak_sweep, c.leak_k)
             weights = weights_digest(sm)
+            self.shard.agree(f"weights for model {spec.name!r} ({spec.path})", weights)
             for policy_name, pspec in self._entries(spec):
-                claim_entry_dir(self.out / "cells" / _entry_name(spec, policy_name), weights)
+                if self.shard.is_main:
+                    claim_entry_dir(self.out / "cells" / _entry_name(spec, policy_name), weights)
                 name, entry = self._run_entry(sm, spec, policy_name, pspec, behaviours, scorer)
                 self.results["models"][name] = entry
             del sm
-            self._relative_utility()
-            self._write()
+            if self.shard.is_main:
+                self._relative_utility()
+                self._write()
+        if self.shard.world > 1:
+            shares = self.shard.all_gather(self.computed_batches)
+            self.log(f"[eval] {self.shard.world} processes computed {' + '.join(map(str, shares))} generation batches")
+        # every rank returns the results rank 0 wrote (its own lack the unsplit figures)
+        self.results = self.shard.broadcast(self.results)
         return self.results
 
     def _audit(self, tokenizer) -> None:
@@ -509,7 +530,12 @@ def plan_eval(config: EvalConfig) -> list[dict]:
 
 
 def run_eval(config: EvalConfig, command: str = "safesignal eval", log=print, progress: bool = True) -> dict:
-    grid = Grid(config, command, log, progress)
-    results = grid.run()
+    """The grid in this process, or this process's share of it under torchrun / accelerate launch."""
+    shard, leave = join_world()
+    try:
+        grid = Grid(config, command, log, progress, shard)
+        results = grid.run()
+    finally:
+        leave()
     results["_path"] = str(grid.out / "results.json")
     return results

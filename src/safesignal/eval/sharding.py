@@ -1,0 +1,190 @@
+"""Sharded evaluation: one grid run by several processes (`torchrun`, `accelerate launch`).
+
+Every process runs the same grid code in the same order (SPMD). The work that parallelises,
+a cell's generation batches and an attack's per-behaviour searches, is dealt out in rounds
+(`fill_cell`): in each round rank r computes the r-th of the next `world` missing units, and
+rank 0 gathers the round and appends it to the cell file in unit order, exactly as one process
+appends them. A unit is a whole batch as `length_batches` cuts it from the cell's cases alone,
+so every record is computed with the same batch-mates whatever the number of processes, and
+the cell files and results.json are those one process writes. Cells written by any number of
+processes resume under any other number: a file holds batches by index, never by rank.
+
+Rank 0 owns the output directory (it alone opens, sets aside and writes cells, claims entry
+directories and writes results.json) and computes what is not split: the judges' audit, the
+classifier metrics, utility, overhead and the streaming benchmark; the other ranks wait for it
+at their next collective. Other ranks only read files another entry of the run wrote (a
+transfer attack's search file), so the output directory must be one filesystem every process
+sees; `check_shared_directory` verifies that before anything is computed.
+
+Object collectives travel over a gloo group (CPU), whatever backend the caller's process group
+uses, so this works on CPU-only machines and beside NCCL alike.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+# The other ranks wait in a collective while rank 0 computes the unsplit figures (the
+# streaming benchmark of a 7B model takes a while); a crashed rank is ended by the launcher,
+# which stops the others, so this only bounds a silent hang.
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
+
+
+class WorldMismatch(RuntimeError):
+    """The processes of a sharded run disagree on what they run (config, code, weights, files)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in the run: rank `rank` of `world`, collectives through `group`."""
+
+    rank: int = 0
+    world: int = 1
+    group: object = None  # a torch.distributed gloo group (None: the default group)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def gather(self, obj) -> list | None:
+        """Every rank's `obj`, in rank order, on rank 0 (None on the others)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, out, dst=0, group=self.group)
+        return out
+
+    def all_gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.group)
+
+    def agree(self, what: str, value) -> None:
+        """Fail on every rank, naming the ranks and fields that differ, unless every rank holds
+        the same `value` (a dict compares field by field)."""
+        values = self.all_gather(value)
+        wrong = [r for r, v in enumerate(values) if v != values[0]]
+        if not wrong:
+            return
+        r = wrong[0]
+        fields = _differing_fields(values[0], values[r])
+        raise WorldMismatch(f"sharded eval: rank {r} of {self.world} has another {what} than rank 0"
+                            + (f" (differs in: {', '.join(fields)})" if fields else "")
+                            + (f"; ranks {wrong} in all" if len(wrong) > 1 else "")
+                            + ". Every process must run the same command on the same code, files and weights.")
+
+
+SINGLE = Shard()
+
+
+def join_world() -> tuple[Shard, Callable[[], None]]:
+    """This process's Shard under torchrun / accelerate launch (WORLD_SIZE > 1; both launchers
+    set WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT), else the single process; and what to
+    call when the run ends (leaves a process group this call started)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE, lambda: None
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        # the caller's group (NCCL, say): objects travel over a gloo group of our own
+        group = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+        return Shard(dist.get_rank(), dist.get_world_size(), group), lambda: dist.destroy_process_group(group)
+    dist.init_process_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+    return Shard(dist.get_rank(), dist.get_world_size()), dist.destroy_process_group
+
+
+class Filled(NamedTuple):
+    done: dict  # key → records, for every key, on every rank
+    reused: int  # keys the cell already held (read back, not computed)
+    computed_here: int  # keys this rank computed
+
+
+def fill_cell(shard: Shard | None, open_cell: Callable, keys: list, compute: Callable, *, desc: str = "",
+              unit: str = "batch", progress: bool = False) -> Filled:
+    """Every key's records in a cell, the missing ones computed by the ranks together.
+
+    Rank 0 opens the cell (`open_cell()`, a store.CellFile) and says which keys are missing;
+    the missing keys are computed (`compute(key)` → records) in rounds of one key per rank,
+    and rank 0 appends each round in key order, so a killed run loses at most one round and
+    the file has the lines one process would have written."""
+    from tqdm import tqdm
+
+    shard = shard or SINGLE
+    cell = open_cell() if shard.is_main else None
+    todo = shard.broadcast(list(dict.fromkeys(k for k in keys if k not in cell.done)) if shard.is_main else None)
+    computed_here = 0
+    bar = tqdm(total=len(todo), desc=desc, unit=unit, leave=False, disable=not (progress and shard.is_main))
+    for start in range(0, len(todo), shard.world):
+        round_keys = todo[start:start + shard.world]
+        mine = None
+        if shard.rank < len(round_keys):
+            mine, computed_here = compute(round_keys[shard.rank]), computed_here + 1
+        made = shard.gather(mine)
+        if shard.is_main:
+            for key, records in zip(round_keys, made):
+                cell.add(key, records)
+        bar.update(len(round_keys))
+    bar.close()
+    done = shard.broadcast({k: cell.done[k] for k in keys} if shard.is_main else None)
+    return Filled(done, len(set(keys)) - len(todo), computed_here)
+
+
+def check_shared_directory(shard: Shard, directory: Path) -> None:
+    """Fail unless every rank reads what rank 0 writes into `directory`: a multi-node run
+    needs its output directory on a filesystem every node mounts at the same path."""
+    if shard.world == 1:
+        return
+    token = shard.broadcast(secrets.token_hex(8))
+    probe = Path(directory) / f".shard-probe-{token}"
+    if shard.is_main:
+        probe.write_text(token, encoding="utf-8")
+    shard.barrier()  # written before any rank looks
+    seen = shard.all_gather(probe.read_text(encoding="utf-8") if probe.is_file() else None)
+    if shard.is_main:  # (the all_gather: every rank has read it)
+        probe.unlink()
+    blind = [r for r, t in enumerate(seen) if t != token]
+    if blind:
+        raise WorldMismatch(f"sharded eval: rank(s) {blind} cannot read what rank 0 writes in {directory}; "
+                            "put --out on a filesystem every process shares (same path on every node)")
+
+
+def _differing_fields(a, b) -> list[str]:
+    """The dotted paths of the fields where two dicts differ (nested dicts followed down)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return []
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        if a.get(key) == b.get(key):
+            continue
+        inner = _differing_fields(a.get(key), b.get(key))
+        out += [f"{key}.{k}" for k in inner] if inner else [str(key)]
+    return out
