@@ -412,7 +412,7 @@ class GCGAttack(Attack):
         behaviour) and return the search's summary for the results file. A line is keyed by the
         behaviour, not by its position, so a run on more behaviours (or on other ones) reuses
         every search already made with the same budget, model and checks."""
-        from ..eval.sharding import fill_cell
+        from ..eval.sharding import CellJob, fill_cells
         from ..eval.store import CellFile, fingerprint
 
         sm, behaviours = context.sm, context.behaviours
@@ -435,10 +435,10 @@ class GCGAttack(Attack):
             return [result]
 
         # behaviours are searched independently: under torchrun each process takes its share
-        done = fill_cell(context.shard, lambda: CellFile(Path(context.store), fingerprint(settings),
-                                                         {"attack": self.name}, record_class=self.result_class),
-                         keys, run, desc=f"{self.name} search", unit="behaviour",
-                         progress=context.progress).done
+        cell = CellJob(lambda: CellFile(Path(context.store), fingerprint(settings), {"attack": self.name},
+                                        record_class=self.result_class), keys, run)
+        done = fill_cells(context.shard, [cell], desc=f"{self.name} search", unit="behaviour",
+                          progress=context.progress)[0].done
         results = [done[key][0] for key in keys]
         self.found({behaviour_id(b): r for b, r in zip(behaviours, results)})
         return search_summary(config, search_policy, behaviours, results)

@@ -29,7 +29,7 @@ from . import behaviours as behaviour_pools
 from .config import AttackSpec, EvalConfig, ModelSpec, PolicySpec
 from .generation import CaseRecord, length_batches, run_batch, user_cases
 from .scoring import Scorer, attack_entry, refusal_entry
-from .sharding import SINGLE, Shard, check_shared_directory, fill_cell, join_world
+from .sharding import SINGLE, CellJob, Shard, check_shared_directory, fill_cells, join_world
 from .store import CellFile, claim_entry_dir, fingerprint, is_cell_file, weights_digest
 
 RUN_MARKER = "safesignal_eval.json"
@@ -162,9 +162,10 @@ class Grid:
         return out
 
     # ------------------------------------------------------------------ cells
-    def _run_cell(self, sm, entry: str, key: str, cases: list[AttackCase], decoding: str,
-                  policy: SafetyPolicy, head: str | None, model_path: str,
-                  batch_size: int | None = None) -> list[CaseRecord]:
+    def _cell_job(self, sm, entry: str, key: str, cases: list[AttackCase], decoding: str, policy: SafetyPolicy,
+                  head: str | None, model_path: str, batch_size: int | None) -> tuple[CellJob, list[list[int]]]:
+        """A cell's file and its batches (cut from the cases alone, so whatever process computes
+        a batch computes it with the same batch-mates), and the batches' case indices."""
         c = self.config
         batch_size = batch_size or c.batch_size
         # rank 0's cases on every rank: a prepare that chose them on the model (prefill_adaptive)
@@ -180,17 +181,29 @@ class Grid:
                     "cases": [[x.messages, x.prefill, x.decoding, x.variant, x.behaviour_id]
                               + ([x.prompt_embeddings.digest()] if x.prompt_embeddings is not None else [])
                               for x in cases]}
-        filled = fill_cell(
-            self.shard, lambda: CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
-                                         {"entry": entry, "key": key, "cases": len(cases)}),
+        job = CellJob(
+            lambda: CellFile(self.out / "cells" / entry / f"{key}.jsonl", fingerprint(settings),
+                             {"entry": entry, "key": key, "cases": len(cases)}),
             list(range(len(batches))),
             lambda b: run_batch(sm, [cases[i] for i in batches[b]], [lengths[i] for i in batches[b]], decoding,
-                                policy, c.max_new_tokens),
-            desc=f"{entry} {key}", progress=self.progress)
-        self.reused_batches += filled.reused
-        self.computed_batches += filled.computed_here
-        by_index = {i: r for b, idx in enumerate(batches) for i, r in zip(idx, filled.done[b])}
-        return [by_index[i] for i in range(len(cases))]
+                                policy, c.max_new_tokens))
+        return job, batches
+
+    def _run_cells(self, sm, entry: str, cells: list[tuple[str, list[AttackCase], int | None]], decoding: str,
+                   policy: SafetyPolicy, head: str | None, model_path: str) -> dict[str, list[CaseRecord]]:
+        """Each (results key, cases, batch size) cell of an entry → its records in case order.
+        The entry's cells are filled together, so processes share out the batches of many
+        one-batch cells as well as those of one large cell."""
+        jobs = [self._cell_job(sm, entry, key, cases, decoding, policy, head, model_path, batch_size)
+                for key, cases, batch_size in cells]
+        filled = fill_cells(self.shard, [job for job, _ in jobs], desc=entry, progress=self.progress)
+        out = {}
+        for (key, cases, _), (_, batches), f in zip(cells, jobs, filled):
+            self.reused_batches += f.reused
+            self.computed_batches += f.computed_here
+            by_index = {i: r for b, idx in enumerate(batches) for i, r in zip(idx, f.done[b])}
+            out[key] = [by_index[i] for i in range(len(cases))]
+        return out
 
     # ------------------------------------------------------------------ entries
     def _entries(self, spec: ModelSpec) -> list[tuple[str, PolicySpec]]:
@@ -227,33 +240,35 @@ class Grid:
                        "head": pspec.head, "policy_overrides": {**spec.policy, **pspec.policy},
                        "calibration": self._calibration(sm), "decoder_policy": asdict(policy), "attacks": {}}
         with forced_head(sm, pspec.head):
-            for attack_spec in self._entry_attacks(spec.name, policy_name):
+            # every cell's cases first (searches included), then all the entry's generation at once
+            attacks, benign = self._entry_attacks(spec.name, policy_name), self._benign_sets(policy_name)
+            cells, searches = [], {}
+            for attack_spec in attacks:
                 key = attack_spec.results_key
                 attack = get_attack(attack_spec.attack, tokenizer=sm.tokenizer, **attack_spec.config)
-                search = None
                 if attack.prepared:
                     # its cases depend on this entry (searched on the model as it decodes, one
                     # behaviour at a time into a resumable file beside the entry's cells)
-                    search = attack.prepare(PrepareContext(sm, behaviours[key], decoding, policy,
-                                                           self.out / "cells" / name / "search" / f"{key}.jsonl",
-                                                           self.out, self.progress, pspec.head, self.shard))
-                cases = [case for b in behaviours[key] for case in attack.cases(b)]
-                records = self._run_cell(sm, name, key, cases, decoding, policy, pspec.head, spec.path,
-                                         attack_spec.batch_size)
-                entry["attacks"][key] = attack_entry(records, scorer, excerpts=c.excerpts, traces=c.traces,
+                    searches[key] = attack.prepare(PrepareContext(sm, behaviours[key], decoding, policy,
+                                                                  self.out / "cells" / name / "search" / f"{key}.jsonl",
+                                                                  self.out, self.progress, pspec.head, self.shard))
+                cells.append((key, [case for b in behaviours[key] for case in attack.cases(b)], attack_spec.batch_size))
+            cells += [(f"benign_{kind}", user_cases(kind, prompts), None) for kind, prompts, _ in benign]
+            records = self._run_cells(sm, name, cells, decoding, policy, pspec.head, spec.path)
+            for attack_spec in attacks:
+                key = attack_spec.results_key
+                entry["attacks"][key] = attack_entry(records[key], scorer, excerpts=c.excerpts, traces=c.traces,
                                                      threshold=policy.threshold)
-                if search is not None:
-                    entry["attacks"][key]["search"] = search
+                if searches.get(key) is not None:
+                    entry["attacks"][key]["search"] = searches[key]
             detail = {}
-            for kind, prompts, subset in self._benign_sets(policy_name):
-                records = self._run_cell(sm, name, f"benign_{kind}", user_cases(kind, prompts), decoding, policy,
-                                         pspec.head, spec.path)
-                detail[kind] = refusal_entry(records, scorer)
+            for kind, prompts, subset in benign:
+                detail[kind] = refusal_entry(records[f"benign_{kind}"], scorer)
                 if policy_name == "default" and spec.policies and subset is not None and len(subset) < len(prompts):
                     # The ablations see a seeded subset: the default on the same prompts, to compare like with like.
                     ids = {p["id"] for p in subset}
-                    detail[f"{kind}_policy_subset"] = refusal_entry([r for r in records if r.behaviour_id in ids],
-                                                                    scorer)
+                    detail[f"{kind}_policy_subset"] = refusal_entry(
+                        [r for r in records[f"benign_{kind}"] if r.behaviour_id in ids], scorer)
             entry["over_refusal"] = detail["edgy"]["rate"] if "edgy" in detail else None
             entry["over_refusal_detail"] = detail
             if policy_name == "default" and self.shard.is_main:  # not split: rank 0's (sharding.py)

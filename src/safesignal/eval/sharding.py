@@ -1,10 +1,10 @@
 """Sharded evaluation: one grid run by several processes (`torchrun`, `accelerate launch`).
 
 Every process runs the same grid code in the same order (SPMD). The work that parallelises,
-a cell's generation batches and an attack's per-behaviour searches, is dealt out in rounds
-(`fill_cell`): in each round rank r computes the r-th of the next `world` missing units, and
-rank 0 gathers the round and appends it to the cell file in unit order, exactly as one process
-appends them. A unit is a whole batch as `length_batches` cuts it from the cell's cases alone,
+the generation batches of an entry's cells and an attack's per-behaviour searches, is dealt out
+in rounds (`fill_cells`): in each round rank r computes the r-th of the next `world` missing
+units, and rank 0 gathers the round and appends it to the cell files in unit order, exactly as
+one process appends them. A unit is a whole batch as `length_batches` cuts it from the cell's cases alone,
 so every record is computed with the same batch-mates whatever the number of processes, and
 the cell files and results.json are those one process writes. Cells written by any number of
 processes resume under any other number: a file holds batches by index, never by rank.
@@ -122,40 +122,55 @@ def join_world() -> tuple[Shard, Callable[[], None]]:
     return Shard(dist.get_rank(), dist.get_world_size()), dist.destroy_process_group
 
 
+class CellJob(NamedTuple):
+    """A cell to fill: rank 0 opens its file (a store.CellFile); its units (batch indices, or a
+    search's behaviour keys); what computes one unit's records."""
+
+    open_cell: Callable
+    keys: list
+    compute: Callable
+
+
 class Filled(NamedTuple):
     done: dict  # key → records, for every key, on every rank
     reused: int  # keys the cell already held (read back, not computed)
     computed_here: int  # keys this rank computed
 
 
-def fill_cell(shard: Shard | None, open_cell: Callable, keys: list, compute: Callable, *, desc: str = "",
-              unit: str = "batch", progress: bool = False) -> Filled:
-    """Every key's records in a cell, the missing ones computed by the ranks together.
+def fill_cells(shard: Shard | None, jobs: list[CellJob], *, desc: str = "", unit: str = "batch",
+               progress: bool = False) -> list[Filled]:
+    """Every unit's records in each job's cell, the missing units computed by the ranks together.
 
-    Rank 0 opens the cell (`open_cell()`, a store.CellFile) and says which keys are missing;
-    the missing keys are computed (`compute(key)` → records) in rounds of one key per rank,
-    and rank 0 appends each round in key order, so a killed run loses at most one round and
-    the file has the lines one process would have written."""
+    Rank 0 opens the cells and lists the missing (cell, key) units in job then key order; the
+    ranks compute them in rounds of one unit per rank, and rank 0 appends each round in that
+    order, so a killed run loses at most one round and every file has the lines, in the order,
+    one process would have written. Units of several cells share rounds: an entry's many
+    one-batch cells are spread over the ranks too."""
     from tqdm import tqdm
 
     shard = shard or SINGLE
-    cell = open_cell() if shard.is_main else None
-    todo = shard.broadcast(list(dict.fromkeys(k for k in keys if k not in cell.done)) if shard.is_main else None)
-    computed_here = 0
+    cells = [job.open_cell() for job in jobs] if shard.is_main else None
+    todo = shard.broadcast([(j, key) for j, (job, cell) in enumerate(zip(jobs, cells))
+                            for key in dict.fromkeys(job.keys) if key not in cell.done] if shard.is_main else None)
+    computed_here = [0] * len(jobs)
     bar = tqdm(total=len(todo), desc=desc, unit=unit, leave=False, disable=not (progress and shard.is_main))
     for start in range(0, len(todo), shard.world):
-        round_keys = todo[start:start + shard.world]
+        round_units = todo[start:start + shard.world]
         mine = None
-        if shard.rank < len(round_keys):
-            mine, computed_here = compute(round_keys[shard.rank]), computed_here + 1
+        if shard.rank < len(round_units):
+            j, key = round_units[shard.rank]
+            mine = jobs[j].compute(key)
+            computed_here[j] += 1
         made = shard.gather(mine)
         if shard.is_main:
-            for key, records in zip(round_keys, made):
-                cell.add(key, records)
-        bar.update(len(round_keys))
+            for (j, key), records in zip(round_units, made):
+                cells[j].add(key, records)
+        bar.update(len(round_units))
     bar.close()
-    done = shard.broadcast({k: cell.done[k] for k in keys} if shard.is_main else None)
-    return Filled(done, len(set(keys)) - len(todo), computed_here)
+    done = shard.broadcast([{key: cell.done[key] for key in job.keys} for job, cell in zip(jobs, cells)]
+                           if shard.is_main else None)
+    missing = [sum(1 for j, _ in todo if j == i) for i in range(len(jobs))]
+    return [Filled(d, len(set(job.keys)) - m, c) for job, d, m, c in zip(jobs, done, missing, computed_here)]
 
 
 def check_shared_directory(shard: Shard, directory: Path) -> None:
