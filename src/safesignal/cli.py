@@ -69,8 +69,15 @@ def _cmd_data(args, overrides: list[str]) -> int:
     from .config import load_config
     from .data.build import DataBuildConfig, build, format_summary
 
-    config = load_config(DataBuildConfig, args.config, overrides)
-    summary = build(config)
+    if args.action == "prepare":
+        from .data.prepare import prepare
+        from .data.prepare_config import load_prepare_config
+
+        config = load_prepare_config(args.config, overrides)
+        summary = prepare(config)
+    else:
+        config = load_config(DataBuildConfig, args.config, overrides)
+        summary = build(config)
     print(format_summary(summary))
     print(f"safesignal data: wrote {config.resolved_out_dir()} (summary.json beside the JSONL files)")
     return 0
@@ -364,9 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="--dry-run: print the figures as JSON")
     train.set_defaults(func=_cmd_train)
 
-    data = sub.add_parser("data", help="build the embedded default's train / validation / evaluation JSONL")
-    data.add_argument("action", choices=["build"])
-    data.add_argument("--config", default=None, help="YAML with DataBuildConfig fields (optional)")
+    data = sub.add_parser("data", help="build the embedded default's train / validation / evaluation JSONL, or "
+                                       "prepare train / validation from your own files")
+    data.add_argument("action", choices=["build", "prepare"],
+                      help="build: the embedded default from the data packages; prepare: a recipe naming your "
+                           "files (e.g. configs/paper/data.yaml)")
+    data.add_argument("--config", default=None, help="YAML with DataBuildConfig fields (build, optional) or a "
+                                                     "DataPrepareConfig recipe (prepare)")
     data.set_defaults(func=_cmd_data)
 
     demo = sub.add_parser("demo", help="build data, train or reuse the embedded models, print the comparison table")

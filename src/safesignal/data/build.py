@@ -239,25 +239,41 @@ def _surface_items(items: list[dict], k: int, rng: random.Random) -> list[dict]:
             for item in items for form, text in surface_forms(item["prompt"], rng, k)]
 
 
-def _split(items: list[dict], fraction: float, rng: random.Random) -> dict[str, list[dict]]:
-    order = list(range(len(items)))
+def validation_positions(n: int, fraction: float, rng: random.Random) -> list[int]:
+    """The split rule, shared with `prepare` for users' files: of n items (one label's
+    prompts), a seeded shuffle's first round(n * fraction) positions go to validation."""
+    order = list(range(n))
     rng.shuffle(order)
-    n_val = round(len(items) * fraction)
-    val = set(order[:n_val])
+    return order[:round(n * fraction)]
+
+
+def _split(items: list[dict], fraction: float, rng: random.Random) -> dict[str, list[dict]]:
+    val = set(validation_positions(len(items), fraction, rng))
     return {"train": [x for i, x in enumerate(items) if i not in val],
             "validation": [x for i, x in enumerate(items) if i in val]}
+
+
+def _evaluation_stage(config: DataBuildConfig):
+    """The build's first step: (its generator, ShareGPT turns, pyrit thirds, `_evaluation_sets`)."""
+    rng = random.Random(config.seed)
+    sharegpt = sources.sharegpt_first_turns()
+    # One split of the pyrit pairs serves both sides: its eval thirds are reserved, its
+    # augmentation third is training material.
+    thirds = sources.split_three(sources.pyrit_many_shot(), seed=config.seed)
+    return rng, sharegpt, thirds, _evaluation_sets(config, rng, sharegpt, thirds)
+
+
+def suite_evaluation_index(config: DataBuildConfig | None = None) -> PromptIndex:
+    """Every prompt the suite evaluates on, exactly as the build reserves it (same seed, same
+    draws): what other training data (`data prepare`) must not copy either."""
+    return _evaluation_stage(config or DataBuildConfig())[3][1]
 
 
 def select_pools(config: DataBuildConfig) -> Pools:
     """Every prompt decision of the build, without responses (the distillation script needs
     the benign prompts before any response exists)."""
-    rng = random.Random(config.seed)
     pools = Pools()
-    sharegpt = sources.sharegpt_first_turns()
-    # One split of the pyrit pairs serves both sides: its eval thirds are reserved, its
-    # augmentation third is training material.
-    thirds = sources.split_three(sources.pyrit_many_shot(), seed=config.seed)
-    pools.evaluation, reserved, heldout_ids = _evaluation_sets(config, rng, sharegpt, thirds)
+    rng, sharegpt, thirds, (pools.evaluation, reserved, heldout_ids) = _evaluation_stage(config)
 
     seen = PromptIndex()
     malicious = [m for m in _malicious_candidates(config, thirds.augmentation) if _accept(m, reserved, seen, pools.dropped)]
@@ -506,7 +522,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{name}: {info['records']} records")
         for source, labels in info["by_source"].items():
             lines.append(f"    {source:<28} " + "  ".join(f"label {k}: {v}" for k, v in labels.items()))
-    lines.append("evaluation sets: " + ", ".join(f"{k} {v}" for k, v in summary["evaluation_sets"].items()))
+    if "evaluation_sets" in summary:  # `data prepare` writes no evaluation file
+        lines.append("evaluation sets: " + ", ".join(f"{k} {v}" for k, v in summary["evaluation_sets"].items()))
     lines.append("dropped:")
     lines += [f"    {reason}: {n}" for reason, n in summary["dropped"].items()]
     return "\n".join(lines)
