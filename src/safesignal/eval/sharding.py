@@ -153,7 +153,7 @@ def fill_cells(shard: Shard | None, jobs: list[CellJob], *, desc: str = "", unit
     todo = shard.broadcast([(j, key) for j, (job, cell) in enumerate(zip(jobs, cells))
                             for key in dict.fromkeys(job.keys) if key not in cell.done] if shard.is_main else None)
     computed_here = [0] * len(jobs)
-    bar = tqdm(total=len(todo), desc=desc, unit=unit, leave=False, disable=not (progress and shard.is_main))
+    bar = tqdm(total=len(todo), desc=desc, unit=unit, leave=False, disable=not (progress and shard.is_main and todo))
     for start in range(0, len(todo), shard.world):
         round_units = todo[start:start + shard.world]
         mine = None
