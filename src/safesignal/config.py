@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
 
 
 def _to_argv(mapping: dict) -> list[str]:
@@ -81,6 +80,8 @@ def load_config(cls, yaml_path: str | Path | None = None, overrides: list[str] |
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{yaml_path}: unknown field(s) {unknown} for {cls.__name__}")
+    from transformers import HfArgumentParser  # here: reading a data recipe should not import transformers
+
     parser = HfArgumentParser(cls)
     (config,) = parser.parse_args_into_dataclasses(args=_to_argv(data) + list(overrides or []))
     return config

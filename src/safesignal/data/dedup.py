@@ -4,11 +4,14 @@ Train and evaluation prompts must be disjoint (DESIGN.md §Data), and "disjoint"
 survive small edits: the same behaviour reworded by a different benchmark, a trailing
 "Answer yes or no", a changed name. Prompts are compared on normalised text (exact) and on
 word-3-gram Jaccard similarity (near): two prompts sharing half their 3-grams are treated as
-copies. An inverted index over the reference set keeps this linear in practice.
+copies. An inverted index over the reference set keeps this linear in practice. This module
+is the definition; `minhash` finds the same pairs among millions of prompts (it proposes
+candidates and checks them with `shingles` and `jaccard` from here).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -72,4 +75,21 @@ class PromptIndex:
         return normalise(prompt) in self._exact
 
     def contains(self, prompt: str) -> bool:
-        return self.best_match(prompt) >= self.threshold
+        """`best_match(prompt) >= threshold`, exactly, without walking every posting list.
+
+        A prompt with g shingles can reach the threshold only with an indexed prompt that
+        shares at least ceil(threshold * g) of them, so it shares at least one of any
+        g - ceil(threshold * g) + 1 of them: probing the rarest that many skips the long
+        lists of frequent openings ("how do i", "write a ..."), which made each check of a
+        big training file cost a walk over most of the index."""
+        if self.threshold <= 0:
+            return True
+        if normalise(prompt) in self._exact:
+            return True
+        grams = shingles(prompt)
+        if not grams:
+            return False
+        needed = math.ceil(self.threshold * len(grams) - 1e-9)  # rounding may only lower it (probe more)
+        rarest = sorted(grams, key=lambda gram: len(self._postings.get(gram, ())))[:len(grams) - needed + 1]
+        candidates = {i for gram in rarest for i in self._postings.get(gram, ())}
+        return any(jaccard(grams, self._shingles[i]) >= self.threshold for i in candidates)
