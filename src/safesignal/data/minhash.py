@@ -3,20 +3,27 @@
 `dedup.PromptIndex` answers "does this prompt (nearly) copy one of yours?" exactly, for a
 reference set held in memory (the evaluation prompts). Deduplicating a million training
 prompts among themselves that way would keep every prompt's shingle set (about a kilobyte
-each) and compare along long posting lists. Here each prompt keeps only `bands` 4-byte LSH
-keys, and two prompts become candidates when one band's key agrees; the candidates are then
-checked with the exact definition (`dedup.shingles` + `dedup.jaccard` >= the threshold), so
-LSH decides only what gets compared: it can miss a pair (recall), never invent one.
+each). Here each prompt keeps a MinHash signature of `bands * rows` 16-bit values (192 bytes
+with the defaults), and a pair is compared only when
 
-The same shingles as `dedup.shingles` are hashed (crc32 of the words joined by spaces), so
-the estimate and the exact check measure the same sets. With `rows` minima per band a pair
-at Jaccard s becomes a candidate with probability 1 - (1 - s^rows)^bands; the defaults
-(32 bands of 3) give 0.986 at s = 0.5, 0.9993 at 0.6, 0.23 at 0.2 (`candidate_probability`).
+1. one band (`rows` consecutive signature values) agrees, the LSH step: a pair at Jaccard s
+   gets there with probability 1 - (1 - s^rows)^bands (`candidate_probability`; the defaults,
+   32 bands of 3, give 0.986 at s = 0.5, 0.9993 at 0.6, 0.23 at 0.2); and
+2. at least `MIN_AGREEMENT` of all signature values agree (an estimate of s from every
+   permutation, computed in numpy on the candidate pairs): prompts that share only a frequent
+   opening ("how do I ...") meet in some band often enough, at a million rows, to give tens
+   of millions of band collisions; this keeps the few that can be near copies (a pair at
+   s = 0.5 fails it with probability ~1e-4);
 
-A band key shared by more than `window` + 1 prompts (a frequent opening like "how do I" that
-fills a bucket) is not expanded into all its pairs: each prompt is paired with the `window`
-before it in that bucket; `oversized_buckets` counts where that happened. Exact copies never
-reach a bucket: they are found first, by key, and only their first occurrence takes part.
+and then checked with the exact definition (`dedup.shingles` + `dedup.jaccard` >= the
+threshold) on the shingles of those rows only. LSH decides only what gets compared: it can
+miss a pair (recall), never invent one. The same shingles as `dedup.shingles` are hashed
+(crc32 of the words joined by spaces), so the estimate and the check measure the same sets.
+
+A band value shared by more than `window` + 1 prompts (a bucket filled by frequent words) is
+not expanded into all its pairs: each prompt is paired with the `window` before it there;
+`oversized_buckets` counts where that happened. Exact copies never reach a bucket: the
+caller finds them first, by key, and passes only first occurrences as `eligible`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from .dedup import jaccard, shingles
 
 PRIME = 4294967311  # 2^32 + 15: (a * x + b) mod PRIME with a, x, b < 2^32 never overflows uint64
 MAX_GRAMS_PER_BLOCK = 1 << 15  # bounds the (grams x permutations) matrix of one block to ~25 MB
+MIN_AGREEMENT = 0.3  # of the signature: below it a pair is not checked (step 2 above)
+PAIR_BLOCK = 1 << 16  # candidate pairs compared at once (bounds the gathered signatures to ~25 MB)
 
 
 def gram_hashes(text: str) -> np.ndarray:
@@ -38,7 +47,7 @@ def gram_hashes(text: str) -> np.ndarray:
 
 
 def candidate_probability(similarity: float, bands: int, rows: int) -> float:
-    """Probability that a pair at this Jaccard similarity shares at least one band key."""
+    """Probability that a pair at this Jaccard similarity shares at least one band."""
     return 1.0 - (1.0 - similarity**rows) ** bands
 
 
@@ -55,12 +64,13 @@ class MinHashLSH:
         k = self.bands * self.rows
         object.__setattr__(self, "_a", rng.integers(1, 1 << 32, size=k, dtype=np.uint64))
         object.__setattr__(self, "_b", rng.integers(0, 1 << 32, size=k, dtype=np.uint64))
-        # Odd 64-bit multipliers fold a band's minima into one key (uint64 arithmetic wraps).
-        object.__setattr__(self, "_mix", rng.integers(1, 1 << 63, size=self.rows, dtype=np.uint64) * 2 + 1)
+        # Odd 64-bit multipliers fold a band's values into one key (uint64 arithmetic wraps).
+        object.__setattr__(self, "_mix", rng.integers(1, 1 << 62, size=self.rows, dtype=np.uint64) * 2 + 1)
 
     def signatures(self, hashes: list[np.ndarray]) -> np.ndarray:
-        """(len(hashes), bands * rows) MinHash signatures; every array must be non-empty."""
-        out = np.empty((len(hashes), self.bands * self.rows), dtype=np.uint64)
+        """(len(hashes), bands * rows) uint16 MinHash signatures (each minimum's low 16 bits:
+        two different minima agree by chance once in 65,536); every array must be non-empty."""
+        out = np.empty((len(hashes), self.bands * self.rows), dtype=np.uint16)
         start = 0
         while start < len(hashes):
             stop, grams = start, 0
@@ -71,15 +81,50 @@ class MinHashLSH:
             x = np.concatenate(block).astype(np.uint64)
             permuted = (x[:, None] * self._a[None, :] + self._b[None, :]) % np.uint64(PRIME)
             offsets = np.cumsum([0] + [len(h) for h in block[:-1]])
-            out[start:stop] = np.minimum.reduceat(permuted, offsets, axis=0)
+            out[start:stop] = np.minimum.reduceat(permuted, offsets, axis=0).astype(np.uint16)
             start = stop
         return out
 
-    def band_keys(self, hashes: list[np.ndarray]) -> np.ndarray:
-        """(len(hashes), bands) uint32 LSH keys; every array must be non-empty."""
-        signatures = self.signatures(hashes).reshape(len(hashes), self.bands, self.rows)
-        folded = (signatures * self._mix[None, None, :]).sum(axis=2, dtype=np.uint64)
-        return (folded >> np.uint64(32)).astype(np.uint32)
+    def band_keys(self, signatures: np.ndarray, band: int) -> np.ndarray:
+        """One uint64 key per signature row for `band`."""
+        values = signatures[:, band * self.rows:(band + 1) * self.rows].astype(np.uint64)
+        return (values * self._mix[None, :]).sum(axis=1, dtype=np.uint64)
+
+    def candidate_pairs(self, signatures: np.ndarray, eligible: np.ndarray, window: int) -> tuple[np.ndarray, int]:
+        """(pairs, oversized buckets): unique (i, j) rows, i < j, as an (m, 2) int64 array, that
+        share a band and agree on at least MIN_AGREEMENT of their signatures. Only `eligible`
+        rows take part."""
+        rows = np.flatnonzero(eligible)
+        n = np.int64(len(eligible))
+        found, oversized = [], 0
+        for band in range(self.bands):
+            keys = self.band_keys(signatures, band)[rows]
+            order = np.argsort(keys, kind="stable")  # within a bucket, rows stay ascending
+            sorted_keys = keys[order]
+            for lag in range(1, window + 1):
+                same = sorted_keys[lag:] == sorted_keys[:-lag]
+                if not same.any():
+                    break
+                first, second = rows[order[:-lag][same]], rows[order[lag:][same]]
+                agree = _agreement(signatures, first, second) >= MIN_AGREEMENT
+                found.append(first[agree].astype(np.int64) * n + second[agree])
+            else:
+                beyond = sorted_keys[window + 1:] == sorted_keys[:-(window + 1)]
+                if beyond.any():
+                    oversized += len(np.unique(sorted_keys[window + 1:][beyond]))
+        if not found:
+            return np.empty((0, 2), dtype=np.int64), oversized
+        codes = np.unique(np.concatenate(found))
+        return np.stack([codes // n, codes % n], axis=1), oversized
+
+
+def _agreement(signatures: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Fraction of equal signature values of each pair, a block of pairs at a time."""
+    out = np.empty(len(first))
+    for start in range(0, len(first), PAIR_BLOCK):
+        stop = start + PAIR_BLOCK
+        out[start:stop] = (signatures[first[start:stop]] == signatures[second[start:stop]]).mean(axis=1)
+    return out
 
 
 def first_occurrence_of(keys: np.ndarray) -> np.ndarray:
@@ -92,32 +137,6 @@ def first_occurrence_of(keys: np.ndarray) -> np.ndarray:
     out = np.full(len(keys), -1, dtype=np.int64)
     out[order[~starts]] = first[~starts]
     return out
-
-
-def candidate_pairs(band_column, bands: int, eligible: np.ndarray, window: int) -> tuple[np.ndarray, int]:
-    """(pairs, oversized buckets): unique (i, j) rows, i < j, that share a band key, as an
-    (m, 2) int64 array. `band_column(k)` gives band k's keys for every row; only `eligible`
-    rows take part."""
-    rows = np.flatnonzero(eligible)
-    n = np.int64(len(eligible))
-    found, oversized = [], 0
-    for band in range(bands):
-        column = band_column(band)[rows]
-        order = np.argsort(column, kind="stable")  # within a bucket, rows stay ascending
-        sorted_keys = column[order]
-        for lag in range(1, window + 1):
-            same = sorted_keys[lag:] == sorted_keys[:-lag]
-            if not same.any():
-                break
-            found.append(rows[order[:-lag][same]].astype(np.int64) * n + rows[order[lag:][same]])
-        else:
-            beyond = sorted_keys[window + 1:] == sorted_keys[:-(window + 1)]
-            if beyond.any():
-                oversized += len(np.unique(sorted_keys[window + 1:][beyond]))
-    if not found:
-        return np.empty((0, 2), dtype=np.int64), oversized
-    codes = np.unique(np.concatenate(found))
-    return np.stack([codes // n, codes % n], axis=1), oversized
 
 
 def verified_pairs(pairs: np.ndarray, shingles_of: dict[int, frozenset], threshold: float) -> list[tuple[int, int, float]]:
@@ -152,10 +171,10 @@ def near_duplicates(texts: list[str], threshold: float, lsh: MinHashLSH = MinHas
     """Every pair (i, j, Jaccard), i < j, of `texts` at or above `threshold`, found through
     LSH (the in-memory form of what `prepare` does over a file; used to check it)."""
     grams = [shingles(t) for t in texts]
-    has = np.array([bool(g) for g in grams])
-    keys = np.zeros((len(texts), lsh.bands), dtype=np.uint32)
+    has = np.array([bool(g) for g in grams], dtype=bool)
+    signatures = np.zeros((len(texts), lsh.bands * lsh.rows), dtype=np.uint16)
     with_words = np.flatnonzero(has)
     if len(with_words):
-        keys[with_words] = lsh.band_keys([gram_hashes(texts[i]) for i in with_words])
-    pairs, _ = candidate_pairs(lambda band: keys[:, band], lsh.bands, has, window)
+        signatures[with_words] = lsh.signatures([gram_hashes(texts[i]) for i in with_words])
+    pairs, _ = lsh.candidate_pairs(signatures, has, window)
     return verified_pairs(pairs, dict(enumerate(grams)), threshold)

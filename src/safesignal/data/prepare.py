@@ -10,7 +10,7 @@ role. The rules are `data build`'s, applied to files too big to hold:
    with file, row and column; a row that (nearly) copies an evaluation prompt is dropped;
    every other row is appended to a spool file beside the outputs, and only a few numbers
    per row stay in memory (`RowState`: role, source, a hash of its normalised prompt and
-   its LSH band keys);
+   its MinHash signature, ~200 bytes);
 3. duplicates among training rows: exact copies by hash; near copies by MinHash + LSH
    candidates (`minhash`) checked with the exact Jaccard rule (shingles of the candidate
    rows only, read back from the spool); decided in row order, so the first occurrence
@@ -43,8 +43,7 @@ from ..io import DataError, atomic_write_json, atomic_writer, claim_directory, r
 from .build import SUMMARY_FILE, SUMMARY_FORMAT, is_data_dir, suite_evaluation_index, validation_positions
 from .dedup import NEAR_DUPLICATE_JACCARD, PromptIndex, shingles
 from .minhash import (
-    MinHashLSH, candidate_pairs, candidate_probability, copies_of_earlier, first_occurrence_of, gram_hashes,
-    verified_pairs,
+    MinHashLSH, candidate_probability, copies_of_earlier, first_occurrence_of, gram_hashes, verified_pairs,
 )
 from .prepare_config import DataPrepareConfig, SourceFile
 from .row_styles import RowMapper
@@ -80,12 +79,15 @@ class Problems:
 
 
 class RowState:
-    """What the passes after the scan need of each spooled row, in numpy chunks: role (1 byte),
-    source (2), exact-copy hash (8), has-words flag (1) and `bands` LSH keys (4 each)."""
+    """What the passes after the scan need of each spooled row: role (1 byte), source (2),
+    exact-copy hash (8), has-words flag (1) and the MinHash signature (2 per value)."""
+
+    COLUMNS = ("role", "source", "exact", "has_words", "signatures")
 
     def __init__(self, lsh: MinHashLSH):
         self.lsh = lsh
-        self._chunks: dict[str, list[np.ndarray]] = {"role": [], "source": [], "exact": [], "has_words": [], "bands": []}
+        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in self.COLUMNS}
+        self._columns: dict[str, np.ndarray] = {}
         self._pending: list[tuple[int, int, int, np.ndarray]] = []
 
     def add(self, role: int, source: int, query: str) -> None:
@@ -98,37 +100,44 @@ class RowState:
         if not self._pending:
             return
         role, source, exact, hashes = zip(*self._pending)
-        has_words = np.array([len(h) > 0 for h in hashes])
-        bands = np.zeros((len(hashes), self.lsh.bands), dtype=np.uint32)  # rows without words: never compared
-        if has_words.any():
-            bands[has_words] = self.lsh.band_keys([h for h in hashes if len(h)])
+        has_words = np.array([len(h) > 0 for h in hashes], dtype=bool)
+        signatures = np.zeros((len(hashes), self.lsh.bands * self.lsh.rows), dtype=np.uint16)
+        if has_words.any():  # a row without words keeps zeros and is never compared (not eligible)
+            signatures[has_words] = self.lsh.signatures([h for h in hashes if len(h)])
         for name, values in (("role", np.array(role, dtype=np.uint8)), ("source", np.array(source, dtype=np.uint16)),
-                             ("exact", np.array(exact, dtype=np.uint64)), ("has_words", has_words), ("bands", bands)):
+                             ("exact", np.array(exact, dtype=np.uint64)), ("has_words", has_words),
+                             ("signatures", signatures)):
             self._chunks[name].append(values)
         self._pending = []
 
     def finish(self) -> None:
-        """Join the small per-row columns; the band keys stay in chunks (joined a band at a time)."""
+        """Join each column's chunks into one array, freeing every chunk once copied, so the
+        join needs one chunk beyond the state itself rather than twice the state."""
         self._flush()
-        for name in ("role", "source", "exact", "has_words"):
-            chunks = self._chunks[name]
-            self._chunks[name] = [np.concatenate(chunks) if chunks else np.empty(0, dtype=np.uint8)]
+        for name, chunks in self._chunks.items():
+            rows = sum(len(c) for c in chunks)
+            shape = (rows, self.lsh.bands * self.lsh.rows) if name == "signatures" else (rows,)
+            column = np.empty(shape, dtype=chunks[0].dtype if chunks else np.uint8)
+            at = 0
+            for k in range(len(chunks)):
+                column[at:at + len(chunks[k])] = chunks[k]
+                at += len(chunks[k])
+                chunks[k] = None
+            self._columns[name] = column
+        self._chunks = {}
 
     def column(self, name: str) -> np.ndarray:
-        return self._chunks[name][0]
+        return self._columns[name]
 
-    def band_column(self, band: int) -> np.ndarray:
-        return np.concatenate([chunk[:, band] for chunk in self._chunks["bands"]])
-
-    def drop_bands(self) -> None:
-        self._chunks["bands"] = []
+    def drop_signatures(self) -> None:
+        del self._columns["signatures"]
 
     @property
     def rows(self) -> int:
         return len(self.column("role"))
 
     def bytes_per_row(self) -> int:
-        return 1 + 2 + 8 + 1 + 4 * self.lsh.bands
+        return 1 + 2 + 8 + 1 + 2 * self.lsh.bands * self.lsh.rows
 
 
 def evaluation_index(config: DataPrepareConfig, problems: Problems) -> PromptIndex:
@@ -259,9 +268,9 @@ def prepare(config: DataPrepareConfig) -> dict:
 
             exact_of = first_occurrence_of(state.column("exact"))
             is_copy = exact_of >= 0
-            pairs, oversized = candidate_pairs(state.band_column, lsh.bands, state.column("has_words") & ~is_copy,
-                                               config.lsh_bucket_window)
-            state.drop_bands()
+            pairs, oversized = lsh.candidate_pairs(state.column("signatures"), state.column("has_words") & ~is_copy,
+                                                   config.lsh_bucket_window)
+            state.drop_signatures()
             verified = verified_pairs(pairs, _shingles_of_rows(spool_path, np.unique(pairs)), NEAR_DUPLICATE_JACCARD)
             near = copies_of_earlier(verified, dropped=is_copy)
             kept = ~is_copy
