@@ -123,14 +123,14 @@ def has_trained_head(path: str | os.PathLike) -> bool:
 
 
 # ---------------------------------------------------------------------------------- save
-def save_checkpoint(sm, directory: str | os.PathLike) -> Path:
+def save_checkpoint(sm, directory: str | os.PathLike, state_dict: dict | None = None) -> Path:
     """Write `sm` to `directory` atomically; only an earlier checkpoint there is replaced.
 
     An earlier checkpoint is replaced as a whole (a full fine-tune's weight files do not
     linger under a later LoRA save); any other non-empty directory raises `io.NotOursError`
     naming it, before any work and without touching it.
     """
-    return replace_directory(directory, lambda staging: write_checkpoint_files(sm, staging),
+    return replace_directory(directory, lambda staging: write_checkpoint_files(sm, staging, state_dict),
                              is_ours=is_checkpoint, what="checkpoint")
 
 

@@ -204,13 +204,30 @@ def replace_directory(target: str | os.PathLike, fill: Callable[[Path], None], *
     replaced; anything else is refused before any work. Between the two renames the old copy
     lives at `.<name>.old`; `recover_interrupted_replace` puts it back after a crash there.
     """
+    staging = staging_directory(target, is_ours, what)
+    try:
+        fill(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return swap_in_directory(staging, target, is_ours)
+
+
+def staging_directory(target: str | os.PathLike, is_ours: Callable[[Path], bool], what: str) -> Path:
+    """A fresh hidden directory beside `target` to fill, after checking `target` may be replaced.
+    (`replace_directory` in two halves, for writers that fill it from several processes.)"""
     target = Path(target)
     refuse_unless_ours(target, is_ours, what)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+
+
+def swap_in_directory(staging: Path, target: str | os.PathLike, is_ours: Callable[[Path], bool]) -> Path:
+    """Put a filled `staging` directory in `target`'s place (the previous copy goes only once
+    the new one is there)."""
+    target = Path(target)
+    backup = _backup_path(target)
     try:
-        fill(staging)
-        backup = _backup_path(target)
         if target.exists():
             if backup.exists() and is_ours(backup):
                 shutil.rmtree(backup)
@@ -235,5 +252,6 @@ def recover_interrupted_replace(target: str | os.PathLike, is_ours: Callable[[Pa
 
 __all__ = [
     "DataError", "NotOursError", "atomic_write_json", "atomic_write_text", "atomic_writer", "claim_directory", "refuse_unless_ours",
-    "iter_jsonl_lines", "read_jsonl", "recover_interrupted_replace", "replace_directory", "write_jsonl",
+    "iter_jsonl_lines", "read_jsonl", "recover_interrupted_replace", "replace_directory", "staging_directory",
+    "swap_in_directory", "write_jsonl",
 ]

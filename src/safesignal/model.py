@@ -51,7 +51,7 @@ class SafetyModel(nn.Module):
             model.set_attn_implementation(attention.NAME)
 
         embeddings = model.get_input_embeddings().weight
-        self.cls_embedding = nn.Parameter(embeddings.detach().mean(dim=0).clone())
+        self.cls_embedding = nn.Parameter(mean_row(embeddings))
         self.head = nn.Linear(hidden, 1, device=embeddings.device, dtype=embeddings.dtype)
         std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
         nn.init.normal_(self.head.weight, std=std)
@@ -272,6 +272,17 @@ class SafetyModel(nn.Module):
             raise ValueError("strategic decoding needs a [CLS]-trained model (this one is a plain-SFT baseline)")
         return StrategicDecoder(self)
 
+    def get_parameter_or_buffer(self, target: str):
+        """A parameter, buffer or plain tensor attribute by dotted name, as transformers'
+        models answer it: accelerate's FSDP2 loading asks the model it wraps for this."""
+        for getter in (self.get_parameter, self.get_buffer):
+            try:
+                return getter(target)
+            except AttributeError:
+                pass
+        module, _, name = target.rpartition(".")
+        return getattr(self.get_submodule(module), name)
+
     # ------------------------------------------------------------------ training memory
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
                                         offload: bool = False) -> None:
@@ -308,9 +319,11 @@ class SafetyModel(nn.Module):
         return self
 
     # ------------------------------------------------------------------ save / load (checkpoint.py)
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the checkpoint atomically; only an earlier safesignal checkpoint is replaced."""
-        checkpoint.save_checkpoint(self, save_directory)
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+        """Write the checkpoint atomically; only an earlier safesignal checkpoint is replaced.
+        `state_dict`: this module's weights gathered from shards (FSDP / ZeRO-3), written instead
+        of the live tensors."""
+        checkpoint.save_checkpoint(self, save_directory, state_dict)
 
     def write_checkpoint_files(self, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
         """Write every checkpoint file into an existing directory (not atomic on its own);
@@ -341,6 +354,21 @@ class SafetyModel(nn.Module):
         """Load the trainable weights (full model or LoRA adapter, `[CLS]` row, head) of a
         checkpoint written by this model's configuration; used to resume training."""
         checkpoint.load_trainable_weights(self, directory)
+
+
+def mean_row(weight: torch.Tensor) -> torch.Tensor:
+    """The mean of an embedding matrix's rows, the `[CLS]` row's starting value.
+
+    Under DeepSpeed ZeRO-3 (`zero.Init`) each rank holds a partition and the local tensor is
+    empty: gather the whole matrix to read it. Under FSDP's CPU-efficient loading the ranks
+    other than 0 hold meta tensors: the mean is meta too, and the value rank 0 computes
+    reaches them with the rest of rank 0's weights when FSDP broadcasts them."""
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(weight, modifier_rank=None):
+            return weight.detach().mean(dim=0).clone()
+    return weight.detach().mean(dim=0).clone()
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):

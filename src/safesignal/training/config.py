@@ -47,6 +47,10 @@ class SafetyTrainingConfig(TrainingArguments):
         self.remove_unused_columns = False
         if self.report_to in (None, "all", ["all"]):
             self.report_to = "none"
+        if isinstance(self.fsdp, str) and self.fsdp.lower() in ("true", "false"):
+            # YAML / `--fsdp true` arrive as text; transformers reads any other string as the
+            # deprecated list of FSDP options.
+            self.fsdp = True if self.fsdp.lower() == "true" else None
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective: {self.objective!r} is not one of {OBJECTIVES}")

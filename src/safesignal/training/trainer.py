@@ -13,8 +13,9 @@ changes:
   JSON), are written through `io.replace_directory` (a crash mid-save never leaves a
   half-written `checkpoint-N` for `--resume` to pick up), and only safesignal checkpoints are
   ever replaced or rotated away;
-- FSDP and DeepSpeed are refused up front: their checkpoints need the gathered state dict
-  written as a safesignal checkpoint, which `SafetyModel` cannot do yet.
+- under FSDP and DeepSpeed (engines.py) training checkpoints hold the engines' own shards,
+  written by every rank into one staging directory, and the final model is gathered from the
+  shards once and written as a normal safesignal checkpoint.
 
 `objective="sft"` trains the same model with no `[CLS]` at all: the plain-SFT baseline and the
 reference for the training-overhead benchmark.
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -41,12 +42,16 @@ from ..data.dataset import EncodedDataset, encode_records
 from ..data.schema import read_jsonl
 from ..formatting import PromptFormatter
 from ..home import safesignal_home
-from ..checkpoint import has_trained_head, is_checkpoint
-from ..io import atomic_write_json, atomic_write_text, refuse_unless_ours, replace_directory
+from ..checkpoint import CHECKPOINT_CONFIG, has_trained_head, is_checkpoint
+from ..io import atomic_write_json, atomic_write_text, refuse_unless_ours, staging_directory, swap_in_directory
 from ..metrics import classifier_metrics
 from ..model import SafetyModel
 from .collator import EpochToCollator, SafetyCollator
 from .config import SafetyTrainingConfig
+from .engines import (
+    check_engine_supports, check_resumable, engine_name, full_state_dict, load_engine_optimizer, load_engine_weights,
+    save_engine_state,
+)
 from .run_directory import (
     TRAINER_STATE_NAME, check_run_directory, is_training_checkpoint, mark_run_directory, training_checkpoints,
 )
@@ -60,12 +65,7 @@ class SafetyTrainer(Trainer):
 
     def __init__(self, model: SafetyModel, args: SafetyTrainingConfig, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            raise NotImplementedError(
-                "FSDP / DeepSpeed: not supported yet (weights are saved from the gathered state dict, but "
-                "the sharded optimiser state is not saved or resumed yet); train with DDP "
-                "(torchrun / accelerate multi-GPU)"
-            )
+        check_engine_supports(self, args.use_lora)
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps: set[int] = set()
 
@@ -169,25 +169,53 @@ class SafetyTrainer(Trainer):
         atomic_write_text(output_dir / "training_config.json", self.args.to_json_string())
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write `checkpoint-N` whole or not at all; the writer rank writes every rank's RNG state."""
+        """Write `checkpoint-N` whole or not at all; the writer rank writes every rank's RNG state.
+
+        Under FSDP / DeepSpeed every rank writes its shard, in the engine's own format, into
+        the one staging directory the writer chose; the writer swaps it in once all are done."""
         run_dir = Path(self._get_output_dir(trial=trial))
+        target = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self.store_flos()
         rng_states = gather_object([_rng_state()])  # a collective: every rank takes part
-        if not self.args.should_save:
+        writer, engine = self.args.should_save, engine_name(self)
+        if engine is None and not writer:
             return
+        staging = staging_directory(target, is_training_checkpoint, "training checkpoint") if writer else None
+        if engine is not None:
+            staging = Path(broadcast_object_list([staging])[0])
+        try:
+            if engine is not None:
+                save_engine_state(self, staging)
+            if writer:
+                self._write_checkpoint_parts(staging, rng_states, weights=engine is None)
+        except BaseException:
+            if writer:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if engine is not None:
+            PartialState().wait_for_everyone()
+        if writer:
+            swap_in_directory(staging, target, is_training_checkpoint)
+            self._rotate_checkpoints(run_dir)
+        if engine is not None:
+            PartialState().wait_for_everyone()  # no rank trains on while the writer still swaps
 
-        def fill(staging: Path) -> None:
+    def _write_checkpoint_parts(self, staging: Path, rng_states: list[dict], weights: bool) -> None:
+        """What the writer adds: the weights (unless an engine wrote its shards), the optimiser
+        (likewise), scheduler, every rank's RNG state and the trainer state; never a pickle."""
+        if weights:
             self._save(str(staging))
-            if not self.args.save_only_model:
+        else:
+            # Marks the directory as ours and says what was trained; the weights are the engine's shards.
+            self.accelerator.unwrap_model(self.model).config.save(staging / CHECKPOINT_CONFIG)
+            atomic_write_text(staging / "training_config.json", self.args.to_json_string())
+        if not self.args.save_only_model:
+            if weights:
                 save_state(self.optimizer.state_dict(), staging, "optimizer")
-                save_state(self.lr_scheduler.state_dict(), staging, "scheduler")
-                for rank, state in enumerate(rng_states):
-                    save_state(state, staging, _rng_state_name(rank, len(rng_states)))
-            self.state.save_to_json(str(staging / TRAINER_STATE_NAME))
-
-        target = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        replace_directory(target, fill, is_ours=is_training_checkpoint, what="training checkpoint")
-        self._rotate_checkpoints(run_dir)
+            save_state(self.lr_scheduler.state_dict(), staging, "scheduler")
+            for rank, state in enumerate(rng_states):
+                save_state(state, staging, _rng_state_name(rank, len(rng_states)))
+        self.state.save_to_json(str(staging / TRAINER_STATE_NAME))
 
     def _rotate_checkpoints(self, run_dir: Path) -> None:
         limit = self.args.save_total_limit
@@ -199,9 +227,15 @@ class SafetyTrainer(Trainer):
         if checkpoint is None:
             return
         directory = Path(checkpoint)
-        if not has_state(directory, "optimizer"):
-            raise FileNotFoundError(f"{directory}: no optimizer state to resume from")
-        self.optimizer.load_state_dict(load_state(directory, "optimizer"))
+        check_resumable(self, directory)
+        engine = engine_name(self)
+        if engine == "fsdp":
+            load_engine_optimizer(self, directory)
+        elif engine is None:
+            if not has_state(directory, "optimizer"):
+                raise FileNotFoundError(f"{directory}: no optimizer state to resume from")
+            self.optimizer.load_state_dict(load_state(directory, "optimizer"))
+        # (DeepSpeed read its optimiser state with the weights, in `deepspeed_load_checkpoint`.)
         self.lr_scheduler.load_state_dict(load_state(directory, "scheduler"))
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
@@ -218,7 +252,11 @@ class SafetyTrainer(Trainer):
             torch.cuda.random.set_rng_state_all(state["cuda"])
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        self.accelerator.unwrap_model(self.model).load_weights_from(resume_from_checkpoint)
+        check_resumable(self, Path(resume_from_checkpoint))
+        if engine_name(self) == "fsdp":
+            load_engine_weights(self, Path(resume_from_checkpoint))
+        else:
+            self.accelerator.unwrap_model(self.model).load_weights_from(resume_from_checkpoint)
 
 
 def _rng_state() -> dict:
@@ -346,8 +384,10 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False, callbacks=()
     output = trainer.train(resume_from_checkpoint=resume or None)
     metrics = trainer.evaluate() if eval_set is not None else None
     final_dir = final_model_dir(config)
+    # Under FSDP / ZeRO-3 each rank holds a shard: gather the whole model once (a collective).
+    weights = full_state_dict(trainer) if engine_name(trainer) else None
     if writer:
-        model.save_pretrained(final_dir)
+        model.save_pretrained(final_dir, state_dict=weights)
         atomic_write_text(final_dir / "training_config.json", config.to_json_string())
         atomic_write_json(final_dir / "train_metrics.json",
                           {**output.metrics, "examples_per_epoch": len(train_set), "labels": counts})
