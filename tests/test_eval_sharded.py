@@ -165,6 +165,15 @@ def test_ranks_that_disagree_on_the_config_stop_before_writing(tmp_path):
     assert not (tmp_path / "run").exists()  # checked before anything is written
 
 
+def test_a_command_that_does_not_shard_refuses_to_start_as_several_processes(monkeypatch):
+    from safesignal.eval.config import load_eval_config
+    from safesignal.eval.grid import plan_eval
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; run_eval would join the world
+    with pytest.raises(WorldMismatch, match="launched as one of 2 processes"):
+        plan_eval(load_eval_config(TINY))
+
+
 def test_one_process_is_its_own_world():
     assert SINGLE.broadcast({"a": 1}) == {"a": 1} and SINGLE.all_gather(3) == [3] and SINGLE.gather(3) == [3]
     SINGLE.agree("anything", {"a": 1})  # nothing to disagree with

@@ -29,7 +29,8 @@ from . import behaviours as behaviour_pools
 from .config import AttackSpec, EvalConfig, ModelSpec, PolicySpec
 from .generation import CaseRecord, length_batches, run_batch, user_cases
 from .scoring import Scorer, attack_entry, refusal_entry
-from .sharding import SINGLE, CellJob, Shard, check_shared_directory, fill_cells, join_world
+from .sharding import (SINGLE, CellJob, Shard, WorldMismatch, check_shared_directory, fill_cells, join_world,
+                       launched_world)
 from .store import CellFile, claim_entry_dir, fingerprint, is_cell_file, weights_digest
 
 RUN_MARKER = "safesignal_eval.json"
@@ -87,6 +88,11 @@ def load_model(spec: ModelSpec, dtype: str):
 
 class Grid:
     def __init__(self, config: EvalConfig, command: str, log=print, progress: bool = True, shard: Shard = SINGLE):
+        if shard.world == 1 and launched_world() > 1:
+            # each process would run the whole grid and write the same files: refuse
+            raise WorldMismatch(f"{command}: launched as one of {launched_world()} processes, but this command does "
+                                "not share its work out; run it as one process (`safesignal eval` and "
+                                "`safesignal attack` other than finetune do)")
         self.shard = shard
         # one voice: rank 0 logs and shows progress for the whole run
         self.log = log if shard.is_main else (lambda message: None)

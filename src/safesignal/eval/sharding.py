@@ -36,7 +36,8 @@ COLLECTIVE_TIMEOUT = timedelta(hours=12)
 
 
 class WorldMismatch(RuntimeError):
-    """The processes of a sharded run disagree on what they run (config, code, weights, files)."""
+    """A misconfigured world: the processes disagree on what they run (config, code, weights,
+    files), or a command that does not share its work was launched as several processes."""
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,16 @@ class Shard:
 SINGLE = Shard()
 
 
+def launched_world() -> int:
+    """How many processes the launcher started (torchrun and accelerate launch set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def join_world() -> tuple[Shard, Callable[[], None]]:
     """This process's Shard under torchrun / accelerate launch (WORLD_SIZE > 1; both launchers
     set WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT), else the single process; and what to
     call when the run ends (leaves a process group this call started)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if launched_world() <= 1:
         return SINGLE, lambda: None
     import torch.distributed as dist
 
