@@ -46,36 +46,14 @@ from .minhash import (
     MinHashLSH, candidate_probability, copies_of_earlier, first_occurrence_of, gram_hashes, verified_pairs,
 )
 from .prepare_config import DataPrepareConfig, SourceFile
-from .row_styles import RowMapper
+from .row_styles import Problems, RowMapper, mapped_rows
 from .schema import parse_record
 from .sources import normalise
-from .user_files import iter_rows
 
 TRAIN_FILE, VALIDATION_FILE = "train.jsonl", "validation.jsonl"
 DROPPED_FILE, REJECTED_FILE = "dropped.jsonl", "rejected.jsonl"
 ROLE_LABEL = {"malicious": 1, "benign": 0}
 CHUNK_ROWS = 4096
-MAX_LISTED_PROBLEMS = 1000
-
-
-class Problems:
-    """Every malformed row: listed in the error (on_error: raise), or written to
-    rejected.jsonl (on_error: skip). Counted either way; never dropped unsaid."""
-
-    def __init__(self, rejected: TextIO | None):
-        self.rejected, self.listed, self.total = rejected, [], 0
-
-    def add(self, problem: str) -> None:
-        self.total += 1
-        if self.rejected is not None:
-            self.rejected.write(json.dumps({"problem": problem}, ensure_ascii=False) + "\n")
-        elif len(self.listed) < MAX_LISTED_PROBLEMS:
-            self.listed.append(problem)
-
-    def raise_if_any(self) -> None:
-        if self.total and self.rejected is None:
-            more = self.total - len(self.listed)
-            raise DataError(self.listed + ([f"... and {more} more malformed rows not listed here"] if more else []))
 
 
 class RowState:
@@ -145,7 +123,7 @@ def evaluation_index(config: DataPrepareConfig, problems: Problems) -> PromptInd
     index = suite_evaluation_index() if config.reserve_suite_evaluation else PromptIndex()
     for source in config.evaluation:
         mapper = _mapper(source, label=None, config=config, require_response=False)
-        for _, (_, record) in _records(source, mapper, problems, Counter()):
+        for _, (_, record) in mapped_rows(source.data_file, mapper, problems, format=source.format, split=source.split):
             index.add(record.query)
     return index
 
@@ -156,23 +134,6 @@ def _mapper(source: SourceFile, label: int | None, config: DataPrepareConfig, re
                          list(source.require_empty), require_response, config.seed)
     except ValueError as err:
         raise ValueError(f"{source.data_file}: {err}") from None
-
-
-def _records(source: SourceFile, mapper: RowMapper, problems: Problems, skipped: Counter):
-    """(where, (record as written, Record)) for each good row of one file; problems reported."""
-    required, optional = mapper.needed_columns()
-    for where, row in iter_rows(source.data_file, source.format, columns=required, optional=optional, split=source.split):
-        if isinstance(row, str):
-            problems.add(f"{where}: {row}")
-            continue
-        if mapper.skips(row):
-            skipped[source.source_name] += 1
-            continue
-        try:
-            yield where, mapper.record(row, where)
-        except DataError as err:
-            for problem in err.problems:
-                problems.add(problem)
 
 
 @dataclass
@@ -194,7 +155,8 @@ def _scan(config: DataPrepareConfig, reserved: PromptIndex, spool: TextIO, dropp
             scan.names.append(source.source_name)
             scan.labels.append(ROLE_LABEL[role_name])
             mapper = _mapper(source, ROLE_LABEL[role_name], config)
-            for where, (obj, record) in _records(source, mapper, problems, scan.skipped):
+            for where, (obj, record) in mapped_rows(source.data_file, mapper, problems, format=source.format,
+                                                   split=source.split, skipped=scan.skipped):
                 query = record.query
                 if reserved.contains(query):
                     reason = "matches an evaluation prompt"

@@ -15,20 +15,27 @@ A style names the columns a kind of file has and how they become a conversation:
 
 `columns` renames any style's column: `{prompt: question}` reads the prompt from "question".
 The role gives the label (malicious 1, benign 0, evaluation: the file's own label or 1); a
-label the file carries must agree with it. Every record goes through `schema.parse_record`,
+label the file carries must agree with it. A file of both labels (the trainer's `train_file`)
+has no role: each row must carry its own label (`require_label`). Every record goes through `schema.parse_record`,
 the same validation as a hand-written JSONL file, and every problem names file, row and
 column.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
 
 from ..io import DataError
 from .refusals import direct_refusal
 from .schema import Record, parse_record
+from .user_files import iter_rows
 
 STYLES = ("alert", "lima", "alpaca", "columns", "records")
 # style -> our field -> the column it reads by default
@@ -46,6 +53,7 @@ ALERT_WRAPPER = re.compile(r"^\s*### Instruction:\s*\n(?P<prompt>.*?)\n\s*### Re
 SPEAKERS = {"user": "user", "human": "user", "system": "system", "assistant": "assistant", "gpt": "assistant",
             "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}
 LABELS = {0: 0, 1: 1, "0": 0, "1": 1, "false": 0, "true": 1, "benign": 0, "malicious": 1, "safe": 0, "unsafe": 1}
+MAX_LISTED_PROBLEMS = 1000
 
 
 @dataclass
@@ -57,6 +65,7 @@ class RowMapper:
     malicious prompts without answers, or to train the injection prefix the decoder writes).
     `require_empty`: columns that must be empty for a row to be used (the paper took only
     Alpaca rows without an input); the caller counts the rows skipped for it.
+    `require_label` (with label None): a row without a label is an error, not malicious.
     """
 
     style: str
@@ -67,6 +76,7 @@ class RowMapper:
     require_empty: list[str] = field(default_factory=list)
     require_response: bool = True
     seed: int = 0
+    require_label: bool = False
 
     def __post_init__(self):
         if self.style not in STYLES:
@@ -155,6 +165,9 @@ class RowMapper:
         """The role's label; a label in the file must agree with it."""
         column = self.mapping.get("label", "label")
         if value is None:
+            if self.require_label and self.label is None:
+                raise DataError([f"{where}: {column}: missing (expected 0 / 1, benign / malicious: "
+                                 f"every row of a training file carries its label)"])
             return 1 if self.label is None else self.label
         key = value.strip().lower() if isinstance(value, str) else value
         if isinstance(key, bool) or key not in LABELS:
@@ -163,6 +176,46 @@ class RowMapper:
             role = "malicious" if self.label == 1 else "benign"
             raise DataError([f"{where}: {column}: label {value!r} in a file listed as {role}"])
         return LABELS[key]
+
+
+class Problems:
+    """Every malformed row: listed in the error (`rejected` None), or written to `rejected`
+    (one JSON line each). Counted either way; never dropped unsaid."""
+
+    def __init__(self, rejected: TextIO | None = None):
+        self.rejected, self.listed, self.total = rejected, [], 0
+
+    def add(self, problem: str) -> None:
+        self.total += 1
+        if self.rejected is not None:
+            self.rejected.write(json.dumps({"problem": problem}, ensure_ascii=False) + "\n")
+        elif len(self.listed) < MAX_LISTED_PROBLEMS:
+            self.listed.append(problem)
+
+    def raise_if_any(self) -> None:
+        if self.total and self.rejected is None:
+            more = self.total - len(self.listed)
+            raise DataError(self.listed + ([f"... and {more} more malformed rows not listed here"] if more else []))
+
+
+def mapped_rows(path: str | Path, mapper: RowMapper, problems: Problems, *, format: str = "auto",
+                split: str | None = None, skipped: Counter | None = None) -> Iterator[tuple[str, tuple[dict, Record]]]:
+    """(where, (record as written, Record)) for each good row of one file, streamed; every bad
+    row goes to `problems`, every row `mapper.skips` is counted in `skipped[mapper.source]`."""
+    required, optional = mapper.needed_columns()
+    for where, row in iter_rows(path, format, columns=required, optional=optional, split=split):
+        if isinstance(row, str):
+            problems.add(f"{where}: {row}")
+            continue
+        if mapper.skips(row):
+            if skipped is not None:
+                skipped[mapper.source] += 1
+            continue
+        try:
+            yield where, mapper.record(row, where)
+        except DataError as err:
+            for problem in err.problems:
+                problems.add(problem)
 
 
 def _kind_name(kind: type) -> str:
