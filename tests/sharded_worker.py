@@ -5,7 +5,8 @@
 
 Trains the tiny recipe for STEPS fp32 AdamW steps with 4 examples per rank (8 per step),
 saving a checkpoint every SAVE_EVERY steps, under ENGINE: `ddp` or `fsdp` (FSDP2, full
-shard, one unit per decoder layer, sharded state dicts). `--kill-at N` SIGKILLs rank 0 at the
+shard, one unit per decoder layer, sharded state dicts), `zero2` or `zero3` (DeepSpeed;
+its CPU accelerator runs one process here). `--kill-at N` SIGKILLs rank 0 at the
 end of step N (after the checkpoint before it is complete); `--resume` goes on from the
 newest checkpoint. `--rank1-elsewhere` starts rank 1 from other weights (see
 `start_rank1_elsewhere`); `--cpu-efficient-loading` has FSDP broadcast rank 0's.
@@ -24,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS, SAVE_EVERY = 10, 5
 
 
-def worker_config(output_dir: Path, per_device_batch: int, fsdp_config: Path | None = None, base: Path | None = None):
+def worker_config(output_dir: Path, per_device_batch: int, fsdp_config: Path | None = None, base: Path | None = None,
+                  deepspeed_config: Path | None = None):
     from safesignal.config import load_config
     from safesignal.training import SafetyTrainingConfig
 
@@ -37,6 +39,9 @@ def worker_config(output_dir: Path, per_device_batch: int, fsdp_config: Path | N
         overrides |= {"fsdp": "true", "fsdp_config": str(fsdp_config)}
     if base is not None:
         overrides["model_name_or_path"] = str(base)
+    if deepspeed_config is not None:
+        # DeepSpeed runs on its CPU accelerator here; `use_cpu` would turn it off.
+        overrides |= {"deepspeed": str(deepspeed_config), "use_cpu": "false"}
     argv = [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
     return load_config(SafetyTrainingConfig, REPO / "configs" / "tiny.yaml", argv)
 
@@ -51,13 +56,22 @@ class KillAt(TrainerCallback):
 
 
 class CountSteps(TrainerCallback):
-    """Rank 0 writes how many optimiser steps this launch ran (a resumed launch runs the rest only)."""
+    """Rank 0 writes the FSDP units and how many optimiser steps this launch ran (a resumed
+    launch runs the rest only)."""
 
     def __init__(self, out: Path):
         self.out, self.steps = out, 0
 
     def on_step_end(self, args, state, control, **kwargs):
         self.steps += 1
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # The FSDP units the engine made (FSDP2 renames a wrapped module's class FSDP<name>).
+        from torch.distributed.fsdp import FSDPModule
+
+        if args.process_index == 0:
+            units = sorted(type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule))
+            (self.out / "fsdp_units.json").write_text(json.dumps(units))
 
     def on_train_end(self, args, state, control, **kwargs):
         if args.process_index == 0:
@@ -92,7 +106,8 @@ def start_rank1_elsewhere(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
-    parser.add_argument("engine", choices=["ddp", "fsdp"])
+    parser.add_argument("engine", choices=["ddp", "fsdp", "zero2", "zero3"])
+    parser.add_argument("--per-device-batch", type=int, default=4)
     parser.add_argument("--kill-at", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--cpu-efficient-loading", action="store_true")
@@ -108,15 +123,20 @@ def main() -> None:
 
         fsdp_config = args.out / "fsdp_config.json"
         fsdp_config.write_text(json.dumps({
-            "version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+            # No layer class named: auto-wrap reads the model's `_no_split_modules`.
+            "version": 2,
             "state_dict_type": "SHARDED_STATE_DICT", "cpu_ram_efficient_loading": args.cpu_efficient_loading,
         }))
+    deepspeed_config = None
+    if args.engine.startswith("zero"):
+        deepspeed_config = REPO / "configs" / "accelerate" / f"{args.engine}.json"  # the shipped settings
     if args.rank1_elsewhere and int(os.environ["RANK"]) == 1:
         start_rank1_elsewhere(args.out)
     from safesignal.training import train
 
     callbacks = [CountSteps(args.out)] + ([KillAt(args.kill_at)] if args.kill_at else [])
-    train(worker_config(args.out / "run", 4, fsdp_config, args.base), resume=args.resume, callbacks=callbacks)
+    config = worker_config(args.out / "run", args.per_device_batch, fsdp_config, args.base, deepspeed_config)
+    train(config, resume=args.resume, callbacks=callbacks)
 
 
 if __name__ == "__main__":

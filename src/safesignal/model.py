@@ -272,6 +272,12 @@ class SafetyModel(nn.Module):
             raise ValueError("strategic decoding needs a [CLS]-trained model (this one is a plain-SFT baseline)")
         return StrategicDecoder(self)
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The base model's layer classes that must not be split: FSDP's transformer auto-wrap
+        and accelerate's device maps read it from the model they are given."""
+        return list(getattr(self.base, "_no_split_modules", None) or [])
+
     def get_parameter_or_buffer(self, target: str):
         """A parameter, buffer or plain tensor attribute by dotted name, as transformers'
         models answer it: accelerate's FSDP2 loading asks the model it wraps for this."""
