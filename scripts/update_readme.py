@@ -533,6 +533,40 @@ def render_finetune(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_dry_run(data: dict) -> str:
+    """Memory per GPU of each paper recipe under each strategy, as `--dry-run` sized it."""
+    gib = 2**30
+    lines = ["| recipe | GPUs | sequences / step | parameters (trainable) | strategy | GiB per GPU (checkpointed) | "
+             "GiB per GPU (no checkpointing) | fits (checkpointed) |", "|---|---|---|---|---|---|---|---|"]
+    for run in data["runs"]:
+        params = run["parameters"]
+        for strategy, row in run["strategies"].items():
+            lines.append(
+                f"| {Path(run['recipe']).stem} | {run['nodes']} x {run['gpus_per_node']} x {run['gpu_memory_gb']:g} GB "
+                f"| {run['sequences_per_step']} | {params['total'] / 1e9:.2f} B ({params['trainable'] / 1e9:.2f} B) "
+                f"| {strategy} | {row['total_checkpointed'] / gib:.1f} | {row['total'] / gib:.1f} "
+                f"| {'yes' if row['fits_checkpointed'] else 'no'} |")
+    lines += ["", f"`{data['command']}` ({data['created'][:10]}, commit {data['git_commit']}); each row's own "
+              "command is in `results/scale/paper_dry_run.json`. Precision: pure bf16 (2 + 2 + 4 bytes per "
+              "parameter for weights, gradients and AdamW moments); fits = within 90% of the GPU."]
+    return "\n".join(lines)
+
+
+def render_data_scale(data: dict) -> str:
+    lines = ["| file | rows | time (s) | peak RSS (MB) | kept state (bytes / row) | near-copies found | "
+             "evaluation copies found | dropped, not planted |", "|---|---|---|---|---|---|---|---|"]
+    for run in data["runs"]:
+        near, evaluation = run["near_copies"], run["evaluation_copies"]
+        lines.append(f"| {run['format']} | {run['rows']:,} | {run['seconds']:.0f} | {run['peak_rss_mb']:.0f} "
+                     f"| {run['state_bytes_per_row']} | {near['found']:,} / {near['planted']:,} "
+                     f"| {evaluation['found']} / {evaluation['planted']} | {run['dropped_not_planted']} |")
+    growth = data["peak_rss_growth_bytes_per_row"]
+    lines += ["", f"Peak RSS grows {growth['jsonl']:.0f} (JSONL) and {growth['parquet']:.0f} (Parquet) bytes per row "
+              f"from {data['small']:,} to {data['rows']:,} rows: the MinHash signatures kept for deduplication, "
+              "not the data. `cd benchmarks && python data_scale.py` (2 shared CPU cores; times are upper bounds)."]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
@@ -559,6 +593,8 @@ BLOCKS = {
     "bench:decode_overhead_smollm2": ("results/bench/decode_overhead_smollm2.json", render_decode_overhead),
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
     "bench:train_overhead_malloc_tuned": ("results/bench/train_overhead_malloc_tuned.json", render_train_overhead),
+    "scale:paper_dry_run": ("results/scale/paper_dry_run.json", render_dry_run),
+    "bench:data_scale": ("results/bench/data_scale.json", render_data_scale),
 }
 
 

@@ -25,7 +25,8 @@ def _cmd_train(args, overrides: list[str]) -> int:
         print(json.dumps(run.as_dict(), indent=1) if args.json else format_dry_run(run))
         return 0
     final_dir = train(config, resume=args.resume)
-    print(f"safesignal train: final model written to {final_dir}")
+    if config.should_save:  # one line from a distributed launch, not one per rank
+        print(f"safesignal train: final model written to {final_dir}")
     return 0
 
 
