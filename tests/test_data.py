@@ -5,6 +5,7 @@ import json
 import pytest
 
 from safesignal.data.dataset import EncodedDataset, balanced_indices, encode_records
+from safesignal.data.encoded_store import write_store
 from safesignal.data.schema import DataError, parse_record, read_jsonl
 from safesignal.formatting import PromptFormatter
 from safesignal.tiny import build_tiny_tokenizer
@@ -127,14 +128,14 @@ def test_balancing_oversamples_the_minority_to_the_majority_count():
     picked = [labels[i] for i in idx]
     assert picked.count(0) == picked.count(1) == 10
     assert set(range(13)) <= set(idx)  # nothing dropped
-    assert balanced_indices(labels, seed=0) == idx  # deterministic
+    assert balanced_indices(labels, seed=0).tolist() == idx.tolist()  # deterministic
 
 
-def test_encoded_dataset_balance_flag(formatter):
+def test_encoded_dataset_balance_flag(formatter, tmp_path):
     recs = [parse_record(dict(GOOD, label=y), f"x:{i}") for i, y in enumerate([0, 0, 0, 1])]
-    examples = encode_records(recs, formatter)
-    assert EncodedDataset(examples, balance=True).label_counts() == {0: 3, 1: 3}
-    assert EncodedDataset(examples, balance=False).label_counts() == {0: 3, 1: 1}
+    store = write_store(encode_records(recs, formatter), tmp_path / "store", len(formatter.tokenizer))
+    assert EncodedDataset(store, balance=True).label_counts() == {0: 3, 1: 3}
+    assert EncodedDataset(store, balance=False).label_counts() == {0: 3, 1: 1}
 
 
 def test_yaml_defaults_and_home_paths(tmp_path, monkeypatch):

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import TrainingArguments
+
+from ..data.row_styles import STYLES
+
+ENCODED_CACHE_DIR = ".encoded"
 
 OBJECTIVES = ("cls", "sft")
 MODEL_DTYPES = (None, "float32", "bfloat16")
@@ -15,8 +20,16 @@ class SafetyTrainingConfig(TrainingArguments):
     """`transformers.TrainingArguments` plus the safesignal fields (`safesignal train --config X.yaml`)."""
 
     model_name_or_path: str = field(default="tiny-llama", metadata={"help": "HF directory, checkpoint or registry name"})
-    train_file: str | None = field(default=None, metadata={"help": "training JSONL (see data/schema.py)"})
-    eval_file: str | None = field(default=None, metadata={"help": "validation JSONL, evaluated every epoch"})
+    train_file: str | None = field(default=None, metadata={
+        "help": "training data: JSONL / JSON / CSV / Parquet file or saved HF dataset directory (data/schema.py)"})
+    eval_file: str | None = field(default=None, metadata={"help": "validation data (as train_file), evaluated every epoch"})
+    data_file_style: str = field(default="records", metadata={
+        "help": "how rows of train_file / eval_file become records: records (our schema), columns, alert, lima, "
+                "alpaca (data/row_styles.py); every row carries its label"})
+    data_file_columns: list[str] | None = field(default=None, metadata={
+        "help": "field=column renames for data_file_style, e.g. prompt=question label=is_harmful"})
+    encoded_cache_dir: str | None = field(default=None, metadata={
+        "help": "where encoded data files are kept for reuse (default output_dir/.encoded; share one across runs)"})
     objective: str = field(default="cls", metadata={"help": "'cls' (LM + λ·BCE) or 'sft' (plain SFT, no [CLS])"})
     cls_loss_weight: float = field(default=0.1, metadata={"help": "λ: weight of the [CLS] BCE loss"})
     mask_mode: str = field(default="sft", metadata={"help": "'sft' or 'pretrain' attention rules"})
@@ -62,6 +75,17 @@ class SafetyTrainingConfig(TrainingArguments):
             raise ValueError(f"lr_decay_per_epoch: must be in (0, 1], got {self.lr_decay_per_epoch}")
         if self.cls_loss_weight < 0:
             raise ValueError(f"cls_loss_weight: must be ≥ 0, got {self.cls_loss_weight}")
+        if self.data_file_style not in STYLES:
+            raise ValueError(f"data_file_style: {self.data_file_style!r} is not one of {', '.join(STYLES)}")
+        column_renames(self.data_file_columns)  # a malformed entry fails here, before the model loads
+
+    @property
+    def data_file_column_map(self) -> dict[str, str]:
+        return column_renames(self.data_file_columns)
+
+    @property
+    def encoded_cache_root(self) -> Path:
+        return Path(self.encoded_cache_dir or Path(self.output_dir) / ENCODED_CACHE_DIR)
 
     @property
     def with_cls(self) -> bool:
@@ -72,3 +96,14 @@ class SafetyTrainingConfig(TrainingArguments):
         import torch
 
         return getattr(torch, self.model_dtype) if self.model_dtype else None
+
+
+def column_renames(entries: list[str] | None) -> dict[str, str]:
+    """"field=column" entries (`data_file_columns`) as {field: column}."""
+    renames = {}
+    for entry in entries or ():
+        name, sep, column = entry.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            raise ValueError(f"data_file_columns: {entry!r} is not field=column")
+        renames[name.strip()] = column.strip()
+    return renames

@@ -38,8 +38,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..batching import WindowSampler, loss_item_counts
 from ..checkpoint_state import has_state, load_state, save_state
 from ..cpu_tuning import tune_glibc_malloc
-from ..data.dataset import EncodedDataset, encode_records
-from ..data.schema import read_jsonl
+from ..data.dataset import EncodedDataset
+from ..data.encoded_files import encoded_file
+from ..data.encoded_store import EncodedStore
 from ..formatting import PromptFormatter
 from ..home import safesignal_home
 from ..checkpoint import CHECKPOINT_CONFIG, has_trained_head, is_checkpoint
@@ -316,17 +317,18 @@ def build_model(config: SafetyTrainingConfig) -> SafetyModel:
 
 
 def build_datasets(config: SafetyTrainingConfig, model: SafetyModel):
+    """The training and evaluation sets, each a memory-mapped store encoded once per data file
+    (under `config.encoded_cache_root`) and shared by every rank."""
     if not config.train_file:
-        raise ValueError("train_file: required (a JSONL file, see safesignal/data/schema.py)")
+        raise ValueError("train_file: required (JSONL, CSV, Parquet or a saved HF dataset, see safesignal/data/schema.py)")
     formatter = PromptFormatter(model.tokenizer, max_length=config.max_length)
-    train_set = EncodedDataset(
-        encode_records(read_jsonl(config.train_file), formatter),
-        balance=config.balance_classes,
-        seed=config.seed,
-    )
-    evaluation = None
-    if config.eval_file:
-        evaluation = EncodedDataset(encode_records(read_jsonl(config.eval_file), formatter))
+
+    def encoded(path: str) -> EncodedStore:
+        return encoded_file(path, formatter, config.encoded_cache_root, style=config.data_file_style,
+                            columns=config.data_file_column_map)
+
+    train_set = EncodedDataset(encoded(config.train_file), balance=config.balance_classes, seed=config.seed)
+    evaluation = EncodedDataset(encoded(config.eval_file)) if config.eval_file else None
     return train_set, evaluation
 
 
