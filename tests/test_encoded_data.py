@@ -179,11 +179,11 @@ def _toy_rows():
 
 
 def test_parquet_csv_and_hf_files_give_the_examples_of_the_jsonl_file(formatter, toy_examples, tmp_path):
-    from datasets import Dataset
+    from datasets import Dataset, DatasetDict
 
     records = [json.loads(line) for line in TOY_TRAIN.read_text().splitlines()]
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "records.parquet", row_group_size=7)
-    Dataset.from_list(records).save_to_disk(str(tmp_path / "records_hf"))
+    DatasetDict({"train": Dataset.from_list(records)}).save_to_disk(str(tmp_path / "records_hf"))
     with (tmp_path / "own.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, ["question", "answer", "is_harmful"])
         writer.writeheader()
@@ -191,7 +191,9 @@ def test_parquet_csv_and_hf_files_give_the_examples_of_the_jsonl_file(formatter,
     own = {"prompt": "question", "response": "answer", "label": "is_harmful"}
     cache = tmp_path / "cache"
     assert _all(encoded_file(tmp_path / "records.parquet", formatter, cache)) == toy_examples
-    assert _all(encoded_file(tmp_path / "records_hf", formatter, cache)) == toy_examples
+    with pytest.raises(ValueError, match=r"records_hf: a saved HF DatasetDict; give the directory of one split \(.*records_hf/train\)"):
+        encoded_file(tmp_path / "records_hf", formatter, cache)
+    assert _all(encoded_file(tmp_path / "records_hf" / "train", formatter, cache)) == toy_examples
     assert _all(encoded_file(tmp_path / "own.csv", formatter, cache, style="columns", columns=own)) == toy_examples
     assert len(list(cache.iterdir())) == 3
 

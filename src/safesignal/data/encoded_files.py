@@ -47,6 +47,10 @@ def encoded_file(path: str | Path, formatter: formatting.PromptFormatter, cache_
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: data file not found")
+    if (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise ValueError(f"{path}: a saved HF DatasetDict; give the directory of one split "
+                         f"({', '.join(str(path / s) for s in splits)})")
     mapper = _mapper(path, style, columns or {})
     cache_root = Path(cache_root)
     target = cache_root / store_key(path, formatter, style, columns or {})
