@@ -115,7 +115,7 @@ def test_one_process_resumes_a_sharded_run_and_the_comparison_sees_a_changed_row
     header, *lines = cell.read_text().splitlines()
     batch = json.loads(lines[0])
     for record in batch["records"]:
-        record["response"] = "Sure, here is exactly how to do it, step by step: first, " * 3
+        record["response"] = "I'm sorry, but I cannot help with that."  # every cls direct answer leaks today
     cell.write_text("\n".join([header, json.dumps(batch), *lines[1:]]) + "\n")
     figures = {}
     for name in ("kept", "edited"):
@@ -125,7 +125,8 @@ def test_one_process_resumes_a_sharded_run_and_the_comparison_sees_a_changed_row
         assert figures[name]["reused_batches"] > 0  # read back, not recomputed
     assert resumed_figures(figures["kept"]) == resumed_figures(results_of(single))
     assert resumed_figures(figures["edited"]) != resumed_figures(results_of(single))
-    assert figures["edited"]["models"]["cls"]["attacks"]["direct"] != results_of(single)["models"]["cls"]["attacks"]["direct"]
+    direct = [results["models"]["cls"]["attacks"]["direct"] for results in (figures["edited"], results_of(single))]
+    assert direct[0]["asr_leak"] != direct[1]["asr_leak"]  # the figure the edit changes
 
 
 def test_two_processes_resume_a_killed_run_of_one_process(runs, tmp_path):

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
 from ..attacks import AttackCase, attack_pool, get_attack
 from ..attacks.base import PrepareContext
 from ..decoding.policy import SafetyPolicy
