@@ -249,6 +249,24 @@ def test_a_store_is_reused_until_the_file_tokenizer_or_length_changes(formatter,
     assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_a_store_built_meanwhile_by_another_process_is_used_not_replaced(formatter, toy_examples, monkeypatch, tmp_path):
+    import safesignal.data.encoded_files as encoded_files
+
+    first = encoded_file(TOY_TRAIN, formatter, tmp_path)
+    inode = first.directory.stat().st_ino
+    checks, real = [], encoded_files.is_store
+
+    def looks_too_early(path):  # this process looks before the other has renamed its store into place
+        checks.append(path)
+        return len(checks) > 1 and real(path)
+
+    monkeypatch.setattr(encoded_files, "is_store", looks_too_early)
+    second = encoded_file(TOY_TRAIN, formatter, tmp_path)
+    assert len(checks) == 2 and second.directory == first.directory and first.directory.stat().st_ino == inode
+    assert _all(second) == toy_examples
+    assert [p.name for p in tmp_path.iterdir()] == [first.directory.name]  # its staging removed
+
+
 def test_trainer_reads_a_parquet_file_with_its_own_columns(tmp_path):
     rows = _toy_rows()
     pq.write_table(pa.Table.from_pylist([{"q": r["prompt"], "a": r["response"], "harmful": bool(r["label"]) * 1}
