@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from typing import Iterable, Iterator
 
@@ -117,8 +118,9 @@ def _cmd_eval(args, overrides: list[str]) -> int:
     command = " ".join(["safesignal eval", "--config", args.config] + (["--out", args.out] if args.out else [])
                        + selection + overrides)
     results = run_eval(config, command=command, log=lambda message: print(message, file=sys.stderr))
-    print(f"safesignal eval: wrote {results['_path']} ({len(results['models'])} entries, "
-          f"{results['wall_seconds']:.0f} s)")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line from a sharded launch, not one per process
+        print(f"safesignal eval: wrote {results['_path']} ({len(results['models'])} entries, "
+              f"{results['wall_seconds']:.0f} s)")
     return 0
 
 
