@@ -1,7 +1,7 @@
 """One rank of the multi-process training tests (tests/test_sharded_training.py); run under torchrun.
 
     torchrun --standalone --nproc_per_node 2 tests/sharded_worker.py OUT_DIR ENGINE [--kill-at N] [--resume]
-        [--cpu-efficient-loading] [--rank1-elsewhere] [--base HF_DIR]
+        [--cpu-efficient-loading] [--rank1-elsewhere] [--base HF_DIR] [--lora]
 
 Trains the tiny recipe for STEPS fp32 AdamW steps with 4 examples per rank (8 per step),
 saving a checkpoint every SAVE_EVERY steps, under ENGINE: `ddp` or `fsdp` (FSDP2, full
@@ -26,7 +26,7 @@ STEPS, SAVE_EVERY = 10, 5
 
 
 def worker_config(output_dir: Path, per_device_batch: int, fsdp_config: Path | None = None, base: Path | None = None,
-                  deepspeed_config: Path | None = None):
+                  deepspeed_config: Path | None = None, lora: bool = False):
     from safesignal.config import load_config
     from safesignal.training import SafetyTrainingConfig
 
@@ -39,6 +39,8 @@ def worker_config(output_dir: Path, per_device_batch: int, fsdp_config: Path | N
         overrides |= {"fsdp": "true", "fsdp_config": str(fsdp_config)}
     if base is not None:
         overrides["model_name_or_path"] = str(base)
+    if lora:
+        overrides |= {"use_lora": "true", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
     if deepspeed_config is not None:
         # DeepSpeed runs on its CPU accelerator here; `use_cpu` would turn it off.
         overrides |= {"deepspeed": str(deepspeed_config), "use_cpu": "false"}
@@ -112,6 +114,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--cpu-efficient-loading", action="store_true")
     parser.add_argument("--rank1-elsewhere", action="store_true")
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (with the [CLS] row and head)")
     parser.add_argument("--base", type=Path, help="an HF model directory to train (default: tiny-llama, built in memory)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +138,7 @@ def main() -> None:
     from safesignal.training import train
 
     callbacks = [CountSteps(args.out)] + ([KillAt(args.kill_at)] if args.kill_at else [])
-    config = worker_config(args.out / "run", args.per_device_batch, fsdp_config, args.base, deepspeed_config)
+    config = worker_config(args.out / "run", args.per_device_batch, fsdp_config, args.base, deepspeed_config, args.lora)
     train(config, resume=args.resume, callbacks=callbacks)
 
 

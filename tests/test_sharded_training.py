@@ -160,3 +160,18 @@ def test_cpu_efficient_loading_gives_every_rank_the_cls_row_and_head_of_rank_0(t
     # Control: without the broadcast rank 1 trains its own shard of other weights.
     launch(tmp_path / "control", "fsdp", "--rank1-elsewhere")
     assert max_difference(final_weights(tmp_path / "control" / "run"), reference) > 100 * TOLERANCE
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp2_trains_the_adapter_row_and_head_like_one_process(tmp_path):
+    train(worker_config(tmp_path / "one" / "run", per_device_batch=8, lora=True))
+    launch(tmp_path / "fsdp", "fsdp", "--lora")
+
+    def adapter(run: Path) -> dict[str, torch.Tensor]:
+        final = run / "final"
+        return {**load_file(str(final / "adapter_model.safetensors")), **load_file(str(final / "safety_head.safetensors"))}
+
+    one, sharded = adapter(tmp_path / "one" / "run"), adapter(tmp_path / "fsdp" / "run")
+    assert len(one) > 3  # LoRA matrices beside the [CLS] row and head
+    assert max_difference(sharded, one) <= TOLERANCE
+    assert json.loads((tmp_path / "fsdp" / "run" / "checkpoint-5" / "engine.json").read_text())["engine"] == "fsdp"
