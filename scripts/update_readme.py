@@ -567,6 +567,24 @@ def render_data_scale(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_train_data_scale(data: dict) -> str:
+    lines = ["| rows | tokens | build (s) | peak RSS building (MB) | peak RSS after an epoch (MB) | private RSS after (MB) "
+             "| store on disk (MB) | bytes / token on disk |", "|---|---|---|---|---|---|---|---|"]
+    for run in data["runs"]:
+        rss = run["rss_mb"]
+        lines.append(f"| {run['rows']:,} | {run['tokens']:,} | {run['build_seconds']:.0f} | {rss['after_build']['VmHWM']:.0f} "
+                     f"| {rss['after_epoch']['VmHWM']:.0f} | {rss['after_epoch']['RssAnon']:.0f} "
+                     f"| {run['store_disk_bytes'] / 1e6:.0f} | {run['disk_bytes_per_token']:.2f} |")
+    summary = next(iter(data["summary"].values()))
+    lines += ["", f"{data['tokenizer']} tokenizer, `max_length` {data['max_length']}. Building adds "
+              f"{summary['build_peak_rss_growth_bytes_per_row']:.0f} bytes per row of peak memory; after a balanced epoch "
+              f"private memory grows {summary['private_rss_growth_bytes_per_row_after_epoch']:.1f} bytes per row (the "
+              f"{summary['index_bytes_per_served_example']:.0f}-byte index) and the rest is mapped store pages, "
+              f"{summary['mapped_rss_growth_bytes_per_row_after_epoch']:.0f} bytes per row of page cache shared by every "
+              f"rank. `{data['command']}` (2 shared CPU cores)."]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
@@ -595,6 +613,7 @@ BLOCKS = {
     "bench:train_overhead_malloc_tuned": ("results/bench/train_overhead_malloc_tuned.json", render_train_overhead),
     "scale:paper_dry_run": ("results/scale/paper_dry_run.json", render_dry_run),
     "bench:data_scale": ("results/bench/data_scale.json", render_data_scale),
+    "bench:train_data_scale": ("results/bench/train_data_scale.json", render_train_data_scale),
 }
 
 
