@@ -36,6 +36,7 @@ def main() -> int:
             config = load_config(SafetyTrainingConfig, path, ["--output_dir", "/tmp/unused", *batch_args])
             sized = dry_run(config, num_gpus=nodes * per_node, gpu_memory_gb=GPU_MEMORY_GB).as_dict()
             sized["geometry_source"] = str(Path(sized["geometry_source"]).resolve().relative_to(ROOT))
+            del sized["not_ready"]  # this machine's missing weights and data, not the recipe's figures
             runs.append({"recipe": f"configs/paper/{recipe}", "nodes": nodes, "gpus_per_node": per_node,
                          "sequences_per_step": batch * accumulation * nodes * per_node,
                          "command": f"safesignal train --dry-run --config configs/paper/{recipe} "

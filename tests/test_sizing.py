@@ -155,3 +155,12 @@ def test_cli_dry_run_prints_every_strategy_and_reads_no_weights():
     assert "7,241,740,289 total" in done.stdout
     for strategy in ("ddp", "zero2", "fsdp", "zero3"):
         assert any(line.strip().startswith(strategy) for line in lines), strategy
+
+
+def test_the_dry_run_lists_what_training_would_miss_here(tmp_path):
+    run = dry_run(paper_config("llama2-7b-base.yaml", "--train_file", str(tmp_path / "train.jsonl")))
+    assert any(problem.startswith("model_name_or_path: /path/to/Llama-2-7b-hf is not here") for problem in run.not_ready)
+    assert f"train_file: {tmp_path / 'train.jsonl'} does not exist" in run.not_ready
+    (tmp_path / "train.jsonl").write_text("")
+    assert not any(problem.startswith("train_file") for problem in
+                   dry_run(paper_config("llama2-7b-base.yaml", "--train_file", str(tmp_path / "train.jsonl"))).not_ready)

@@ -36,6 +36,7 @@ Tokens per optimiser step are `batch × accumulation × GPUs × max_length`, an 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -203,6 +204,7 @@ class DryRun:
     length: int
     checkpointing: bool  # what the config asks for (both are printed)
     strategies: list[StrategyMemory]
+    not_ready: list[str]  # what would stop `safesignal train` with this config on this machine
 
     @property
     def tokens_per_step(self) -> int:
@@ -216,7 +218,7 @@ class DryRun:
             "geometry": asdict(self.geometry), "geometry_source": self.geometry_source,
             "parameters": asdict(self.counts), "precision": self.precision, "num_gpus": self.num_gpus,
             "gpu_memory_gb": self.gpu_memory_gb, "tokens_per_step": self.tokens_per_step,
-            "activation_checkpointing": self.checkpointing,
+            "activation_checkpointing": self.checkpointing, "not_ready": self.not_ready,
             "strategies": {
                 row.strategy: {**{k: v for k, v in asdict(row).items() if k != "strategy"},
                                "total": row.total(False), "total_checkpointed": row.total(True),
@@ -241,7 +243,22 @@ def dry_run(config: SafetyTrainingConfig, num_gpus: int = 1, gpu_memory_gb: floa
     batch, length = config.per_device_train_batch_size, config.max_length
     rows = strategy_memory(counts, geometry, precision, num_gpus, batch, length)
     return DryRun(geometry, source, counts, precision, num_gpus, gpu_memory_gb, batch,
-                  config.gradient_accumulation_steps, length, bool(config.activation_checkpointing), rows)
+                  config.gradient_accumulation_steps, length, bool(config.activation_checkpointing), rows,
+                  missing_inputs(config, source))
+
+
+def missing_inputs(config: SafetyTrainingConfig, geometry_source: str) -> list[str]:
+    """The files a training run would read that are not on this machine (sizing needs none of them)."""
+    missing = []
+    if geometry_source != config.model_name_or_path:
+        missing.append(f"model_name_or_path: {config.model_name_or_path} is not here (sized from {geometry_source})")
+    for name in ("train_file", "eval_file", "chat_template_file"):
+        value = getattr(config, name)
+        if value and not Path(value).exists():
+            missing.append(f"{name}: {value} does not exist")
+    if not config.train_file:
+        missing.append("train_file: not set")
+    return missing
 
 
 def _architecture(config: SafetyTrainingConfig, base_config):
@@ -290,6 +307,9 @@ def format_dry_run(run: DryRun) -> str:
             f"  |                {row.activations_checkpointed / GiB:8.2f}{row.total(True) / GiB:9.2f}"
             f"  {_yes(run.fits(row, True))}"
         )
+    if run.not_ready:
+        lines.append("not ready to train here (sizing needed none of these):")
+        lines += [f"  {problem}" for problem in run.not_ready]
     return "\n".join(lines)
 
 
