@@ -124,12 +124,12 @@ def main() -> None:
 
         os.environ["ACCELERATE_USE_FSDP"] = "true"  # what `accelerate launch` with an FSDP config sets
 
+        # The shipped settings (no layer class named: auto-wrap reads the model's `_no_split_modules`),
+        # with CPU-efficient loading as the test asks.
+        settings = json.loads((REPO / "configs" / "accelerate" / "fsdp_trainer.json").read_text())
+        settings["cpu_ram_efficient_loading"] = args.cpu_efficient_loading
         fsdp_config = args.out / "fsdp_config.json"
-        fsdp_config.write_text(json.dumps({
-            # No layer class named: auto-wrap reads the model's `_no_split_modules`.
-            "version": 2,
-            "state_dict_type": "SHARDED_STATE_DICT", "cpu_ram_efficient_loading": args.cpu_efficient_loading,
-        }))
+        fsdp_config.write_text(json.dumps(settings))
     deepspeed_config = None
     if args.engine.startswith("zero"):
         deepspeed_config = REPO / "configs" / "accelerate" / f"{args.engine}.json"  # the shipped settings
