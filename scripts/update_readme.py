@@ -585,6 +585,16 @@ def render_train_data_scale(data: dict) -> str:
     return "\n".join(lines)
 
 
+def render_dry_run_memory(data: dict) -> str:
+    lines = ["| batch x tokens | checkpointing | measured peak growth (MiB) | dry run (MiB) | measured / dry run |",
+             "|---|---|---|---|---|"]
+    for run in data["runs"]:
+        lines.append(f"| {run['batch']} x {run['length']} | {'on' if run['checkpointing'] else 'off'} "
+                     f"| {run['measured_mib']:.0f} | {run['estimated_mib']:.0f} | {run['measured_over_estimated']:.2f} |")
+    lines += ["", f"{data['model']}, {data['threads']} threads: `{data['command']}` ({data['created'][:10]})."]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
@@ -612,6 +622,7 @@ BLOCKS = {
     "bench:train_overhead": ("results/bench/train_overhead.json", render_train_overhead),
     "bench:train_overhead_malloc_tuned": ("results/bench/train_overhead_malloc_tuned.json", render_train_overhead),
     "scale:paper_dry_run": ("results/scale/paper_dry_run.json", render_dry_run),
+    "bench:dry_run_memory": ("results/bench/dry_run_memory.json", render_dry_run_memory),
     "bench:data_scale": ("results/bench/data_scale.json", render_data_scale),
     "bench:train_data_scale": ("results/bench/train_data_scale.json", render_train_data_scale),
 }
