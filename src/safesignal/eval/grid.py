@@ -557,6 +557,9 @@ def run_eval(config: EvalConfig, command: str = "safesignal eval", log=print, pr
     try:
         grid = Grid(config, command, log, progress, shard)
         results = grid.run()
+        # Every rank past its last collective before any tears the group down: a rank leaving
+        # while another still waits in gloo was seen to abort ("terminate called ...") under load.
+        shard.barrier()
     finally:
         leave()
     results["_path"] = str(grid.out / "results.json")
