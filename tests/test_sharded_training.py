@@ -175,3 +175,19 @@ def test_lora_under_fsdp2_trains_the_adapter_row_and_head_like_one_process(tmp_p
     assert len(one) > 3  # LoRA matrices beside the [CLS] row and head
     assert max_difference(sharded, one) <= TOLERANCE
     assert json.loads((tmp_path / "fsdp" / "run" / "checkpoint-5" / "engine.json").read_text())["engine"] == "fsdp"
+
+
+@pytest.mark.parametrize("version, orig_params, use_lora, refused", [
+    (1, False, True, True), (1, True, True, False), (2, False, True, False), (1, False, False, False)])
+def test_lora_under_fsdp1_needs_original_parameters(version, orig_params, use_lora, refused):
+    from types import SimpleNamespace
+
+    from safesignal.training.engines import check_engine_supports
+
+    plugin = SimpleNamespace(fsdp_version=version, use_orig_params=orig_params)
+    trainer = SimpleNamespace(is_fsdp_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
+    if refused:
+        with pytest.raises(ValueError, match="use_orig_params: true"):
+            check_engine_supports(trainer, use_lora)
+    else:
+        check_engine_supports(trainer, use_lora)
