@@ -21,6 +21,7 @@ import torch
 
 from ..batching import collate
 from ..masks import CLS, DEAD, NO_SLOT, TOKEN, decode_step_allowed, prefill_pass_allowed, to_additive
+from .fast_linear import FastLinear, FastLinearConfig
 from .fsm import Check, Inject, RowSafety, SafetyEvent, own_refusal
 from .policy import SafetyPolicy
 from .sampler import Sampler, Sampling
@@ -120,8 +121,10 @@ class StrategicDecoder:
     """Runs strategic decoding for a batch of requests on a SafetyModel (duck-typed: anything
     with tokenizer, formatter, cls_token_id, device, base, hidden_states, lm_logits, cls_logits)."""
 
-    def __init__(self, model):
+    def __init__(self, model, fast_linear: FastLinearConfig = FastLinearConfig()):
         self.sm = model
+        # few-row matmuls take the path measured fastest for their shape (decode steps only)
+        self.fast_linear = FastLinear(model.base, fast_linear)
         self.tokenizer = model.tokenizer
         self.model_calls = 0  # forwards issued: 1 prefill pass + 1 per step, whatever the batch size
         self.steps = 0
@@ -166,7 +169,7 @@ class StrategicDecoder:
 
     def step(self) -> None:
         """One forward for every active row (none when every row only ends: `steps` counts forwards)."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self.fast_linear.applied():
             fed = self._step()
         self.steps += fed
 
