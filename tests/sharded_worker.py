@@ -140,6 +140,9 @@ def main() -> None:
     callbacks = [CountSteps(args.out)] + ([KillAt(args.kill_at)] if args.kill_at else [])
     config = worker_config(args.out / "run", args.per_device_batch, fsdp_config, args.base, deepspeed_config, args.lora)
     train(config, resume=args.resume, callbacks=callbacks)
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()  # leave the group in order before the process exits
 
 
 if __name__ == "__main__":

@@ -395,4 +395,7 @@ def train(config: SafetyTrainingConfig, resume: bool | str = False, callbacks=()
                           {**output.metrics, "examples_per_epoch": len(train_set), "labels": counts})
         if metrics is not None:
             atomic_write_json(final_dir / "eval_metrics.json", metrics)
+    # No rank leaves while the writer still saves: a rank exiting with the group in use was
+    # seen to abort in gloo's teardown ("terminate called without an active exception").
+    PartialState().wait_for_everyone()
     return final_dir
