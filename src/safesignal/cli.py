@@ -28,6 +28,9 @@ def _cmd_train(args, overrides: list[str]) -> int:
     final_dir = train(config, resume=args.resume)
     if config.should_save:  # one line from a distributed launch, not one per rank
         print(f"safesignal train: final model written to {final_dir}")
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()  # a distributed launch leaves its group in order (no-op alone)
     return 0
 
 
