@@ -21,6 +21,7 @@ is gathered from the shards once and written as a normal safesignal checkpoint.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..io import atomic_write_json
@@ -49,7 +50,7 @@ def check_engine_supports(trainer, use_lora: bool) -> None:
             )
 
 
-def save_engine_state(trainer, directory: Path) -> str:
+def save_engine_state(trainer, directory: Path) -> None:
     """Every rank writes its shard of the weights and optimiser state into `directory`."""
     name = engine_name(trainer)
     if name == "fsdp":
@@ -66,13 +67,10 @@ def save_engine_state(trainer, directory: Path) -> str:
     if trainer.args.should_save:
         atomic_write_json(directory / ENGINE_FILE, {"format": ENGINE_FORMAT, "engine": name,
                                                     "world_size": trainer.args.world_size})
-    return name
 
 
 def saved_engine(directory: Path) -> str | None:
     """The engine whose state a training checkpoint holds (None: a safesignal checkpoint)."""
-    import json
-
     path = Path(directory) / ENGINE_FILE
     return json.loads(path.read_text())["engine"] if path.is_file() else None
 
