@@ -336,6 +336,17 @@ def _cmd_chat(args, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_serve(args, overrides: list[str]) -> int:
+    from .serve import load_serve_config, serve
+
+    if overrides:
+        raise ValueError(f"unrecognised arguments {overrides} (server settings go in --config YAML)")
+    config = load_serve_config(args.config, model=args.model, host=args.host, port=args.port, api_key=args.api_key,
+                               served_model_name=args.served_model_name)
+    serve(config)
+    return 0
+
+
 def _add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"checkpoint directory or shipped model name (default: {DEFAULT_MODEL})")
@@ -451,6 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_arguments(chat)
     chat.add_argument("--system", default=None, help="system prompt")
     chat.set_defaults(func=_cmd_chat)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible server (/v1/chat/completions) with continuous batching "
+                                         "and safety metadata")
+    serve.add_argument("--model", default=None, help=f"checkpoint directory or shipped model name (default: "
+                                                     f"{DEFAULT_MODEL})")
+    serve.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="default: 8000")
+    serve.add_argument("--config", default=None, help="YAML with ServeConfig fields, e.g. configs/serve.yaml")
+    serve.add_argument("--api-key", dest="api_key", default=None,
+                       help="require 'Authorization: Bearer KEY' (default: $SAFESIGNAL_API_KEY, else none)")
+    serve.add_argument("--served-model-name", dest="served_model_name", default=None,
+                       help="the model id clients send (default: --model)")
+    serve.set_defaults(func=_cmd_serve)
     return parser
 
 

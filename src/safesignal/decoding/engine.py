@@ -58,6 +58,16 @@ class Request:
 
 
 @dataclass
+class RowOutput:
+    """One row's news since its last output (`StrategicDecoder.output`)."""
+
+    delta: str
+    events: list
+    done: bool
+    result: "GenerationResult | None" = None
+
+
+@dataclass
 class GenerationResult:
     text: str  # the assistant response: prefill + kept generation + injected refusal + continuation
     token_ids: list[int]
@@ -86,6 +96,7 @@ class _Row:
     """One request in flight."""
 
     def __init__(self, request: Request, prompt_length: int, input_ids: list[int], device, decode):
+        self.id = -1  # set when the row joins a batch
         self.request = request
         self.safety = RowSafety(request.policy)
         self.sampler = Sampler(request.sampling, device, request.forced_response_ids)
@@ -129,6 +140,14 @@ class StrategicDecoder:
         self.model_calls = 0  # forwards issued: 1 prefill pass + 1 per step, whatever the batch size
         self.steps = 0
         self.eos_ids = stop_token_ids(model)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: list[_Row] = []  # every row since `start` (minus those `forget` dropped)
+        self.active: list[_Row] = []  # rows still decoding, in cache order
+        self.slots: Slots | None = None
+        self._by_id: dict[int, _Row] = {}
+        self._next_id = 0
 
     # ------------------------------------------------------------------ public
     def generate(self, requests: list[Request]) -> list[GenerationResult]:
@@ -146,19 +165,23 @@ class StrategicDecoder:
         chunk.results = self.results()
         yield chunk
 
-    def start(self, requests: list[Request]) -> None:
-        """Begin a batch: the prefill pass of `requests`."""
-        self.rows, self.active, self.slots = [], [], None
-        self.join(requests)
+    def start(self, requests: list[Request]) -> list[int]:
+        """Begin a batch: the prefill pass of `requests`; their row ids (0, 1, ...)."""
+        self._reset()
+        return self.join(requests)
 
-    def join(self, requests: list[Request]) -> None:
+    def join(self, requests: list[Request]) -> list[int]:
         """Add rows to the running batch (continuous batching): their prefill pass is a
         forward of its own, its cache merged into the batch's; from the next step on they
-        decode with the others, each exactly as it would alone."""
+        decode with the others, each exactly as it would alone. Returns the rows' ids: they
+        count up from 0 at `start`, so a row's id is its index in the order the rows came."""
         if not requests:
             raise ValueError("requests: need at least one")
         with torch.inference_mode():
             rows, slots = self._prefill(requests)
+            for row in rows:
+                row.id, self._next_id = self._next_id, self._next_id + 1
+                self._by_id[row.id] = row
             self.rows += rows
             if self.active:
                 self.slots.merge(slots)
@@ -166,6 +189,7 @@ class StrategicDecoder:
             else:
                 self.slots, self.active = slots, rows
             self._after_step()
+        return [row.id for row in rows]
 
     def step(self) -> None:
         """One forward for every active row (none when every row only ends: `steps` counts forwards)."""
@@ -173,18 +197,40 @@ class StrategicDecoder:
             fed = self._step()
         self.steps += fed
 
-    def cancel(self, index: int) -> None:
-        """End row `index` (in the order the rows came) now, keeping what it has (a client
-        that left; a benchmark that has seen what it measures). Its result says "cancelled"."""
-        row = self.rows[index]
+    def cancel(self, row_id: int) -> None:
+        """End row `row_id` now, keeping what it has (a client that left; a benchmark that has
+        seen what it measures). Its result says "cancelled"."""
+        row = self._row(row_id)
         if not row.done:
             row.done, row.ending, row.result.finish_reason = True, None, "cancelled"
             with torch.inference_mode():
                 self._after_step()
 
     def results(self) -> list[GenerationResult]:
-        """Every row's result so far, in the order the rows came."""
+        """Every row's result so far, in the order the rows came (rows `forget` dropped excepted)."""
         return [self._finish(r) for r in self.rows]
+
+    def output(self, row_id: int) -> RowOutput:
+        """What row `row_id` released since its last output: text delta, new safety events, and
+        once it is done its result. Deltas add up to the final text; released text is never retracted."""
+        row = self._row(row_id)
+        delta, events = self._release(row, final=row.done)
+        return RowOutput(delta, events, row.done, self._finish(row) if row.done else None)
+
+    def forget(self, row_id: int) -> None:
+        """Drop a finished row from the decoder's books, so a decoder that serves for days holds
+        only the rows in flight (a server calls it once a row's last output is read)."""
+        row = self._row(row_id)
+        if not row.done:
+            raise ValueError(f"row {row_id}: still decoding (cancel it first)")
+        del self._by_id[row_id]
+        self.rows.remove(row)
+
+    def _row(self, row_id: int) -> _Row:
+        row = self._by_id.get(row_id)
+        if row is None:
+            raise KeyError(f"row {row_id}: no such row in this batch")
+        return row
 
     def _run(self, requests: list[Request]):
         self.start(requests)
@@ -194,12 +240,16 @@ class StrategicDecoder:
             yield
 
     def _chunk(self, final: bool) -> StreamChunk:
-        deltas, events = [], []
-        for row in self.rows:
-            deltas.append(row.release.delta(row.response[: row.frontier], final and row.done))
-            events.append(row.safety.events[row.events_sent :])
-            row.events_sent = len(row.safety.events)
-        return StreamChunk(deltas, events, [r.done for r in self.rows])
+        released = [self._release(row, final and row.done) for row in self.rows]
+        return StreamChunk([d for d, _ in released], [e for _, e in released], [r.done for r in self.rows])
+
+    @staticmethod
+    def _release(row: _Row, final: bool) -> tuple[str, list[SafetyEvent]]:
+        """The row's text delta up to its release frontier, and its events not yet handed out."""
+        delta = row.release.delta(row.response[: row.frontier], final)
+        events = row.safety.events[row.events_sent :]
+        row.events_sent = len(row.safety.events)
+        return delta, events
 
     # ------------------------------------------------------------------ prefill pass
     def _prefill(self, requests: list[Request]) -> tuple[list[_Row], Slots]:

@@ -1,0 +1,206 @@
+"""The OpenAI-compatible HTTP app: /v1/chat/completions (JSON or SSE), /v1/models, /health, /metrics.
+
+The app only checks, queues and formats: decoding happens in the `Scheduler`'s thread. Every
+error is an OpenAI-style error object naming the field; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import ServeConfig
+from .protocol import ApiError, ChatRequest, parse_body, parse_chat_request
+from .responses import StopTrimmer, chunk_json, completion_json, safety_json, usage_json
+from .scheduler import Scheduler, Ticket
+
+access_log = logging.getLogger("safesignal.serve.access")
+OPEN_PATHS = ("/health",)  # answered without the API key (load balancers probe it)
+DISCONNECT_POLL_S = 0.25
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _log(record: dict) -> None:
+    access_log.info(json.dumps(record, ensure_ascii=False))
+
+
+class AccessAndAuth:
+    """Pure ASGI middleware (streams pass through untouched): the API key check, then one
+    structured access-log line per request, without prompt text."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), {}
+
+        async def send_logged(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorised(scope):
+                err = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                               kind="authentication_error", code="invalid_api_key",
+                               headers={"WWW-Authenticate": "Bearer"})
+                return await _error_response(err)(scope, receive, send_logged)
+            await self.app(scope, receive, send_logged)
+        finally:
+            client = scope.get("client")
+            _log({"event": "access", "method": scope["method"], "path": scope["path"],
+                  "status": status.get("code"), "duration_s": round(time.perf_counter() - started, 4),
+                  "client": f"{client[0]}:{client[1]}" if client else None})
+
+    def _authorised(self, scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    too_large = ApiError(413, f"request body over {limit} bytes", param=None, code="body_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+async def _next_item(ticket: Ticket, request: Request, scheduler: Scheduler):
+    """The ticket's next item; cancels the ticket (and raises) if the client has gone."""
+    while True:
+        try:
+            return await asyncio.wait_for(ticket.queue.get(), DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                scheduler.cancel(ticket)
+                raise asyncio.CancelledError("client disconnected")
+
+
+def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict) -> FastAPI:
+    """The app around a scheduler (started and stopped with the app)."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="safesignal", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    model_id = config.model_id
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, err: ApiError):
+        return _error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, err: StarletteHTTPException):
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return JSONResponse({"error": {"message": f"{request.method} {request.url.path}: {err.detail}",
+                                       "type": kind, "param": None, "code": None}},
+                            status_code=err.status_code, headers=getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request, err: Exception):
+        logging.getLogger("safesignal.serve").exception("unhandled error")
+        return JSONResponse({"error": {"message": f"internal error: {type(err).__name__}", "type": "server_error",
+                                       "param": None, "code": None}}, status_code=500)
+
+    @app.get("/health")
+    async def health():
+        metrics = scheduler.metrics()
+        return {"status": "ok", "model": model_id, "active_rows": metrics["active_rows"], "queued": metrics["queued"]}
+
+    @app.get("/metrics")
+    async def metrics():
+        return scheduler.metrics()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "safesignal"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = parse_body(await _read_body(request, config.max_body_bytes))
+        chat = parse_chat_request(body, config, base_policy)
+        if "model" in body and body["model"] != model_id:
+            raise ApiError(404, f"model: {body['model']!r} is not served here (this server serves {model_id!r})",
+                           param="model", code="model_not_found")
+        ticket = scheduler.submit(chat, asyncio.get_running_loop())
+        kind, value = await _next_item(ticket, request, scheduler)
+        if kind == "error":
+            raise value
+        if chat.stream:
+            return StreamingResponse(_stream(ticket, chat, scheduler, model_id, config),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        trimmer, text = StopTrimmer(chat.request.stop), ""
+        while True:
+            kind, value = await _next_item(ticket, request, scheduler)
+            if kind == "error":
+                raise value
+            text += trimmer.feed(value.delta, value.done)
+            if value.done:
+                _log_completion(ticket, value.result, config)
+                return completion_json(ticket.id, model_id, ticket.created, text, value.result, ticket.prompt_tokens)
+
+    return app
+
+
+async def _stream(ticket: Ticket, chat: ChatRequest, scheduler: Scheduler, model_id: str, config: ServeConfig):
+    """SSE chunks in OpenAI's format; a client that leaves cancels its row (the `finally`)."""
+    def sse(payload: dict) -> str:
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    trimmer, finished = StopTrimmer(chat.request.stop), False
+    try:
+        yield sse(chunk_json(ticket.id, model_id, ticket.created, role=True, content=""))
+        while True:
+            kind, value = await ticket.queue.get()
+            if kind == "error":  # the headers are gone: the error travels as an event, then the stream ends
+                yield sse(value.body())
+                break
+            piece = trimmer.feed(value.delta, value.done)
+            if piece or value.events:
+                yield sse(chunk_json(ticket.id, model_id, ticket.created, content=piece, events=value.events))
+            if value.done:
+                finished = True
+                yield sse(chunk_json(ticket.id, model_id, ticket.created, result=value.result, finish=True))
+                if chat.include_usage:
+                    usage = usage_json(ticket.prompt_tokens, value.result)
+                    yield sse({**chunk_json(ticket.id, model_id, ticket.created, usage=usage), "choices": []})
+                _log_completion(ticket, value.result, config)
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:
+            scheduler.cancel(ticket)
+
+
+def _log_completion(ticket: Ticket, result, config: ServeConfig) -> None:
+    safety = safety_json(result)
+    record = {"event": "completion", "id": ticket.id, "prompt_tokens": ticket.prompt_tokens,
+              "completion_tokens": len(result.token_ids), "finish_reason": result.finish_reason,
+              "duration_s": round(time.time() - ticket.created, 4), "verdict": safety["verdict"],
+              "p_malicious_first": safety["p_malicious_first"], "intervened": result.intervened,
+              "error": result.error}
+    if config.log_prompts:
+        record["prompt_excerpt"] = ticket.chat.messages[-1]["content"][:200]
+    _log(record)

@@ -1,0 +1,239 @@
+"""Continuous batching: one decode loop, on a thread of its own, serves every request in flight.
+
+Requests wait in a bounded queue. At each step boundary the loop takes as many as fit (free
+rows, and a prompt-token budget so a burst of arrivals does not stall the running rows for
+long), runs their prefill pass as one batched forward and merges them into the running batch;
+then one forward decodes every row. Finished rows leave at once, a cancelled one (its client
+left) at the next boundary. What each row releases goes to its request's asyncio queue.
+
+A failure stays with its request: a prompt the model cannot take fails that request alone
+(the others in its join are retried without it), a safety check that raises refuses its row
+(the decoder fails closed), and only an error in the shared forward fails the rows it carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..decoding import RowOutput, StrategicDecoder
+from .config import ServeConfig
+from .protocol import ApiError, ChatRequest
+
+log = logging.getLogger("safesignal.serve")
+
+
+@dataclass
+class Ticket:
+    """One request's place in the scheduler; its `queue` receives ("started", prompt_tokens),
+    then ("output", RowOutput) items, or ("error", ApiError)."""
+
+    chat: ChatRequest
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
+    created: float = field(default_factory=time.time)
+    row_id: int | None = None
+    prompt_tokens: int = 0
+    cancelled: bool = False
+
+    def send(self, kind: str, value) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop closed (shutdown): nobody is listening
+            pass
+
+
+class Scheduler:
+    def __init__(self, model, config: ServeConfig, decoder: StrategicDecoder | None = None):
+        self.model, self.config = model, config
+        self.decoder = decoder or StrategicDecoder(model)
+        self._waiting: collections.deque[Ticket] = collections.deque()
+        self._cancels: list[Ticket] = []
+        self._running: dict[int, Ticket] = {}
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.counts = collections.Counter()
+        self.recent_forwards: collections.deque[dict] = collections.deque(maxlen=256)
+        self.max_requests_in_forward = 0
+        self.shared_step_forwards = 0  # decode forwards that carried rows of two or more requests
+        self._forward_serial = itertools.count()
+
+    # ------------------------------------------------------------------ called from the event loop
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="safesignal-decode", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, chat: ChatRequest, loop: asyncio.AbstractEventLoop) -> Ticket:
+        """Queue a request; 429 when the queue is full, 503 while shutting down."""
+        ticket = Ticket(chat, loop, asyncio.Queue())
+        with self._wake:
+            if self._stopping:
+                raise ApiError(503, "the server is shutting down", kind="server_error")
+            if len(self._waiting) >= self.config.max_queued:
+                self.counts["rejected_queue_full"] += 1
+                raise ApiError(429, f"the server is busy ({len(self._waiting)} requests waiting); retry later",
+                               kind="rate_limit_error", code="queue_full",
+                               headers={"Retry-After": str(self.config.retry_after_s)})
+            self._waiting.append(ticket)
+            self.counts["accepted"] += 1
+            self._wake.notify()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The client left: free its row at the next step boundary (or drop it from the queue)."""
+        with self._wake:
+            if ticket.cancelled:
+                return
+            ticket.cancelled = True
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+                self.counts["cancelled"] += 1
+            else:
+                self._cancels.append(ticket)
+                self._wake.notify()
+
+    def metrics(self) -> dict:
+        with self._wake:
+            return {
+                "active_rows": len(self._running),
+                "queued": len(self._waiting),
+                "max_batch_rows": self.config.max_batch_rows,
+                "max_queued": self.config.max_queued,
+                "forwards": self.decoder.model_calls,
+                "decode_steps": self.decoder.steps,
+                "max_requests_in_forward": self.max_requests_in_forward,
+                "shared_step_forwards": self.shared_step_forwards,
+                "recent_forwards": list(self.recent_forwards)[-32:],
+                **{f"requests_{k}": v for k, v in sorted(self.counts.items())},
+            }
+
+    # ------------------------------------------------------------------ the decode thread
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stopping or self._waiting or self._cancels or self._running):
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                cancels, self._cancels = self._cancels, []
+                admitted = self._admit()
+            try:
+                self._cancel_rows(cancels)
+                if admitted:
+                    self._join(admitted)
+                if self.decoder.active:
+                    carried = [self._running[row.id] for row in self.decoder.active]
+                    forwards = self.decoder.model_calls
+                    self.decoder.step()
+                    if self.decoder.model_calls > forwards:  # (a step where every row only ends runs none)
+                        self._record("step", carried)
+                    self._publish()
+            except Exception as err:  # an error in the shared forward: fail the rows it carried
+                log.exception("decode loop failed")
+                self._fail_running(err)
+        self._fail_running(RuntimeError("the server shut down"), status=503)
+
+    def _admit(self) -> list[Ticket]:
+        """Tickets that join at this boundary: free rows, within the prefill token budget (by
+        characters here; tokens are counted on join), at least one when the batch is empty."""
+        free = self.config.max_batch_rows - len(self._running)
+        budget = self.config.prefill_token_budget
+        admitted, spent = [], 0
+        while self._waiting and len(admitted) < free:
+            # ~4 characters per token: a bound on work per join, not a limit on any request
+            cost = sum(len(m["content"]) for m in self._waiting[0].chat.messages) // 4 + 16
+            if admitted and spent + cost > budget:
+                break
+            admitted.append(self._waiting.popleft())
+            spent += cost
+        return admitted
+
+    def _cancel_rows(self, cancels: list[Ticket]) -> None:
+        for ticket in cancels:
+            if ticket.row_id is not None and ticket.row_id in self._running:
+                self.decoder.cancel(ticket.row_id)
+        if cancels:
+            self._publish()
+
+    def _join(self, tickets: list[Ticket]) -> None:
+        """The prefill pass of `tickets` as one forward; a request the model cannot take fails alone."""
+        fitting = []
+        for ticket in tickets:
+            try:
+                ticket.prompt_tokens = self._prompt_tokens(ticket)
+                fitting.append(ticket)
+            except ApiError as err:
+                self.counts["rejected_invalid"] += 1
+                ticket.send("error", err)
+        if not fitting:
+            return
+        try:
+            self._join_rows(fitting)
+        except Exception as err:
+            if len(fitting) == 1:
+                self.counts["failed"] += 1
+                fitting[0].send("error", ApiError(500, f"prefill failed: {type(err).__name__}: {err}",
+                                                  kind="server_error"))
+                return
+            for ticket in fitting:  # one by one: the request that failed fails alone
+                self._join([ticket])
+
+    def _join_rows(self, tickets: list[Ticket]) -> None:
+        requests = [t.chat.request for t in tickets]
+        self._record("prefill", tickets)
+        ids = self.decoder.join(requests) if self.decoder.active else self.decoder.start(requests)
+        for ticket, row_id in zip(tickets, ids):
+            ticket.row_id = row_id
+            self._running[row_id] = ticket
+            ticket.send("started", ticket.prompt_tokens)
+        self._publish()
+
+    def _prompt_tokens(self, ticket: Ticket) -> int:
+        example = self.model.formatter.encode(ticket.chat.messages, "", add_eos=False)
+        n = len(example.input_ids)
+        if n > self.config.max_prompt_tokens:
+            raise ApiError(400, f"messages: the conversation is {n} tokens, over the limit of "
+                                f"{self.config.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+        return n
+
+    def _publish(self) -> None:
+        """Hand every running row's news to its request; finished rows leave the books."""
+        for row_id, ticket in list(self._running.items()):
+            output: RowOutput = self.decoder.output(row_id)
+            if output.delta or output.events or output.done:
+                ticket.send("output", output)
+            if output.done:
+                self.decoder.forget(row_id)
+                del self._running[row_id]
+                self.counts["cancelled" if output.result.finish_reason == "cancelled" else "completed"] += 1
+
+    def _record(self, kind: str, tickets: list[Ticket]) -> None:
+        requests = sorted({t.id for t in tickets})
+        with self._wake:
+            self.recent_forwards.append({"forward": next(self._forward_serial), "kind": kind,
+                                         "rows": len(tickets), "requests": requests})
+            self.max_requests_in_forward = max(self.max_requests_in_forward, len(requests))
+            if kind == "step" and len(requests) > 1:
+                self.shared_step_forwards += 1
+
+    def _fail_running(self, err: Exception, status: int = 500) -> None:
+        for ticket in self._running.values():
+            self.counts["failed"] += 1
+            ticket.send("error", ApiError(status, f"decoding failed: {type(err).__name__}: {err}", kind="server_error"))
+        self._running.clear()
+        self.decoder = StrategicDecoder(self.model)  # a fresh batch: nothing of the failed one is reused
