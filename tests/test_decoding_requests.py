@@ -168,3 +168,37 @@ def test_rows_joining_a_running_batch_decode_as_they_would_alone():
         assert together.token_ids == alone.token_ids and together.finish_reason == alone.finish_reason
         assert [(e.step, e.label, e.window) for e in together.events] == [(e.step, e.label, e.window) for e in alone.events]
         assert [e.probability for e in together.events] == pytest.approx([e.probability for e in alone.events], abs=1e-5)
+
+
+def test_rows_report_their_own_output_and_finished_rows_can_be_forgotten(benign):
+    """A server's view: per-row deltas add up to the text, ids stay valid after others are forgotten."""
+    requests = [Request([{"role": "user", "content": p}], max_new_tokens=n, ignore_eos=True)
+                for p, n in zip(PROMPTS, (3, 9))]
+    decoder = StrategicDecoder(benign)
+    ids = decoder.start(requests[:1])
+    texts = {ids[0]: decoder.output(ids[0]).delta}
+    decoder.step()
+    (joined,) = decoder.join(requests[1:])
+    assert (ids, joined) == ([0], 1)
+    texts[joined] = decoder.output(joined).delta
+    finished = {}
+    while decoder.active:
+        decoder.step()
+        for row_id in list(texts):
+            if row_id in finished:
+                continue
+            out = decoder.output(row_id)
+            texts[row_id] += out.delta
+            if out.done:
+                finished[row_id] = out.result
+                decoder.forget(row_id)
+        if 0 in finished and decoder.active:
+            with pytest.raises(KeyError, match="row 0"):
+                decoder.output(0)
+            with pytest.raises(ValueError, match="still decoding"):
+                decoder.forget(joined)
+    assert decoder.rows == []  # nothing kept once every row is forgotten
+    for row_id, request in zip((0, joined), requests):
+        alone = StrategicDecoder(benign).generate([request])[0]
+        assert texts[row_id] == finished[row_id].text == alone.text
+        assert finished[row_id].token_ids == alone.token_ids

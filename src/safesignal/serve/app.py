@@ -105,6 +105,7 @@ def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict) -> 
         scheduler.stop()
 
     app = FastAPI(title="safesignal", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(AccessAndAuth, api_key=config.api_key)
     model_id = config.model_id
 
     @app.exception_handler(ApiError)
