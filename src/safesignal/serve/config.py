@@ -37,7 +37,7 @@ class ServeConfig:
     # ---- load
     max_batch_rows: int = 16  # rows decoding together in one forward
     max_queued: int = 64  # requests waiting for a row; one more gets 429
-    prefill_token_budget: int = 1024  # prompt tokens one join (one prefill forward between steps) may take
+    prefill_token_budget: int = 256  # prompt tokens one join (one prefill forward between decode steps) may take
     retry_after_s: int = 1  # the Retry-After a 429 carries
     # ---- safety policy: the model's calibrated policy, then these fields, then a request's overrides
     policy: dict = field(default_factory=dict)

@@ -134,6 +134,7 @@ class Scheduler:
                 admitted = self._admit()
             try:
                 self._cancel_rows(cancels)
+                admitted = self._within_budget(admitted)
                 if admitted:
                     self._join(admitted)
                 if self.decoder.active:
@@ -149,19 +150,34 @@ class Scheduler:
         self._fail_running(RuntimeError("the server shut down"), status=503)
 
     def _admit(self) -> list[Ticket]:
-        """Tickets that join at this boundary: free rows, within the prefill token budget (by
-        characters here; tokens are counted on join), at least one when the batch is empty."""
+        """Up to the free rows' worth of waiting tickets (the caller keeps those within budget)."""
         free = self.config.max_batch_rows - len(self._running)
-        budget = self.config.prefill_token_budget
-        admitted, spent = [], 0
-        while self._waiting and len(admitted) < free:
-            # ~4 characters per token: a bound on work per join, not a limit on any request
-            cost = sum(len(m["content"]) for m in self._waiting[0].chat.messages) // 4 + 16
-            if admitted and spent + cost > budget:
+        return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+
+    def _within_budget(self, tickets: list[Ticket]) -> list[Ticket]:
+        """The tickets whose prompts fit this join's prefill token budget (always the first: a
+        long prompt still gets its turn); the rest go back to the front of the queue. Chunking
+        the join keeps one burst of arrivals from stalling the running rows for its whole
+        prefill: they take a step between chunks."""
+        taken, spent = [], 0
+        for k, ticket in enumerate(tickets):
+            if ticket.cancelled:  # its client left between the queue and this join
+                self.counts["cancelled"] += 1
+                continue
+            if ticket.prompt_tokens == 0:
+                try:
+                    ticket.prompt_tokens = self._prompt_tokens(ticket)
+                except ApiError as err:
+                    self.counts["rejected_invalid"] += 1
+                    ticket.send("error", err)
+                    continue
+            if taken and spent + ticket.prompt_tokens > self.config.prefill_token_budget:
+                with self._wake:
+                    self._waiting.extendleft(reversed([t for t in tickets[k:] if not t.cancelled]))
                 break
-            admitted.append(self._waiting.popleft())
-            spent += cost
-        return admitted
+            taken.append(ticket)
+            spent += ticket.prompt_tokens
+        return taken
 
     def _cancel_rows(self, cancels: list[Ticket]) -> None:
         for ticket in cancels:
@@ -172,25 +188,15 @@ class Scheduler:
 
     def _join(self, tickets: list[Ticket]) -> None:
         """The prefill pass of `tickets` as one forward; a request the model cannot take fails alone."""
-        fitting = []
-        for ticket in tickets:
-            try:
-                ticket.prompt_tokens = self._prompt_tokens(ticket)
-                fitting.append(ticket)
-            except ApiError as err:
-                self.counts["rejected_invalid"] += 1
-                ticket.send("error", err)
-        if not fitting:
-            return
         try:
-            self._join_rows(fitting)
+            self._join_rows(tickets)
         except Exception as err:
-            if len(fitting) == 1:
+            if len(tickets) == 1:
                 self.counts["failed"] += 1
-                fitting[0].send("error", ApiError(500, f"prefill failed: {type(err).__name__}: {err}",
+                tickets[0].send("error", ApiError(500, f"prefill failed: {type(err).__name__}: {err}",
                                                   kind="server_error"))
                 return
-            for ticket in fitting:  # one by one: the request that failed fails alone
+            for ticket in tickets:  # one by one: the request that failed fails alone
                 self._join([ticket])
 
     def _join_rows(self, tickets: list[Ticket]) -> None:

@@ -61,7 +61,7 @@ def serve(config: ServeConfig) -> None:
     if config.host != LOOPBACK and not config.api_key:
         print(f"safesignal serve: warning: listening on {config.host} without an API key "
               f"(--api-key or {API_KEY_ENV})", file=sys.stderr)
-    model = SafetyModel.from_pretrained(config.model)
+    model = SafetyModel.from_pretrained(config.model).merge_lora().eval()  # inference only: fold LoRA in
     if model.config.objective != "cls":
         raise ValueError(f"--model {config.model}: strategic decoding needs a [CLS]-trained model "
                          "(this one is a plain-SFT baseline)")

@@ -1,0 +1,262 @@
+"""Load on `safesignal serve` (loopback only, bounded in count and time) against two baselines.
+
+A mixed workload (benign and harmful prompts from the embedded default's validation split,
+so interventions happen mid-batch) is sent by 1, 4, 8 and 16 concurrent streaming clients to
+the safesignal server on SmolLM2; then by 8 clients to a naive server (the same app, one
+request at a time through plain HF `generate`, benchmarks/naive_hf_server.py); then the same
+requests go through plain HF `generate` in static batches of 8 in this process (no server, no
+safety: the honest upper reference for batching). Greedy, the same max_tokens everywhere;
+throughput is completion tokens per second (the outputs differ: the baselines have no
+[CLS] and never refuse). Time to first token is to the first non-empty content delta.
+Finally a flood (more concurrent requests than rows + queue) checks 429s and the server's RSS.
+
+    python benchmarks/serve_load.py [--model smollm2-cls] [--requests 24] [--max-tokens 64]
+        [--out results/bench/serve_load.json]
+
+The last line is a JSON object with `concurrent_vs_sequential_throughput` (8 clients),
+`vs_naive_hf_throughput`, `vs_static_batch_hf_throughput`, `p95_latency_s`, `ttft_p50_s`
+(8 clients) and `errors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import torch
+
+from common import machine, write_record
+
+HERE = Path(__file__).resolve().parent
+
+
+def workload(n: int, harmful_share: float, seed: int) -> list[dict]:
+    """`n` requests from the validation split (built if missing): prompts only, in a fixed order."""
+    from safesignal.data.build import DataBuildConfig, build
+
+    config = DataBuildConfig()
+    path = config.resolved_out_dir() / "validation.jsonl"
+    if not path.is_file():
+        build(config)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rng = random.Random(seed)
+    harmful = rng.sample([r["prompt"] for r in rows if r["label"] == 1], round(n * harmful_share))
+    benign = rng.sample([r["prompt"] for r in rows if r["label"] == 0], n - len(harmful))
+    prompts = [(p, "harmful") for p in harmful] + [(p, "benign") for p in benign]
+    rng.shuffle(prompts)
+    return [{"messages": [{"role": "user", "content": p}], "kind": kind} for p, kind in prompts]
+
+
+def start_server(argv: list[str], port: int) -> subprocess.Popen:
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("server did not start in 300 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def one_request(client, url: str, item: dict, max_tokens: int) -> dict:
+    body = {"messages": item["messages"], "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    sent, first, tokens, intervened, status = time.perf_counter(), None, 0, None, None
+    try:
+        async with client.stream("POST", url, json=body) as response:
+            status = response.status_code
+            if status != 200:
+                await response.aread()
+                return {"ok": False, "status": status, "latency_s": time.perf_counter() - sent}
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return {"ok": False, "status": "stream_error", "latency_s": time.perf_counter() - sent}
+                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content") and first is None:
+                    first = time.perf_counter()
+                if "safety" in chunk:
+                    intervened = chunk["safety"]["intervened"]
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+    except httpx.HTTPError as err:
+        return {"ok": False, "status": type(err).__name__, "latency_s": time.perf_counter() - sent}
+    end = time.perf_counter()
+    return {"ok": True, "latency_s": end - sent, "ttft_s": (first or end) - sent, "tokens": tokens,
+            "intervened": intervened, "kind": item["kind"]}
+
+
+async def run_load(port: int, items: list[dict], clients: int, max_tokens: int) -> dict:
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    queue = list(items)
+    outcomes = []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def worker():
+            while queue:
+                outcomes.append(await one_request(client, url, queue.pop(0), max_tokens))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    return summarise(outcomes, wall, clients)
+
+
+def summarise(outcomes: list[dict], wall: float, clients: int) -> dict:
+    ok = [o for o in outcomes if o["ok"]]
+    latencies = sorted(o["latency_s"] for o in ok)
+    ttfts = sorted(o["ttft_s"] for o in ok)
+    tokens = sum(o["tokens"] for o in ok)
+
+    def pct(values, q):
+        return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
+
+    return {"clients": clients, "requests": len(outcomes), "errors": len(outcomes) - len(ok),
+            "wall_s": round(wall, 2), "completion_tokens": tokens, "tokens_per_s": round(tokens / wall, 2),
+            "requests_per_s": round(len(ok) / wall, 3), "p50_latency_s": pct(latencies, 0.5),
+            "p95_latency_s": pct(latencies, 0.95), "ttft_p50_s": pct(ttfts, 0.5), "ttft_p95_s": pct(ttfts, 0.95),
+            "intervened": sum(bool(o.get("intervened")) for o in ok)}
+
+
+async def flood(port: int, pid: int, n: int) -> dict:
+    """`n` simultaneous short requests: the overflow must get 429 and the RSS must not grow with it."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4, "temperature": 0}
+    figures = {"rss_before_mb": round(rss_mb(pid), 1)}
+    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        for round_ in (1, 2):
+            responses = await asyncio.gather(*(client.post(url, json=body) for _ in range(n)),
+                                             return_exceptions=True)
+            codes = [str(r.status_code) if not isinstance(r, Exception) else type(r).__name__ for r in responses]
+            figures[f"round{round_}"] = {c: codes.count(c) for c in sorted(set(codes))}
+            figures[f"rss_after_round{round_}_mb"] = round(rss_mb(pid), 1)
+    return figures
+
+
+def static_batch_hf(model_name: str, items: list[dict], batch: int, max_tokens: int) -> dict:
+    """Plain HF `generate`, greedy, static batches of `batch`, left padded; tokens to each row's EOS."""
+    from safesignal.model import SafetyModel
+
+    sm = SafetyModel.from_pretrained(model_name).merge_lora().eval()
+    sm.base.set_attn_implementation("sdpa")
+    tok, eos = sm.tokenizer, sm.tokenizer.eos_token_id
+    tokens, start = 0, time.perf_counter()
+    for i in range(0, len(items), batch):
+        encoded = [sm.formatter.encode(item["messages"]).input_ids for item in items[i:i + batch]]
+        width = max(map(len, encoded))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded])
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+        with torch.inference_mode():
+            out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
+                                   pad_token_id=tok.pad_token_id)
+        for row in out[:, width:].tolist():
+            tokens += row.index(eos) if eos in row else len(row)
+    wall = time.perf_counter() - start
+    return {"batch": batch, "requests": len(items), "wall_s": round(wall, 2), "completion_tokens": tokens,
+            "tokens_per_s": round(tokens / wall, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-cls")
+    parser.add_argument("--requests", type=int, default=24, help="requests per load level")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--harmful-share", type=float, default=0.33)
+    parser.add_argument("--flood", type=int, default=120, help="simultaneous requests in the flood")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--prefill-budget", type=int, default=None, help="the server's prefill_token_budget")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    items = workload(args.requests, args.harmful_share, args.seed)
+    levels = [int(c) for c in args.clients.split(",")]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "serve.yaml"
+        config.write_text(f"model: {args.model}\nport: {args.port}\ndefault_temperature: 0.0\n"
+                          f"max_batch_rows: 16\nmax_queued: 64\nlog_level: warning\n"
+                          + (f"prefill_token_budget: {args.prefill_budget}\n" if args.prefill_budget else ""))
+        server = start_server([sys.executable, "-m", "safesignal", "serve", "--config", str(config)], args.port)
+        try:
+            asyncio.run(run_load(args.port, items[:2], 2, 8))  # warm-up
+            safesignal = {}
+            for clients in levels:
+                safesignal[clients] = asyncio.run(run_load(args.port, items, clients, args.max_tokens))
+                print(json.dumps({"safesignal": safesignal[clients]}), flush=True)
+            metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").json()
+            flooded = asyncio.run(flood(args.port, server.pid, args.flood))
+            print(json.dumps({"flood": flooded}), flush=True)
+        finally:
+            stop_server(server)
+
+    naive_port = args.port + 1
+    naive = start_server([sys.executable, str(HERE / "naive_hf_server.py"), "--model", args.model,
+                          "--port", str(naive_port)], naive_port)
+    try:
+        asyncio.run(run_load(naive_port, items[:2], 2, 8))
+        naive_8 = asyncio.run(run_load(naive_port, items, 8, args.max_tokens))
+        print(json.dumps({"naive_hf": naive_8}), flush=True)
+    finally:
+        stop_server(naive)
+
+    static_batch_hf(args.model, items[:2], 2, 8)  # warm-up
+    static = static_batch_hf(args.model, items, 8, args.max_tokens)
+    print(json.dumps({"static_batch_hf": static}), flush=True)
+
+    eight, one = safesignal.get(8), safesignal.get(1)
+    summary = {
+        "benchmark": "serve_load", "model": args.model, "max_tokens": args.max_tokens, "requests": args.requests,
+        "harmful_share": args.harmful_share, "machine": machine(), "cpu_count": os.cpu_count(),
+        "safesignal": {str(k): v for k, v in safesignal.items()}, "naive_hf_8_clients": naive_8,
+        "static_batch_hf_8": static, "flood": flooded,
+        "max_requests_in_forward": metrics["max_requests_in_forward"],
+        "shared_step_forwards": metrics["shared_step_forwards"],
+        "concurrent_vs_sequential_throughput": round(eight["tokens_per_s"] / one["tokens_per_s"], 3)
+        if eight and one else None,
+        "vs_naive_hf_throughput": round(eight["tokens_per_s"] / naive_8["tokens_per_s"], 3) if eight else None,
+        "vs_static_batch_hf_throughput": round(eight["tokens_per_s"] / static["tokens_per_s"], 3) if eight else None,
+        "p95_latency_s": eight["p95_latency_s"] if eight else None,
+        "ttft_p50_s": eight["ttft_p50_s"] if eight else None,
+        "ttft_8_vs_1": round(eight["ttft_p50_s"] / one["ttft_p50_s"], 3) if eight and one else None,
+        "errors": sum(v["errors"] for v in safesignal.values()) + naive_8["errors"],
+        "total_wall_s": round(time.perf_counter() - started, 1),
+    }
+    write_record(summary, args.out)
+
+
+if __name__ == "__main__":
+    main()
