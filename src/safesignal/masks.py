@@ -161,6 +161,30 @@ def prefill_pass_allowed(
     return allowed & ~(slot_b_row[:, :, None] & drop_query[:, None, :])
 
 
+def prompt_head_allowed(
+    attention_mask: torch.Tensor,
+    slot_a: torch.Tensor,
+    slot_b: torch.Tensor,
+    window_mask: torch.Tensor,
+    window_includes_query: torch.Tensor,
+    head_query: torch.Tensor,
+) -> torch.Tensor:
+    """(B, L, H): what the prefill pass's L rows may read of a prompt head of H tokens already
+    in the cache (chunked prefill: the first prompt tokens ran in earlier forwards of their own).
+
+    Head tokens are prompt tokens before the last prompt row, so exactly what the rules above
+    give them: every ordinary row reads all of them (causal: they come first), slot A reads
+    those in the query (`head_query`, (B, H)), a live slot B reads those too unless its window
+    leaves the query out, a dead slot B and padding read none.
+    """
+    length = attention_mask.shape[1]
+    onehot_a, onehot_b = _slot_onehot(slot_a, length), _slot_onehot(slot_b, length)
+    ordinary = attention_mask.bool() & ~onehot_a & ~onehot_b
+    b_reads_query = (slot_b != NO_SLOT) & window_mask.any(dim=1) & window_includes_query
+    reads_query = onehot_a | (onehot_b & b_reads_query[:, None])
+    return ordinary[:, :, None] | (reads_query[:, :, None] & head_query.bool()[:, None, :])
+
+
 def decode_step_allowed(
     kind: torch.Tensor,
     live: torch.Tensor,

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..batching import collate
-from ..masks import CLS, DEAD, NO_SLOT, TOKEN, decode_step_allowed, prefill_pass_allowed, to_additive
+from ..formatting import EncodedExample
+from ..masks import (CLS, DEAD, NO_SLOT, TOKEN, decode_step_allowed, prefill_pass_allowed, prompt_head_allowed,
+                     to_additive)
 from .fast_linear import FastLinear, FastLinearConfig
 from .fsm import Check, Inject, RowSafety, SafetyEvent, own_refusal
 from .policy import SafetyPolicy
@@ -65,6 +67,27 @@ class RowOutput:
     events: list
     done: bool
     result: "GenerationResult | None" = None
+
+
+@dataclass
+class PromptHead:
+    """Chunked prefill of one request (`StrategicDecoder.begin_head`): the prompt's first
+    `target` tokens run through the model `chunk` tokens per forward (`advance_head`), into a
+    cache of their own, between the running batch's steps; `join_head` then runs the rest of
+    the prefill pass over them. The head stops before the last prompt row, the first row that
+    reads `[CLS]`: no head token reads `[CLS]` or anything after it, so chunking changes no
+    mask, and `[CLS]` (whose state depends on the whole query) is computed after the head."""
+
+    request: Request
+    example: EncodedExample
+    target: int
+    chunk: int
+    cache: object
+    length: int = 0  # head tokens in `cache` so far
+
+    @property
+    def done(self) -> bool:
+        return self.length >= self.target
 
 
 @dataclass
@@ -177,8 +200,42 @@ class StrategicDecoder:
         count up from 0 at `start`, so a row's id is its index in the order the rows came."""
         if not requests:
             raise ValueError("requests: need at least one")
+        return self._join(requests, None)
+
+    def begin_head(self, request: Request, chunk_tokens: int) -> PromptHead:
+        """Start a chunked prefill of `request` (a long prompt that should not stall the running
+        rows for its whole prefill): nothing runs yet; `advance_head` runs one chunk."""
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens: must be ≥ 1, got {chunk_tokens}")
+        if request.prompt_embeddings is not None:
+            raise ValueError("prompt_embeddings: a chunked prefill does not take them (join the request whole)")
+        example = self._encode(0, request)
+        self._check_sliding_window([request], [example])
+        return PromptHead(request, example, target=max(example.prompt_length - 1, 0), chunk=chunk_tokens,
+                          cache=Slots.new_cache())
+
+    def advance_head(self, head: PromptHead) -> None:
+        """One forward over the head's next chunk (causal: these rows read no `[CLS]`)."""
+        if head.done:
+            return
+        device = self.sm.device
+        a, b = head.length, min(head.length + head.chunk, head.target)
+        ids = torch.tensor([head.example.input_ids[a:b]], device=device)
+        rows = torch.arange(a, b, device=device)
+        allowed = (torch.arange(b, device=device)[None, :] <= rows[:, None])[None]
         with torch.inference_mode():
-            rows, slots = self._prefill(requests)
+            self._forward(ids, allowed, (rows + 1)[None], head.cache)  # ordinary positions count from 1
+        head.length = b
+
+    def join_head(self, head: PromptHead) -> list[int]:
+        """Join the request of a finished head: the rest of its prefill pass, over the head's cache."""
+        if not head.done:
+            raise ValueError(f"head: {head.length} of {head.target} tokens run; advance it first")
+        return self._join([head.request], head)
+
+    def _join(self, requests: list[Request], head: PromptHead | None) -> list[int]:
+        with torch.inference_mode():
+            rows, slots = self._prefill(requests, head)
             for row in rows:
                 row.id, self._next_id = self._next_id, self._next_id + 1
                 self._by_id[row.id] = row
@@ -252,23 +309,34 @@ class StrategicDecoder:
         return delta, events
 
     # ------------------------------------------------------------------ prefill pass
-    def _prefill(self, requests: list[Request]) -> tuple[list[_Row], Slots]:
-        """One forward over the prompts (and prefills) of `requests`: their rows and cache."""
+    def _encode(self, i: int, request: Request) -> EncodedExample:
+        example = self.sm.formatter.encode(request.messages, request.prefill or "", add_eos=False)
+        limit = request.policy.max_prompt_tokens
+        if len(example.input_ids) > limit:
+            raise ValueError(
+                f"conversation {i}: prompt (with prefill) is {len(example.input_ids)} tokens, over "
+                f"the policy's max_prompt_tokens={limit}"
+            )
+        return example
+
+    def _prefill(self, requests: list[Request], head: PromptHead | None = None) -> tuple[list[_Row], Slots]:
+        """One forward over the prompts (and prefills) of `requests`: their rows and cache. With
+        a `head` (one request), the forward covers what follows the head and reads the head
+        from its cache."""
         sm = self.sm
-        examples = []
-        for i, request in enumerate(requests):
-            example = sm.formatter.encode(request.messages, request.prefill or "", add_eos=False)
-            limit = request.policy.max_prompt_tokens
-            if len(example.input_ids) > limit:
-                raise ValueError(
-                    f"conversation {i}: prompt (with prefill) is {len(example.input_ids)} tokens, over "
-                    f"the policy's max_prompt_tokens={limit}"
-                )
-            examples.append(example)
-        self._check_sliding_window(requests, examples)
-        check_prompt_embeddings(sm, ((q.prompt_embeddings, e, f"conversation {i}")
-                                     for i, (q, e) in enumerate(zip(requests, examples))))
+        if head is None:
+            examples = [self._encode(i, request) for i, request in enumerate(requests)]
+            self._check_sliding_window(requests, examples)
+            check_prompt_embeddings(sm, ((q.prompt_embeddings, e, f"conversation {i}")
+                                         for i, (q, e) in enumerate(zip(requests, examples))))
+        else:
+            examples = [head.example]
         rows = [_Row(q, e.prompt_length, e.input_ids, sm.device, self._decode) for q, e in zip(requests, examples)]
+        skip = head.length if head is not None else 0  # prompt tokens already in the cache
+        if skip:
+            e = examples[0]
+            examples = [EncodedExample(e.input_ids[skip:], e.query_mask[skip:], e.prompt_length - skip,
+                                       e.supervised_from - skip)]
 
         batch = collate(examples, cls_token_id=sm.cls_token_id, pad_token_id=self.tokenizer.pad_token_id,
                         with_labels=False)
@@ -293,7 +361,7 @@ class StrategicDecoder:
         windows = []
         for i, (e, row) in enumerate(zip(examples, rows)):
             s, n = start[i], len(e.input_ids)
-            positions[i, s : s + n] = torch.arange(1, n + 1)
+            positions[i, s : s + n] = torch.arange(skip + 1, skip + n + 1)
             response_index[i, s + e.prompt_length : s + n] = torch.arange(1, e.response_length + 1)
             if e.response_length:
                 first = max(e.prompt_length, n - row.request.policy.r2)
@@ -308,6 +376,11 @@ class StrategicDecoder:
         allowed = prefill_pass_allowed(batch["attention_mask"], batch["query_mask"], batch["slot_a"], reader_start,
                                        slot_b, batch["window_mask"], window_end, include_query)
         cache = Slots.new_cache()
+        if skip:
+            head_query = torch.tensor([head.example.query_mask[:skip]], device=sm.device)
+            allowed = torch.cat([prompt_head_allowed(batch["attention_mask"], batch["slot_a"], slot_b,
+                                                     batch["window_mask"], include_query, head_query), allowed], dim=-1)
+            cache = head.cache
         embeds = embeds_with(sm, batch["input_ids"], [(i, start[i], q.prompt_embeddings) for i, q in enumerate(requests)
                                                       if q.prompt_embeddings is not None])
         hidden = self._forward(batch["input_ids"], allowed, positions, cache, inputs_embeds=embeds)
@@ -318,7 +391,12 @@ class StrategicDecoder:
         if with_slot_b:
             kind[~has_prefill, -1] = DEAD
         latest_cls = torch.where(has_prefill, slot_b, batch["slot_a"])
-        slots = Slots(cache, kind, response_index, batch["query_mask"].clone(), latest_cls)
+        query = batch["query_mask"].clone()
+        if skip:  # the head's columns come first in the cache: prompt tokens
+            kind = torch.cat([torch.full((size, skip), TOKEN, dtype=torch.int8, device=kind.device), kind], dim=1)
+            response_index = torch.cat([torch.zeros((size, skip), dtype=torch.long, device=sm.device), response_index], 1)
+            query = torch.cat([head_query, query], dim=1)
+        slots = Slots(cache, kind, response_index, query, latest_cls + skip)
 
         verdicts = self._verdicts(hidden[torch.arange(size, device=sm.device), latest_cls])
         for row, (probability, error), window in zip(rows, verdicts, windows):
