@@ -13,7 +13,7 @@ generated token.
 
 The last line is a JSON object with `annealing_ratio` (the default, with its tail),
 `annealing_no_tail_ratio`, `periodic10_ratio`, `each_ratio` (256 new tokens, batch 1) and the
-same at batch 8 (`*_b8`).
+same at batch 8 (`*_b8`), and `levers_off_ratio`: both levers off, one check after the prefill.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ PROMPTS = [
 ]
 # annealing is the default (with its 32-step tail); annealing_no_tail is DESIGN.md's schedule
 SCHEDULES = {"annealing": SafetyPolicy(), "annealing_no_tail": SafetyPolicy(annealing_tail_period=0),
-             "periodic10": SafetyPolicy(schedule="periodic"), "each": SafetyPolicy(schedule="each")}
+             "periodic10": SafetyPolicy(schedule="periodic"), "each": SafetyPolicy(schedule="each"),
+             # both levers off (no refreshed [CLS] for generated tokens, no injection) and only the
+             # prefill pass's verdict: what safesignal's own decode loop costs beside plain generate
+             "levers_off": SafetyPolicy(schedule="first", strategic_attention=False, strategic_decoding=False)}
 
 
 def plain_generate(sm, prompts: list[str], new_tokens: int, kernel: str = "sdpa") -> tuple[float, int]:

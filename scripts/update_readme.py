@@ -45,20 +45,25 @@ def render_train_overhead(data: dict) -> str:
 
 def render_decode_overhead(data: dict) -> str:
     # a record made before the default got its tail has no annealing_no_tail column: its annealing is that schedule
-    tail = any("annealing_no_tail_ratio" in row for row in data["per_setting"].values())
+    rows = data["per_setting"].values()
+    tail = any("annealing_no_tail_ratio" in row for row in rows)
+    levers = any("levers_off_ratio" in row for row in rows)
     annealing = "annealing (default, tail 32) | annealing, no tail" if tail else "annealing (no tail)"
     lines = [
-        f"| batch | new tokens | plain generate (s) | {annealing} | periodic(10) | each | annealing vs plain with our kernel | model calls per token (plain / annealing) |",
-        "|---|---|---|---|---|---|---|---|" + ("---|" if tail else ""),
+        f"| batch | new tokens | plain generate (s) | {annealing} | periodic(10) | each | "
+        + ("both levers off, first check only | " if levers else "")
+        + "annealing vs plain with our kernel | model calls per token (plain / annealing) |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if tail else "") + ("---|" if levers else ""),
     ]
     for key, row in data["per_setting"].items():
         batch, tokens = key[1:].split("_n")
         calls = row["calls_per_token"]
         same = f"×{row['annealing_ratio_same_kernel']:.3f}" if "annealing_ratio_same_kernel" in row else "—"
         no_tail = f"×{row['annealing_no_tail_ratio']:.3f} | " if tail else ""
+        off = f"×{row['levers_off_ratio']:.3f} | " if levers else ""
         lines.append(
             f"| {batch} | {tokens} | {row['plain_s']:.2f} | ×{row['annealing_ratio']:.3f} | {no_tail}"
-            f"×{row['periodic10_ratio']:.3f} | ×{row['each_ratio']:.3f} | {same} | "
+            f"×{row['periodic10_ratio']:.3f} | ×{row['each_ratio']:.3f} | {off}{same} | "
             f"{calls['plain']:.2f} / {calls['annealing']:.2f} |"
         )
     lines += [
@@ -595,6 +600,57 @@ def render_dry_run_memory(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _goal(value, goal: float, at_least: bool) -> str:
+    if value is None:
+        return "—"
+    met = value >= goal if at_least else value <= goal
+    return f"**{value:g}** ({'≥' if at_least else '≤'} {goal:g}: {'met' if met else 'missed'})"
+
+
+def render_serve_load(data: dict) -> str:
+    """Load levels on the safesignal server, the two HF baselines, the flood, the issue's goals."""
+    one = data["safesignal"]["1"]["tokens_per_s"]
+    lines = ["| server | clients | completion tokens / s | × 1 client | p50 / p95 latency (s) | TTFT p50 (s) | "
+             "TTFT p50 after the opening burst (s) | refusals injected | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name, level):
+        ttft = f"{level['ttft_p50_s']:.3f}" if "ttft_p50_s" in level else "—"
+        steady = level.get("ttft_p50_after_opening_s")
+        lines.append(f"| {name} | {level.get('clients', '—')} | {level['tokens_per_s']:.1f} "
+                     f"| ×{level['tokens_per_s'] / one:.2f} | "
+                     + (f"{level['p50_latency_s']:.2f} / {level['p95_latency_s']:.2f}" if "p50_latency_s" in level
+                        else "—")
+                     + f" | {ttft} | {f'{steady:.3f}' if steady is not None else '—'} "
+                       f"| {level.get('intervened', '—')} | {level.get('errors', '—')} |")
+
+    for clients, level in data["safesignal"].items():
+        row("safesignal serve", level)
+    row("naive HF server (one request at a time)", data["naive_hf_8_clients"])
+    static = data["static_batch_hf_8"]
+    row(f"plain HF `generate`, static batches of {static['batch']} (no server)", {**static, "clients": "—"})
+    flood = data["flood"]
+    rounds = "; ".join(f"round {k[-1]}: " + ", ".join(f"{n} × {code}" for code, n in flood[k].items())
+                       for k in ("round1", "round2"))
+    lines += [
+        "",
+        f"Goals at 8 clients: throughput vs sequential {_goal(data['concurrent_vs_sequential_throughput'], 3.5, True)}, "
+        f"vs the naive HF server {_goal(data['vs_naive_hf_throughput'], 3.0, True)}, vs static-batch HF "
+        f"{_goal(data['vs_static_batch_hf_throughput'], 0.85, True)}, TTFT vs 1 client "
+        f"{_goal(data['ttft_8_vs_1'], 2.0, False)} (after the opening burst: {data['ttft_8_vs_1_after_opening']:g}), "
+        f"errors **{data['errors']}**. Flood of {sum(flood['round1'].values())} simultaneous requests, twice: "
+        f"{rounds}; server RSS {flood['rss_before_mb']:.0f} → {flood['rss_after_round1_mb']:.0f} → "
+        f"{flood['rss_after_round2_mb']:.0f} MB. At most {data['max_requests_in_forward']} requests shared one "
+        f"forward; {data['shared_step_forwards']} decode forwards carried two or more.",
+        "",
+        f"{data['requests']} requests per level ({data['harmful_share']:.0%} harmful, from the validation split), "
+        f"greedy, max_tokens {data['max_tokens']}, {data['model']} with LoRA merged, fp32, "
+        f"{data['cpu_count']} CPU cores shared by server and load generator; `{data['command']}`, "
+        f"{data['created'][:10]}.",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "demo:retrain": ("results/embedded/demo_retrain.json", render_retrain),
     "demo:embedded": ("results/embedded/demo.json", render_demo),
@@ -625,6 +681,7 @@ BLOCKS = {
     "bench:dry_run_memory": ("results/bench/dry_run_memory.json", render_dry_run_memory),
     "bench:data_scale": ("results/bench/data_scale.json", render_data_scale),
     "bench:train_data_scale": ("results/bench/train_data_scale.json", render_train_data_scale),
+    "bench:serve_load": ("results/bench/serve_load.json", render_serve_load),
 }
 
 

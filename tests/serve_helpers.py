@@ -41,8 +41,8 @@ def live_server(model, **config_fields):
         thread.join(30)
 
 
-def metrics(base: str, **headers) -> dict:
-    return httpx.get(f"{base}/metrics", headers=headers, timeout=10).json()
+def metrics(base: str, recent: int = 32, **headers) -> dict:
+    return httpx.get(f"{base}/metrics", params={"recent": recent}, headers=headers, timeout=10).json()
 
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):

@@ -61,6 +61,17 @@ def streamed(stream) -> tuple[str, list[dict], dict | None, str | None]:
     return text, events, safety, finish
 
 
+def same_checks(one: dict, other: dict) -> bool:
+    """Two `safety` fields made the same checks with the same verdicts (P(malicious) to 1e-5)."""
+    def fields(safety):
+        return [(e["step"], e["label"], e["window"]) for e in safety["events"]]
+
+    def probabilities(safety):
+        return [e["p_malicious"] for e in safety["events"]]
+
+    return fields(one) == fields(other) and probabilities(one) == pytest.approx(probabilities(other), abs=1e-5)
+
+
 def ask(base, messages=BREAD, **kwargs):
     return client(base).chat.completions.create(model=MODEL, messages=messages, **kwargs)
 
@@ -113,8 +124,7 @@ def test_stream_deltas_add_up_to_the_completion_alone_and_inside_a_busy_batch(se
         for thread in others:
             thread.join(60)
     assert busy_text == text
-    assert busy_safety["events"] == pytest.approx(safety["events"]) if False else \
-        [(e["step"], e["label"]) for e in busy_safety["events"]] == [(e["step"], e["label"]) for e in safety["events"]]
+    assert same_checks(busy_safety, safety)
 
 
 LONG = [{"role": "user", "content": "Count to one thousand."}]  # greedy on the tiny model: no EOS in 400 tokens
@@ -206,6 +216,9 @@ def test_unknown_path_and_method_are_openai_errors(server):
     missing = httpx.get(f"{server}/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     assert httpx.get(f"{server}/v1/chat/completions").status_code == 405
+    for recent in ("many", "-1", "300"):
+        bad = httpx.get(f"{server}/metrics", params={"recent": recent})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "recent"
 
 
 def test_api_key(model):
@@ -269,3 +282,32 @@ def test_deltas_are_never_retracted_under_a_stop_sequence(server):
     plain = ask(server, max_tokens=30, temperature=0, stop=[stop])
     assert text == plain.choices[0].message.content == cut
     assert finish == "stop"
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_rows_steps(model, slow_model):
+    long_prompt = [{"role": "system", "content": "You answer questions about kitchens. " * 6},
+                   {"role": "user", "content": "How do I bake bread? " * 4}]
+    with live_server(model, prefill_token_budget=16) as (base, _):
+        alone = ask(base, messages=long_prompt, max_tokens=8, temperature=0)  # nothing running: one forward
+        done = threading.Event()
+
+        def running():
+            streamed(ask(base, stream=True, max_tokens=300, temperature=0, messages=LONG))
+            done.set()
+
+        thread = threading.Thread(target=running)
+        thread.start()
+        wait_until(lambda: metrics(base)["active_rows"] == 1)
+        beside = ask(base, messages=long_prompt, max_tokens=8, temperature=0)
+        forwards = metrics(base, recent=256)["recent_forwards"]
+        assert not done.is_set(), "the running request ended before the long prompt joined"
+        thread.join(60)
+    assert beside.choices[0].message.content == alone.choices[0].message.content
+    assert same_checks(beside.model_extra["safety"], alone.model_extra["safety"])
+    kinds = [f["kind"] for f in forwards if beside.id in f["requests"]]
+    chunks = kinds.count("prefill_chunk")
+    assert chunks >= beside.usage.prompt_tokens // 16 - 1 and "prefill" in kinds
+    # between two chunks of the long prompt, the running row took a step
+    order = [f["kind"] for f in forwards]
+    first, last = order.index("prefill_chunk"), len(order) - 1 - order[::-1].index("prefill_chunk")
+    assert order[first:last].count("step") >= chunks - 1

@@ -14,6 +14,7 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -112,6 +113,12 @@ def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict) -> 
     async def api_error(request, err: ApiError):
         return _error_response(err)
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return _error_response(ApiError(400, f"{param}: {first.get('msg', 'invalid')}", param=param))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, err: StarletteHTTPException):
         kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
@@ -131,8 +138,10 @@ def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict) -> 
         return {"status": "ok", "model": model_id, "active_rows": metrics["active_rows"], "queued": metrics["queued"]}
 
     @app.get("/metrics")
-    async def metrics():
-        return scheduler.metrics()
+    async def metrics(recent: int = 32):
+        if not 0 <= recent <= 256:
+            raise ApiError(400, f"recent: must be in [0, 256], got {recent}", param="recent")
+        return scheduler.metrics(recent)
 
     @app.get("/v1/models")
     async def models():

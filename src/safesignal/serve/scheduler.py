@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..decoding import RowOutput, StrategicDecoder
+from ..decoding.engine import PromptHead
 from .config import ServeConfig
 from .protocol import ApiError, ChatRequest
 
@@ -57,6 +58,7 @@ class Scheduler:
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._cancels: list[Ticket] = []
         self._running: dict[int, Ticket] = {}
+        self._head: tuple[Ticket, PromptHead] | None = None  # a long prompt being prefilled in chunks
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -107,7 +109,8 @@ class Scheduler:
                 self._cancels.append(ticket)
                 self._wake.notify()
 
-    def metrics(self) -> dict:
+    def metrics(self, recent: int = 32) -> dict:
+        """Counters, and the last `recent` forwards (up to 256) with the requests each carried."""
         with self._wake:
             return {
                 "active_rows": len(self._running),
@@ -118,7 +121,7 @@ class Scheduler:
                 "decode_steps": self.decoder.steps,
                 "max_requests_in_forward": self.max_requests_in_forward,
                 "shared_step_forwards": self.shared_step_forwards,
-                "recent_forwards": list(self.recent_forwards)[-32:],
+                "recent_forwards": list(self.recent_forwards)[-recent:] if recent > 0 else [],
                 **{f"requests_{k}": v for k, v in sorted(self.counts.items())},
             }
 
@@ -126,17 +129,19 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._stopping or self._waiting or self._cancels or self._running):
+                while not (self._stopping or self._waiting or self._cancels or self._running or self._head):
                     self._wake.wait()
                 if self._stopping:
                     break
                 cancels, self._cancels = self._cancels, []
-                admitted = self._admit()
+                admitted = self._admit() if self._head is None else []
             try:
                 self._cancel_rows(cancels)
                 admitted = self._within_budget(admitted)
                 if admitted:
                     self._join(admitted)
+                elif self._head is not None:
+                    self._advance_head()
                 if self.decoder.active:
                     carried = [self._running[row.id] for row in self.decoder.active]
                     forwards = self.decoder.model_calls
@@ -171,13 +176,53 @@ class Scheduler:
                     self.counts["rejected_invalid"] += 1
                     ticket.send("error", err)
                     continue
-            if taken and spent + ticket.prompt_tokens > self.config.prefill_token_budget:
-                with self._wake:
-                    self._waiting.extendleft(reversed([t for t in tickets[k:] if not t.cancelled]))
+            over = spent + ticket.prompt_tokens > self.config.prefill_token_budget
+            if over and not taken and self.decoder.active:
+                # a prompt longer than the budget, with rows running: prefill it in chunks, a
+                # decode step between chunks, and join it when the last chunk is in
+                try:
+                    self._head = (ticket, self.decoder.begin_head(ticket.chat.request,
+                                                                  self.config.prefill_token_budget))
+                except ValueError as err:
+                    self.counts["rejected_invalid"] += 1
+                    ticket.send("error", ApiError(400, f"messages: {err}", param="messages"))
+                    continue
+                self._requeue(tickets[k + 1:])
+                break
+            if over and taken:
+                self._requeue(tickets[k:])
                 break
             taken.append(ticket)
             spent += ticket.prompt_tokens
         return taken
+
+    def _requeue(self, tickets: list[Ticket]) -> None:
+        """Back to the front of the queue, in order (they were taken from there)."""
+        with self._wake:
+            self._waiting.extendleft(reversed([t for t in tickets if not t.cancelled]))
+
+    def _advance_head(self) -> None:
+        """One chunk of the long prompt in flight; when it is all in, its row joins."""
+        ticket, head = self._head
+        if ticket.cancelled:
+            self._head = None
+            self.counts["cancelled"] += 1
+            return
+        try:
+            self._record("prefill_chunk", [ticket])
+            self.decoder.advance_head(head)
+            if head.done:
+                self._head = None
+                self._record("prefill", [ticket])
+                (row_id,) = self.decoder.join_head(head)
+                ticket.row_id = row_id
+                self._running[row_id] = ticket
+                ticket.send("started", ticket.prompt_tokens)
+                self._publish()
+        except Exception as err:  # this request's prefill failed: it fails alone
+            self._head = None
+            self.counts["failed"] += 1
+            ticket.send("error", ApiError(500, f"prefill failed: {type(err).__name__}: {err}", kind="server_error"))
 
     def _cancel_rows(self, cancels: list[Ticket]) -> None:
         for ticket in cancels:
