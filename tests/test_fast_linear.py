@@ -62,10 +62,32 @@ def test_the_measured_fastest_path_is_the_one_routed_to(monkeypatch):
 
 def test_when_f_linear_is_fastest_nothing_is_rerouted():
     layer = nn.Linear(16, 32)
-    routed = FastLinear(layer, timer=favouring("linear"))
+    routed = FastLinear(layer, FastLinearConfig(skip_dead_rows=False), timer=favouring("linear"))
     assert routed.forwards == []
     with routed.applied():
         assert "forward" not in layer.__dict__
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_live_rows_compute_the_live_rows_and_zero_the_dead(path, monkeypatch):
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 32)
+    calls = []
+    original = layer.forward
+    monkeypatch.setattr(layer, "forward", lambda x: calls.append(x.shape[0] if x.dim() == 2 else x.shape) or original(x))
+    routed = FastLinear(layer, FastLinearConfig(max_rows=4), timer=favouring(path))
+    x = torch.randn(3, 2, 16)
+    live = torch.tensor([[True, False], [True, True], [False, False]])
+    with torch.inference_mode(), routed.applied(), routed.live_rows(live):
+        got = layer(x)
+        other_shape = layer(torch.randn(4, 16))  # another shape (the LM head's rows): computed whole
+    expected = F.linear(x, layer.weight, layer.bias) * live[..., None]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert other_shape.shape == (4, 32) and routed.live is None
+    if path == "linear":
+        assert calls[0] == 3  # three live rows went in, not six
+    with torch.inference_mode(), routed.applied(), routed.live_rows(torch.ones(3, 2, dtype=torch.bool)):
+        assert routed.live is None  # nothing dead: nothing to select
 
 
 def test_each_shape_is_measured_once_per_process_and_off_means_unmeasured():
@@ -93,8 +115,9 @@ def test_decoding_through_the_fast_paths_equals_decoding_through_f_linear(monkey
     sm = peaked(make_safety_model("llama", "sdpa"))
     with torch.no_grad():  # the drawn head reads the hidden states; benign, so checks never stop
         sm.head.bias.fill_(-8.0)
-    reqs = [Request([{"role": "user", "content": p}], policy=SafetyPolicy(schedule="each"), max_new_tokens=10,
-                    ignore_eos=True) for p in PROMPTS[:2]]
+    # the second row checks every third step: on the others it carries a dead filler column
+    reqs = [Request([{"role": "user", "content": p}], policy=policy, max_new_tokens=10, ignore_eos=True)
+            for p, policy in zip(PROMPTS[:2], (SafetyPolicy(schedule="each"), SafetyPolicy(schedule="periodic", period=3)))]
 
     def run(config):  # batch 1 (a token and a [CLS] row per step), then batch 2
         decoder = StrategicDecoder(sm, fast_linear=config)
@@ -102,8 +125,13 @@ def test_decoding_through_the_fast_paths_equals_decoding_through_f_linear(monkey
 
     reference_decoder, reference = run(FastLinearConfig(enabled=False))
     monkeypatch.setattr(fast_linear, "wall_time", favouring("weight_first"))
+    selected = []
+    live_rows = fast_linear.FastLinear.live_rows
+    monkeypatch.setattr(fast_linear.FastLinear, "live_rows",
+                        lambda self, live: selected.append(int((~live).sum())) or live_rows(self, live))
     routed_decoder, routed = run(FastLinearConfig())
     assert reference_decoder.fast_linear.forwards == [] and len(routed_decoder.fast_linear.forwards) > 0
+    assert max(selected) > 0  # some steps carried dead fillers, and they changed nothing
     for a, b in zip(reference, routed):
         assert a.token_ids == b.token_ids
         assert len(a.events) == len(b.events) > 1

@@ -449,7 +449,8 @@ class StrategicDecoder:
             self.slots.latest_cls, torch.tensor([p.strategic_attention for p in policies], device=device),
             window.to(device), torch.tensor([p.window_includes_query for p in policies], device=device),
         )
-        hidden = self._forward(ids.to(device), allowed, positions.to(device), self.slots.cache)
+        with self.fast_linear.live_rows(kind != DEAD):  # dead fillers: nobody reads them, nothing to compute
+            hidden = self._forward(ids.to(device), allowed, positions.to(device), self.slots.cache)
         last = torch.tensor([max(len(r.pending) - 1, 0) for r in rows], device=device)
         logits = sm.lm_logits(hidden[torch.arange(size, device=device), last]).float()
 

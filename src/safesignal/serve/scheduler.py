@@ -51,6 +51,11 @@ class Ticket:
             pass
 
 
+def _deliver(items: list) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
 class Scheduler:
     def __init__(self, model, config: ServeConfig, decoder: StrategicDecoder | None = None):
         self.model, self.config = model, config
@@ -263,15 +268,22 @@ class Scheduler:
         return n
 
     def _publish(self) -> None:
-        """Hand every running row's news to its request; finished rows leave the books."""
+        """Hand every running row's news to its request (one wake-up of the event loop per step,
+        not one per row); finished rows leave the books."""
+        news: dict[asyncio.AbstractEventLoop, list] = {}
         for row_id, ticket in list(self._running.items()):
             output: RowOutput = self.decoder.output(row_id)
             if output.delta or output.events or output.done:
-                ticket.send("output", output)
+                news.setdefault(ticket.loop, []).append((ticket.queue, ("output", output)))
             if output.done:
                 self.decoder.forget(row_id)
                 del self._running[row_id]
                 self.counts["cancelled" if output.result.finish_reason == "cancelled" else "completed"] += 1
+        for loop, items in news.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop closed (shutdown): nobody is listening
+                pass
 
     def _record(self, kind: str, tickets: list[Ticket]) -> None:
         requests = sorted({t.id for t in tickets})
