@@ -16,6 +16,7 @@ import torch
 import uvicorn
 from transformers.generation.streamers import BaseStreamer
 
+from safesignal.cpu_tuning import tune_glibc_malloc
 from safesignal.decoding import GenerationResult, RowOutput
 from safesignal.model import SafetyModel
 from safesignal.serve import ServeConfig
@@ -59,7 +60,12 @@ class SequentialHFScheduler:
         self.eos = sm.tokenizer.eos_token_id
 
     def start(self):
-        threading.Thread(target=self._loop, daemon=True).start()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
 
     def stop(self, timeout: float = 10.0):
         with self.wake:
@@ -80,7 +86,7 @@ class SequentialHFScheduler:
     def cancel(self, ticket):
         ticket.cancelled = True
 
-    def metrics(self) -> dict:
+    def metrics(self, recent: int = 0) -> dict:
         return {"active_rows": 0, "queued": len(self.waiting), **self.counts}
 
     def _loop(self):
@@ -121,6 +127,7 @@ def main():
     parser.add_argument("--model", default="smollm2-cls")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
+    tune_glibc_malloc()  # as `safesignal serve` does: the baselines get the same allocator settings
     sm = SafetyModel.from_pretrained(args.model).merge_lora().eval()
     sm.base.set_attn_implementation("sdpa")  # what a user of plain generate gets
     config = ServeConfig(model=args.model, port=args.port, default_temperature=0.0, max_queued=256)

@@ -35,6 +35,8 @@ from pathlib import Path
 import httpx2 as httpx
 import torch
 
+from safesignal.cpu_tuning import tune_glibc_malloc
+
 from common import machine, write_record
 
 HERE = Path(__file__).resolve().parent
@@ -57,12 +59,14 @@ def workload(n: int, harmful_share: float, seed: int) -> list[dict]:
     return [{"messages": [{"role": "user", "content": p}], "kind": kind} for p, kind in prompts]
 
 
-def start_server(argv: list[str], port: int) -> subprocess.Popen:
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_server(argv: list[str], port: int, log: Path) -> subprocess.Popen:
+    """Start a server whose output goes to `log` (a pipe nobody reads would fill and block it)."""
+    with open(log, "w") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read()[-2000:]}")
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return process
@@ -215,7 +219,8 @@ def main() -> None:
         config.write_text(f"model: {args.model}\nport: {args.port}\ndefault_temperature: 0.0\n"
                           f"max_batch_rows: 16\nmax_queued: 64\nlog_level: warning\n"
                           + (f"prefill_token_budget: {args.prefill_budget}\n" if args.prefill_budget else ""))
-        server = start_server([sys.executable, "-m", "safesignal", "serve", "--config", str(config)], args.port)
+        server = start_server([sys.executable, "-m", "safesignal", "serve", "--config", str(config)], args.port,
+                              Path(tmp) / "server.log")
         try:
             asyncio.run(run_load(args.port, items[:2], 2, 8))  # warm-up
             safesignal = {}
@@ -229,15 +234,17 @@ def main() -> None:
             stop_server(server)
 
     naive_port = args.port + 1
-    naive = start_server([sys.executable, str(HERE / "naive_hf_server.py"), "--model", args.model,
-                          "--port", str(naive_port)], naive_port)
-    try:
-        asyncio.run(run_load(naive_port, items[:2], 2, 8))
-        naive_8 = asyncio.run(run_load(naive_port, items, 8, args.max_tokens))
-        print(json.dumps({"naive_hf": naive_8}), flush=True)
-    finally:
-        stop_server(naive)
+    with tempfile.TemporaryDirectory() as tmp:
+        naive = start_server([sys.executable, str(HERE / "naive_hf_server.py"), "--model", args.model,
+                              "--port", str(naive_port)], naive_port, Path(tmp) / "naive.log")
+        try:
+            asyncio.run(run_load(naive_port, items[:2], 2, 8))
+            naive_8 = asyncio.run(run_load(naive_port, items, 8, args.max_tokens))
+            print(json.dumps({"naive_hf": naive_8}), flush=True)
+        finally:
+            stop_server(naive)
 
+    tune_glibc_malloc()  # the servers tune their allocator; plain generate gets the same
     static_batch_hf(args.model, items[:2], 2, 8)  # warm-up
     static = static_batch_hf(args.model, items, 8, args.max_tokens)
     print(json.dumps({"static_batch_hf": static}), flush=True)

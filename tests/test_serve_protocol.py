@@ -158,3 +158,36 @@ def test_serve_config_from_yaml_env_and_flags(tmp_path, monkeypatch):
         ServeConfig(threshold_bounds=(0.5, 1.0))
     with pytest.raises(ValueError, match="default_max_tokens"):
         ServeConfig(default_max_tokens=2000, max_tokens_limit=100)
+
+
+def test_null_fields_mean_their_defaults():
+    chat = parse(n=None, stream=None, logprobs=None, temperature=None, max_tokens=None, stop=None, safety=None)
+    assert not chat.stream and chat.request.max_new_tokens == CONFIG.default_max_tokens
+    assert chat.request.sampling.temperature == CONFIG.default_temperature and chat.request.stop == []
+
+
+def test_a_cancel_reaches_only_the_row_of_its_own_request():
+    """Row ids start again in a fresh decoder (after a failure): a late cancel from a request
+    that already ended must not stop the request that now holds its old id."""
+    import asyncio
+
+    from conftest import make_safety_model
+    from safesignal.serve.scheduler import Scheduler
+
+    scheduler = Scheduler(make_safety_model("llama", "sdpa"), ServeConfig())
+    cancelled = []
+    scheduler.decoder.cancel = cancelled.append
+    scheduler._publish = lambda: None  # (no rows really decode here)
+    loop = asyncio.new_event_loop()
+    try:
+        old = scheduler.submit(parse(), loop)
+        new = scheduler.submit(parse(), loop)
+    finally:
+        loop.close()
+    scheduler._waiting.clear()
+    old.row_id = new.row_id = 0
+    scheduler._running[0] = new  # the old request's row id now belongs to the new one
+    scheduler._cancel_rows([old])
+    assert cancelled == []
+    scheduler._cancel_rows([new])
+    assert cancelled == [0]

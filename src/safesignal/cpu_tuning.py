@@ -1,4 +1,4 @@
-"""glibc allocator settings for CPU training.
+"""glibc allocator settings for CPU training and serving.
 
 Measured here (benchmarks/train_overhead.py, README §Benchmarks): with glibc's defaults,
 large activation buffers are mmap'ed and unmapped every step, and the page faults that follow

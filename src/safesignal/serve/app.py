@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import ServeConfig
@@ -25,7 +25,7 @@ from .scheduler import Scheduler, Ticket
 
 access_log = logging.getLogger("safesignal.serve.access")
 OPEN_PATHS = ("/health",)  # answered without the API key (load balancers probe it)
-DISCONNECT_POLL_S = 0.25
+CLIENT_GONE = 499  # nginx's "client closed request": logged, never read by anyone
 
 
 def _error_response(err: ApiError) -> JSONResponse:
@@ -85,19 +85,38 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _next_item(ticket: Ticket, request: Request, scheduler: Scheduler):
-    """The ticket's next item; cancels the ticket (and raises) if the client has gone."""
-    while True:
-        try:
-            return await asyncio.wait_for(ticket.queue.get(), DISCONNECT_POLL_S)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                scheduler.cancel(ticket)
-                raise asyncio.CancelledError("client disconnected")
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the server's next ASGI message says so; polling
+    `is_disconnected` does not see a client that left while its request body is read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
-def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict) -> FastAPI:
-    """The app around a scheduler (started and stopped with the app)."""
+async def _next_item(ticket: Ticket, gone: asyncio.Future):
+    """The ticket's next item, or None once the client has gone."""
+    get = asyncio.ensure_future(ticket.queue.get())
+    await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if get.done():
+        return get.result()
+    get.cancel()
+    return None
+
+
+def _prompt_too_long(messages: list[dict], config: ServeConfig, max_token_chars: int | None) -> None:
+    """Refuse, before any tokenising, a conversation that cannot fit: no token covers more than
+    `max_token_chars` characters, so its content alone is at least that many tokens."""
+    if not max_token_chars:
+        return
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > config.max_prompt_tokens * max_token_chars:
+        raise ApiError(400, f"messages: {chars} characters is at least {-(-chars // max_token_chars)} tokens, over "
+                            f"the limit of {config.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+
+
+def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict,
+               max_token_chars: int | None = None) -> FastAPI:
+    """The app around a scheduler (started and stopped with the app). `max_token_chars`: the
+    longest token of the tokenizer in characters, for refusing over-long prompts up front."""
 
     @asynccontextmanager
     async def lifespan(app):
@@ -134,8 +153,11 @@ def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict) -> 
 
     @app.get("/health")
     async def health():
-        metrics = scheduler.metrics()
-        return {"status": "ok", "model": model_id, "active_rows": metrics["active_rows"], "queued": metrics["queued"]}
+        metrics = scheduler.metrics(recent=0)
+        alive = scheduler.alive
+        body = {"status": "ok" if alive else "decode loop stopped", "model": model_id,
+                "active_rows": metrics["active_rows"], "queued": metrics["queued"]}
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics")
     async def metrics(recent: int = 32):
@@ -154,22 +176,42 @@ def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict) -> 
         if "model" in body and body["model"] != model_id:
             raise ApiError(404, f"model: {body['model']!r} is not served here (this server serves {model_id!r})",
                            param="model", code="model_not_found")
+        _prompt_too_long(chat.messages, config, max_token_chars)
         ticket = scheduler.submit(chat, asyncio.get_running_loop())
-        kind, value = await _next_item(ticket, request, scheduler)
-        if kind == "error":
-            raise value
-        if chat.stream:
-            return StreamingResponse(_stream(ticket, chat, scheduler, model_id, config),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        trimmer, text = StopTrimmer(chat.request.stop), ""
-        while True:
-            kind, value = await _next_item(ticket, request, scheduler)
+        streaming = False
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            item = await _next_item(ticket, gone)
+            if item is None:
+                return Response(status_code=CLIENT_GONE)
+            kind, value = item
             if kind == "error":
                 raise value
-            text += trimmer.feed(value.delta, value.done)
-            if value.done:
-                _log_completion(ticket, value.result, config)
-                return completion_json(ticket.id, model_id, ticket.created, text, value.result, ticket.prompt_tokens)
+            if chat.stream:
+                streaming = True  # from here the stream's own `finally` answers for the ticket
+                return StreamingResponse(_stream(ticket, chat, scheduler, model_id, config),
+                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            trimmer, text = StopTrimmer(chat.request.stop), ""
+            while True:
+                item = await _next_item(ticket, gone)
+                if item is None:
+                    return Response(status_code=CLIENT_GONE)
+                kind, value = item
+                if kind == "error":
+                    raise value
+                text += trimmer.feed(value.delta, value.done)
+                if value.done:
+                    ticket.finished = True
+                    _log_completion(ticket, value.result, config)
+                    return completion_json(ticket.id, model_id, ticket.created, text, value.result,
+                                           ticket.prompt_tokens)
+        except ApiError:
+            ticket.finished = True  # the scheduler already let it go
+            raise
+        finally:
+            gone.cancel()  # (a stream listens for the disconnect itself)
+            if not streaming and not ticket.finished:  # the client left (or the handler was cancelled)
+                scheduler.cancel(ticket)
 
     return app
 
@@ -179,19 +221,20 @@ async def _stream(ticket: Ticket, chat: ChatRequest, scheduler: Scheduler, model
     def sse(payload: dict) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    trimmer, finished = StopTrimmer(chat.request.stop), False
+    trimmer = StopTrimmer(chat.request.stop)
     try:
         yield sse(chunk_json(ticket.id, model_id, ticket.created, role=True, content=""))
         while True:
             kind, value = await ticket.queue.get()
             if kind == "error":  # the headers are gone: the error travels as an event, then the stream ends
+                ticket.finished = True  # (the scheduler already let it go: nothing to cancel)
                 yield sse(value.body())
                 break
             piece = trimmer.feed(value.delta, value.done)
             if piece or value.events:
                 yield sse(chunk_json(ticket.id, model_id, ticket.created, content=piece, events=value.events))
             if value.done:
-                finished = True
+                ticket.finished = True
                 yield sse(chunk_json(ticket.id, model_id, ticket.created, result=value.result, finish=True))
                 if chat.include_usage:
                     usage = usage_json(ticket.prompt_tokens, value.result)
@@ -200,7 +243,7 @@ async def _stream(ticket: Ticket, chat: ChatRequest, scheduler: Scheduler, model
                 break
         yield "data: [DONE]\n\n"
     finally:
-        if not finished:
+        if not ticket.finished:
             scheduler.cancel(ticket)
 
 

@@ -154,7 +154,9 @@ def _policy(body: dict, config: ServeConfig, base: dict) -> tuple[SafetyPolicy, 
 
 
 def parse_chat_request(body: dict, config: ServeConfig, base_policy: dict) -> ChatRequest:
-    """Check every field of a chat-completions body; the decoding request it asks for."""
+    """Check every field of a chat-completions body; the decoding request it asks for. A field
+    sent as null means its default, as OpenAI reads it."""
+    body = {key: value for key, value in body.items() if value is not None}
     known = {"messages", "stream", "temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "stop",
              "safety"} | IGNORED | set(UNSUPPORTED_AT)
     unknown = sorted(set(body) - known)

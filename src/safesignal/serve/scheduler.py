@@ -22,6 +22,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from jinja2 import TemplateError
+
 from ..decoding import RowOutput, StrategicDecoder
 from ..decoding.engine import PromptHead
 from .config import ServeConfig
@@ -42,7 +44,8 @@ class Ticket:
     created: float = field(default_factory=time.time)
     row_id: int | None = None
     prompt_tokens: int = 0
-    cancelled: bool = False
+    cancelled: bool = False  # the client left
+    finished: bool = False  # its answer (or error) reached the handler: nothing left to cancel
 
     def send(self, kind: str, value) -> None:
         try:
@@ -57,9 +60,10 @@ def _deliver(items: list) -> None:
 
 
 class Scheduler:
-    def __init__(self, model, config: ServeConfig, decoder: StrategicDecoder | None = None):
+    def __init__(self, model, config: ServeConfig):
         self.model, self.config = model, config
-        self.decoder = decoder or StrategicDecoder(model)
+        self.decoder = StrategicDecoder(model)
+        self._forwards_before = self._steps_before = 0  # of decoders replaced after a failure
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._cancels: list[Ticket] = []
         self._running: dict[int, Ticket] = {}
@@ -122,8 +126,8 @@ class Scheduler:
                 "queued": len(self._waiting),
                 "max_batch_rows": self.config.max_batch_rows,
                 "max_queued": self.config.max_queued,
-                "forwards": self.decoder.model_calls,
-                "decode_steps": self.decoder.steps,
+                "forwards": self._forwards_before + self.decoder.model_calls,
+                "decode_steps": self._steps_before + self.decoder.steps,
                 "max_requests_in_forward": self.max_requests_in_forward,
                 "shared_step_forwards": self.shared_step_forwards,
                 "recent_forwards": list(self.recent_forwards)[-recent:] if recent > 0 else [],
@@ -156,8 +160,18 @@ class Scheduler:
                     self._publish()
             except Exception as err:  # an error in the shared forward: fail the rows it carried
                 log.exception("decode loop failed")
+                self._fail([t for t in admitted if t.row_id is None], err)  # taken, never joined
                 self._fail_running(err)
-        self._fail_running(RuntimeError("the server shut down"), status=503)
+        shutdown = RuntimeError("the server shut down")
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        self._fail(waiting + ([self._head[0]] if self._head else []), shutdown, status=503)
+        self._fail_running(shutdown, status=503)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the decode thread runs (health reports it)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _admit(self) -> list[Ticket]:
         """Up to the free rows' worth of waiting tickets (the caller keeps those within budget)."""
@@ -177,9 +191,8 @@ class Scheduler:
             if ticket.prompt_tokens == 0:
                 try:
                     ticket.prompt_tokens = self._prompt_tokens(ticket)
-                except ApiError as err:
-                    self.counts["rejected_invalid"] += 1
-                    ticket.send("error", err)
+                except Exception as err:  # the template or the limit refused it: this request alone
+                    self._refuse(ticket, err)
                     continue
             over = spent + ticket.prompt_tokens > self.config.prefill_token_budget
             if over and not taken and self.decoder.active:
@@ -188,9 +201,8 @@ class Scheduler:
                 try:
                     self._head = (ticket, self.decoder.begin_head(ticket.chat.request,
                                                                   self.config.prefill_token_budget))
-                except ValueError as err:
-                    self.counts["rejected_invalid"] += 1
-                    ticket.send("error", ApiError(400, f"messages: {err}", param="messages"))
+                except Exception as err:
+                    self._refuse(ticket, err)
                     continue
                 self._requeue(tickets[k + 1:])
                 break
@@ -226,12 +238,11 @@ class Scheduler:
                 self._publish()
         except Exception as err:  # this request's prefill failed: it fails alone
             self._head = None
-            self.counts["failed"] += 1
-            ticket.send("error", ApiError(500, f"prefill failed: {type(err).__name__}: {err}", kind="server_error"))
+            self._refuse(ticket, err)
 
     def _cancel_rows(self, cancels: list[Ticket]) -> None:
         for ticket in cancels:
-            if ticket.row_id is not None and ticket.row_id in self._running:
+            if ticket.row_id is not None and self._running.get(ticket.row_id) is ticket:
                 self.decoder.cancel(ticket.row_id)
         if cancels:
             self._publish()
@@ -242,9 +253,7 @@ class Scheduler:
             self._join_rows(tickets)
         except Exception as err:
             if len(tickets) == 1:
-                self.counts["failed"] += 1
-                tickets[0].send("error", ApiError(500, f"prefill failed: {type(err).__name__}: {err}",
-                                                  kind="server_error"))
+                self._refuse(tickets[0], err)
                 return
             for ticket in tickets:  # one by one: the request that failed fails alone
                 self._join([ticket])
@@ -252,7 +261,7 @@ class Scheduler:
     def _join_rows(self, tickets: list[Ticket]) -> None:
         requests = [t.chat.request for t in tickets]
         self._record("prefill", tickets)
-        ids = self.decoder.join(requests) if self.decoder.active else self.decoder.start(requests)
+        ids = self.decoder.join(requests)  # (never `start`: row ids keep counting up)
         for ticket, row_id in zip(tickets, ids):
             ticket.row_id = row_id
             self._running[row_id] = ticket
@@ -294,9 +303,27 @@ class Scheduler:
             if kind == "step" and len(requests) > 1:
                 self.shared_step_forwards += 1
 
-    def _fail_running(self, err: Exception, status: int = 500) -> None:
-        for ticket in self._running.values():
+    def _refuse(self, ticket: Ticket, err: Exception) -> None:
+        """One request the model cannot take: a 400 when its content is at fault (the limit, the
+        chat template, the model's window), else a 500; nothing else is touched."""
+        if isinstance(err, ApiError):
+            self.counts["rejected_invalid"] += 1
+            ticket.send("error", err)
+        elif isinstance(err, (ValueError, TemplateError)):
+            self.counts["rejected_invalid"] += 1
+            ticket.send("error", ApiError(400, f"messages: {err}", param="messages"))
+        else:
+            log.exception("prefill failed")
+            self._fail([ticket], err)
+
+    def _fail(self, tickets: list[Ticket], err: Exception, status: int = 500) -> None:
+        for ticket in tickets:
             self.counts["failed"] += 1
             ticket.send("error", ApiError(status, f"decoding failed: {type(err).__name__}: {err}", kind="server_error"))
+
+    def _fail_running(self, err: Exception, status: int = 500) -> None:
+        self._fail(list(self._running.values()), err, status)
         self._running.clear()
+        self._forwards_before += self.decoder.model_calls
+        self._steps_before += self.decoder.steps
         self.decoder = StrategicDecoder(self.model)  # a fresh batch: nothing of the failed one is reused

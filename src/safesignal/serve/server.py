@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 
 from ..config import read_yaml
+from ..cpu_tuning import tune_glibc_malloc
 from ..decoding import SafetyPolicy
 from .config import LOOPBACK, ServeConfig
 
@@ -40,7 +41,8 @@ def build_app(model, config: ServeConfig):
     from .app import create_app
     from .scheduler import Scheduler
 
-    return create_app(Scheduler(model, config), config, base_policy_fields(model, config))
+    longest_token = max(map(len, model.tokenizer.get_vocab()))
+    return create_app(Scheduler(model, config), config, base_policy_fields(model, config), longest_token)
 
 
 def configure_logging(level: str) -> None:
@@ -58,6 +60,7 @@ def serve(config: ServeConfig) -> None:
     from ..model import SafetyModel
 
     configure_logging(config.log_level)
+    tune_glibc_malloc()  # the KV cache grows by a concatenation per step: keep freed buffers for reuse
     if config.host != LOOPBACK and not config.api_key:
         print(f"safesignal serve: warning: listening on {config.host} without an API key "
               f"(--api-key or {API_KEY_ENV})", file=sys.stderr)
