@@ -13,7 +13,8 @@ generated token.
 
 The last line is a JSON object with `annealing_ratio` (the default, with its tail),
 `annealing_no_tail_ratio`, `periodic10_ratio`, `each_ratio` (256 new tokens, batch 1) and the
-same at batch 8 (`*_b8`), and `levers_off_ratio`: both levers off, one check after the prefill.
+same at batch 8 (`*_b8`), and `levers_off_ratio` (both levers off, one check after the prefill;
+`levers_off_plain_paths_ratio`: the same with the few-row matmul paths off too).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import torch
 
 from safesignal.decoding import Request, StrategicDecoder
+from safesignal.decoding.fast_linear import FastLinearConfig
 from safesignal.decoding.policy import SafetyPolicy
 
 from common import benchmark_model, machine, write_record
@@ -40,11 +42,16 @@ PROMPTS = [
     "Why is the sky blue during the day?",
 ]
 # annealing is the default (with its 32-step tail); annealing_no_tail is DESIGN.md's schedule
-SCHEDULES = {"annealing": SafetyPolicy(), "annealing_no_tail": SafetyPolicy(annealing_tail_period=0),
-             "periodic10": SafetyPolicy(schedule="periodic"), "each": SafetyPolicy(schedule="each"),
-             # both levers off (no refreshed [CLS] for generated tokens, no injection) and only the
-             # prefill pass's verdict: what safesignal's own decode loop costs beside plain generate
-             "levers_off": SafetyPolicy(schedule="first", strategic_attention=False, strategic_decoding=False)}
+LEVERS_OFF = SafetyPolicy(schedule="first", strategic_attention=False, strategic_decoding=False)
+# name -> (policy, decode-step linears). Both levers off (no refreshed [CLS] for generated
+# tokens, no injection) and only the prefill pass's verdict: what safesignal's own decode loop
+# costs beside plain generate, with its few-row matmul paths and without them.
+SCHEDULES = {"annealing": (SafetyPolicy(), FastLinearConfig()),
+             "annealing_no_tail": (SafetyPolicy(annealing_tail_period=0), FastLinearConfig()),
+             "periodic10": (SafetyPolicy(schedule="periodic"), FastLinearConfig()),
+             "each": (SafetyPolicy(schedule="each"), FastLinearConfig()),
+             "levers_off": (LEVERS_OFF, FastLinearConfig()),
+             "levers_off_plain_paths": (LEVERS_OFF, FastLinearConfig(enabled=False))}
 
 
 def plain_generate(sm, prompts: list[str], new_tokens: int, kernel: str = "sdpa") -> tuple[float, int]:
@@ -75,8 +82,9 @@ def plain_generate(sm, prompts: list[str], new_tokens: int, kernel: str = "sdpa"
     return elapsed, calls["n"]
 
 
-def strategic_generate(sm, prompts: list[str], new_tokens: int, policy: SafetyPolicy) -> tuple[float, int]:
-    decoder = StrategicDecoder(sm)
+def strategic_generate(sm, prompts: list[str], new_tokens: int, policy: SafetyPolicy,
+                       fast_linear: FastLinearConfig = FastLinearConfig()) -> tuple[float, int]:
+    decoder = StrategicDecoder(sm, fast_linear=fast_linear)
     requests = [Request([{"role": "user", "content": p}], policy=policy, max_new_tokens=new_tokens, ignore_eos=True)
                 for p in prompts]
     start = time.perf_counter()
@@ -105,8 +113,8 @@ def main() -> None:
         "plain": lambda p, n: plain_generate(sm, p, n),
         "plain_same_kernel": lambda p, n: plain_generate(sm, p, n, kernel="safesignal_sdpa"),
     }
-    for name, policy in SCHEDULES.items():
-        runners[name] = lambda p, n, policy=policy: strategic_generate(sm, p, n, policy)
+    for name, (policy, fast_linear) in SCHEDULES.items():
+        runners[name] = lambda p, n, policy=policy, f=fast_linear: strategic_generate(sm, p, n, policy, f)
 
     table = {}
     for batch in args.batches:

@@ -51,7 +51,7 @@ def render_decode_overhead(data: dict) -> str:
     annealing = "annealing (default, tail 32) | annealing, no tail" if tail else "annealing (no tail)"
     lines = [
         f"| batch | new tokens | plain generate (s) | {annealing} | periodic(10) | each | "
-        + ("both levers off, first check only | " if levers else "")
+        + ("both levers off, first check only (without the fast paths) | " if levers else "")
         + "annealing vs plain with our kernel | model calls per token (plain / annealing) |",
         "|---|---|---|---|---|---|---|---|" + ("---|" if tail else "") + ("---|" if levers else ""),
     ]
@@ -60,7 +60,7 @@ def render_decode_overhead(data: dict) -> str:
         calls = row["calls_per_token"]
         same = f"×{row['annealing_ratio_same_kernel']:.3f}" if "annealing_ratio_same_kernel" in row else "—"
         no_tail = f"×{row['annealing_no_tail_ratio']:.3f} | " if tail else ""
-        off = f"×{row['levers_off_ratio']:.3f} | " if levers else ""
+        off = f"×{row['levers_off_ratio']:.3f} (×{row['levers_off_plain_paths_ratio']:.3f}) | " if levers else ""
         lines.append(
             f"| {batch} | {tokens} | {row['plain_s']:.2f} | ×{row['annealing_ratio']:.3f} | {no_tail}"
             f"×{row['periodic10_ratio']:.3f} | ×{row['each_ratio']:.3f} | {off}{same} | "
