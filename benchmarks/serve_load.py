@@ -3,14 +3,16 @@
 A mixed workload (benign and harmful prompts from the embedded default's validation split,
 so interventions happen mid-batch) is sent by 1, 4, 8 and 16 concurrent streaming clients to
 the safesignal server on SmolLM2; then by 8 clients to a naive server (the same app, one
-request at a time through plain HF `generate`, benchmarks/naive_hf_server.py); then the same
+request at a time through plain HF `generate`, benchmarks/naive_hf_server.py); and the same
 requests go through plain HF `generate` in static batches of 8 in this process (no server, no
-safety: the honest upper reference for batching). Greedy, the same max_tokens everywhere;
-throughput is completion tokens per second (the outputs differ: the baselines have no
-[CLS] and never refuse). Time to first token is to the first non-empty content delta.
+safety: the honest upper reference for batching). Every setting runs once per round, on its
+share of the requests, in an order rotated each round (`--rounds`), because this VM's speed
+drifts by tens of percent over minutes. Greedy, the same max_tokens everywhere; throughput is
+completion tokens over the summed wall time (the outputs differ: the baselines have no [CLS]
+and never refuse). Time to first token is to the first non-empty content delta.
 Finally a flood (more concurrent requests than rows + queue) checks 429s and the server's RSS.
 
-    python benchmarks/serve_load.py [--model smollm2-cls] [--requests 48] [--max-tokens 64]
+    python benchmarks/serve_load.py [--model smollm2-cls] [--requests 48] [--rounds 3] [--max-tokens 64]
         [--out results/bench/serve_load.json]
 
 The last line is a JSON object with `concurrent_vs_sequential_throughput` (8 clients),
@@ -121,7 +123,8 @@ async def one_request(client, url: str, item: dict, max_tokens: int) -> dict:
             "intervened": intervened, "kind": item["kind"]}
 
 
-async def run_load(port: int, items: list[dict], clients: int, max_tokens: int) -> dict:
+async def load_outcomes(port: int, items: list[dict], clients: int, max_tokens: int) -> tuple[list[dict], float]:
+    """`clients` closed-loop streaming clients share `items`; every request's outcome, and the wall time."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     queue = list(items)
     outcomes = []
@@ -137,10 +140,11 @@ async def run_load(port: int, items: list[dict], clients: int, max_tokens: int) 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - start
-    return summarise(outcomes, wall, clients)
+    return outcomes, wall
 
 
 def summarise(outcomes: list[dict], wall: float, clients: int) -> dict:
+    """Throughput over the summed wall time of every round; latencies over every request."""
     ok = [o for o in outcomes if o["ok"]]
     latencies = sorted(o["latency_s"] for o in ok)
     ttfts = sorted(o["ttft_s"] for o in ok)
@@ -174,27 +178,30 @@ async def flood(port: int, pid: int, n: int) -> dict:
     return figures
 
 
-def static_batch_hf(model_name: str, items: list[dict], batch: int, max_tokens: int) -> dict:
-    """Plain HF `generate`, greedy, static batches of `batch`, left padded; tokens to each row's EOS."""
-    from safesignal.model import SafetyModel
+class StaticBatchHF:
+    """Plain HF `generate` in this process, greedy, static batches, left padded; a row's tokens
+    count up to its EOS (the padding rows a batch keeps computing after theirs are its cost)."""
 
-    sm = SafetyModel.from_pretrained(model_name).merge_lora().eval()
-    sm.base.set_attn_implementation("sdpa")
-    tok, eos = sm.tokenizer, sm.tokenizer.eos_token_id
-    tokens, start = 0, time.perf_counter()
-    for i in range(0, len(items), batch):
-        encoded = [sm.formatter.encode(item["messages"]).input_ids for item in items[i:i + batch]]
-        width = max(map(len, encoded))
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded])
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-        with torch.inference_mode():
-            out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
-                                   pad_token_id=tok.pad_token_id)
-        for row in out[:, width:].tolist():
-            tokens += row.index(eos) if eos in row else len(row)
-    wall = time.perf_counter() - start
-    return {"batch": batch, "requests": len(items), "wall_s": round(wall, 2), "completion_tokens": tokens,
-            "tokens_per_s": round(tokens / wall, 2)}
+    def __init__(self, model_name: str):
+        from safesignal.model import SafetyModel
+
+        self.sm = SafetyModel.from_pretrained(model_name).merge_lora().eval()
+        self.sm.base.set_attn_implementation("sdpa")
+
+    def run(self, items: list[dict], batch: int, max_tokens: int) -> tuple[int, float]:
+        sm, tok = self.sm, self.sm.tokenizer
+        eos, tokens, start = tok.eos_token_id, 0, time.perf_counter()
+        for i in range(0, len(items), batch):
+            encoded = [sm.formatter.encode(item["messages"]).input_ids for item in items[i:i + batch]]
+            width = max(map(len, encoded))
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded])
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+            with torch.inference_mode():
+                out = sm.base.generate(ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
+                                       pad_token_id=tok.pad_token_id)
+            for row in out[:, width:].tolist():
+                tokens += row.index(eos) if eos in row else len(row)
+        return tokens, time.perf_counter() - start
 
 
 def main() -> None:
@@ -208,12 +215,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--prefill-budget", type=int, default=None, help="the server's prefill_token_budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the requests")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     items = workload(args.requests, args.harmful_share, args.seed)
     levels = [int(c) for c in args.clients.split(",")]
+    # This VM's speed drifts by ±20% over minutes: every setting runs once per round on its
+    # share of the requests, in an order rotated each round, so a slow spell hits all alike.
+    parts = [items[r::args.rounds] for r in range(args.rounds)]
     started = time.perf_counter()
+    tune_glibc_malloc()  # the servers tune their allocator; plain generate here gets the same
+    static = StaticBatchHF(args.model)
+    naive_port = args.port + 1
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "serve.yaml"
         config.write_text(f"model: {args.model}\nport: {args.port}\ndefault_temperature: 0.0\n"
@@ -221,38 +235,43 @@ def main() -> None:
                           + (f"prefill_token_budget: {args.prefill_budget}\n" if args.prefill_budget else ""))
         server = start_server([sys.executable, "-m", "safesignal", "serve", "--config", str(config)], args.port,
                               Path(tmp) / "server.log")
+        naive = start_server([sys.executable, str(HERE / "naive_hf_server.py"), "--model", args.model,
+                              "--port", str(naive_port)], naive_port, Path(tmp) / "naive.log")
         try:
-            asyncio.run(run_load(args.port, items[:2], 2, 8))  # warm-up
-            safesignal = {}
-            for clients in levels:
-                safesignal[clients] = asyncio.run(run_load(args.port, items, clients, args.max_tokens))
-                print(json.dumps({"safesignal": safesignal[clients]}), flush=True)
+            for port in (args.port, naive_port):  # warm-up
+                asyncio.run(load_outcomes(port, items[:2], 2, 8))
+            static.run(items[:2], 2, 8)
+            settings = [("safesignal", c) for c in levels] + [("naive_hf", 8), ("static_batch_hf", 8)]
+            collected = {setting: ([], 0.0) for setting in settings}
+            for r, part in enumerate(parts):
+                for name, clients in settings[r % len(settings):] + settings[: r % len(settings)]:
+                    if name == "static_batch_hf":
+                        tokens, wall = static.run(part, clients, args.max_tokens)
+                        outcomes = [{"ok": True, "tokens": tokens}]
+                    else:
+                        port = args.port if name == "safesignal" else naive_port
+                        outcomes, wall = asyncio.run(load_outcomes(port, part, clients, args.max_tokens))
+                    done, spent = collected[(name, clients)]
+                    collected[(name, clients)] = (done + outcomes, spent + wall)
+                    print(json.dumps({"round": r, "setting": name, "clients": clients, "wall_s": round(wall, 2)}),
+                          flush=True)
             metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").json()
             flooded = asyncio.run(flood(args.port, server.pid, args.flood))
             print(json.dumps({"flood": flooded}), flush=True)
         finally:
             stop_server(server)
-
-    naive_port = args.port + 1
-    with tempfile.TemporaryDirectory() as tmp:
-        naive = start_server([sys.executable, str(HERE / "naive_hf_server.py"), "--model", args.model,
-                              "--port", str(naive_port)], naive_port, Path(tmp) / "naive.log")
-        try:
-            asyncio.run(run_load(naive_port, items[:2], 2, 8))
-            naive_8 = asyncio.run(run_load(naive_port, items, 8, args.max_tokens))
-            print(json.dumps({"naive_hf": naive_8}), flush=True)
-        finally:
             stop_server(naive)
 
-    tune_glibc_malloc()  # the servers tune their allocator; plain generate gets the same
-    static_batch_hf(args.model, items[:2], 2, 8)  # warm-up
-    static = static_batch_hf(args.model, items, 8, args.max_tokens)
-    print(json.dumps({"static_batch_hf": static}), flush=True)
-
+    safesignal = {c: summarise(*collected[("safesignal", c)], c) for c in levels}
+    naive_8 = summarise(*collected[("naive_hf", 8)], 8)
+    static_outcomes, static_wall = collected[("static_batch_hf", 8)]
+    static_tokens = sum(o["tokens"] for o in static_outcomes)
+    static = {"batch": 8, "requests": len(items), "wall_s": round(static_wall, 2), "completion_tokens": static_tokens,
+              "tokens_per_s": round(static_tokens / static_wall, 2)}
     eight, one = safesignal.get(8), safesignal.get(1)
     summary = {
         "benchmark": "serve_load", "model": args.model, "max_tokens": args.max_tokens, "requests": args.requests,
-        "harmful_share": args.harmful_share, "machine": machine(), "cpu_count": os.cpu_count(),
+        "harmful_share": args.harmful_share, "rounds": args.rounds, "machine": machine(), "cpu_count": os.cpu_count(),
         "safesignal": {str(k): v for k, v in safesignal.items()}, "naive_hf_8_clients": naive_8,
         "static_batch_hf_8": static, "flood": flooded,
         "max_requests_in_forward": metrics["max_requests_in_forward"],

@@ -643,7 +643,9 @@ def render_serve_load(data: dict) -> str:
         f"{flood['rss_after_round2_mb']:.0f} MB. At most {data['max_requests_in_forward']} requests shared one "
         f"forward; {data['shared_step_forwards']} decode forwards carried two or more.",
         "",
-        f"{data['requests']} requests per level ({data['harmful_share']:.0%} harmful, from the validation split), "
+        f"{data['requests']} requests per level"
+        + (f", over {data['rounds']} interleaved rounds" if data.get("rounds") else "")
+        + f" ({data['harmful_share']:.0%} harmful, from the validation split), "
         f"greedy, max_tokens {data['max_tokens']}, {data['model']} with LoRA merged, fp32, "
         f"{data['cpu_count']} CPU cores shared by server and load generator; `{data['command']}`, "
         f"{data['created'][:10]}.",

@@ -92,14 +92,21 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
+class _ClientGone(Exception):
+    pass
+
+
 async def _next_item(ticket: Ticket, gone: asyncio.Future):
-    """The ticket's next item, or None once the client has gone."""
+    """The value of the ticket's next item; its ApiError raised; `_ClientGone` once the client has left."""
     get = asyncio.ensure_future(ticket.queue.get())
     await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if get.done():
-        return get.result()
-    get.cancel()
-    return None
+    if not get.done():
+        get.cancel()
+        raise _ClientGone
+    kind, value = get.result()
+    if kind == "error":
+        raise value
+    return value
 
 
 def _prompt_too_long(messages: list[dict], config: ServeConfig, max_token_chars: int | None) -> None:
@@ -173,7 +180,7 @@ def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict,
     async def chat_completions(request: Request):
         body = parse_body(await _read_body(request, config.max_body_bytes))
         chat = parse_chat_request(body, config, base_policy)
-        if "model" in body and body["model"] != model_id:
+        if body.get("model") not in (None, model_id):
             raise ApiError(404, f"model: {body['model']!r} is not served here (this server serves {model_id!r})",
                            param="model", code="model_not_found")
         _prompt_too_long(chat.messages, config, max_token_chars)
@@ -181,30 +188,22 @@ def create_app(scheduler: Scheduler, config: ServeConfig, base_policy: dict,
         streaming = False
         gone = asyncio.ensure_future(_client_gone(request))
         try:
-            item = await _next_item(ticket, gone)
-            if item is None:
-                return Response(status_code=CLIENT_GONE)
-            kind, value = item
-            if kind == "error":
-                raise value
+            await _next_item(ticket, gone)  # started: its prompt passed every check
             if chat.stream:
                 streaming = True  # from here the stream's own `finally` answers for the ticket
                 return StreamingResponse(_stream(ticket, chat, scheduler, model_id, config),
                                          media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
             trimmer, text = StopTrimmer(chat.request.stop), ""
             while True:
-                item = await _next_item(ticket, gone)
-                if item is None:
-                    return Response(status_code=CLIENT_GONE)
-                kind, value = item
-                if kind == "error":
-                    raise value
-                text += trimmer.feed(value.delta, value.done)
-                if value.done:
+                output = await _next_item(ticket, gone)
+                text += trimmer.feed(output.delta, output.done)
+                if output.done:
                     ticket.finished = True
-                    _log_completion(ticket, value.result, config)
-                    return completion_json(ticket.id, model_id, ticket.created, text, value.result,
+                    _log_completion(ticket, output.result, config)
+                    return completion_json(ticket.id, model_id, ticket.created, text, output.result,
                                            ticket.prompt_tokens)
+        except _ClientGone:
+            return Response(status_code=CLIENT_GONE)
         except ApiError:
             ticket.finished = True  # the scheduler already let it go
             raise
