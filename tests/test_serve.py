@@ -350,3 +350,17 @@ def test_a_request_the_chat_template_refuses_fails_alone(server, model, monkeypa
     assert refused.json()["error"]["param"] == "messages"
     thread.join(60)
     assert results["running"].usage.completion_tokens == 120  # the running request never noticed
+
+
+def test_a_request_is_tokenised_once(server, model, monkeypatch):
+    """The count that admits a request and the prefill pass share one encoding (the decode
+    thread tokenises, so a second pass would stall every running row)."""
+    encode, calls = model.formatter.encode, []
+
+    def counted(messages, *args, **kwargs):
+        calls.append(messages[-1]["content"])
+        return encode(messages, *args, **kwargs)
+
+    monkeypatch.setattr(model.formatter, "encode", counted)
+    ask(server, messages=[{"role": "user", "content": "count my encodings"}], max_tokens=2)
+    assert calls.count("count my encodings") == 1

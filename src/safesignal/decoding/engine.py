@@ -193,23 +193,30 @@ class StrategicDecoder:
         self._reset()
         return self.join(requests)
 
-    def join(self, requests: list[Request]) -> list[int]:
+    def join(self, requests: list[Request], examples: list[EncodedExample] | None = None) -> list[int]:
         """Add rows to the running batch (continuous batching): their prefill pass is a
         forward of its own, its cache merged into the batch's; from the next step on they
         decode with the others, each exactly as it would alone. Returns the rows' ids: they
-        count up from 0 at `start`, so a row's id is its index in the order the rows came."""
+        count up from 0 at `start`, so a row's id is its index in the order the rows came.
+        `examples`: the requests as `encode` gave them (a caller that counted their tokens
+        first does not tokenise them twice)."""
         if not requests:
             raise ValueError("requests: need at least one")
-        return self._join(requests, None)
+        return self._join(requests, None, examples)
 
-    def begin_head(self, request: Request, chunk_tokens: int) -> PromptHead:
+    def encode(self, request: Request) -> EncodedExample:
+        """The request's prompt and prefill as the prefill pass reads them (no length check)."""
+        return self.sm.formatter.encode(request.messages, request.prefill or "", add_eos=False)
+
+    def begin_head(self, request: Request, chunk_tokens: int, example: EncodedExample | None = None) -> PromptHead:
         """Start a chunked prefill of `request` (a long prompt that should not stall the running
-        rows for its whole prefill): nothing runs yet; `advance_head` runs one chunk."""
+        rows for its whole prefill): nothing runs yet; `advance_head` runs one chunk.
+        `example`: as for `join`."""
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens: must be ≥ 1, got {chunk_tokens}")
         if request.prompt_embeddings is not None:
             raise ValueError("prompt_embeddings: a chunked prefill does not take them (join the request whole)")
-        example = self._encode(0, request)
+        example = self._checked(0, request, example or self.encode(request))
         self._check_sliding_window([request], [example])
         return PromptHead(request, example, target=max(example.prompt_length - 1, 0), chunk=chunk_tokens,
                           cache=Slots.new_cache())
@@ -231,11 +238,14 @@ class StrategicDecoder:
         """Join the request of a finished head: the rest of its prefill pass, over the head's cache."""
         if not head.done:
             raise ValueError(f"head: {head.length} of {head.target} tokens run; advance it first")
-        return self._join([head.request], head)
+        return self._join([head.request], head, None)
 
-    def _join(self, requests: list[Request], head: PromptHead | None) -> list[int]:
+    def _join(self, requests: list[Request], head: PromptHead | None,
+              examples: list[EncodedExample] | None) -> list[int]:
+        if examples is not None and len(examples) != len(requests):
+            raise ValueError(f"examples: {len(examples)} for {len(requests)} requests")
         with torch.inference_mode():
-            rows, slots = self._prefill(requests, head)
+            rows, slots = self._prefill(requests, head, examples)
             for row in rows:
                 row.id, self._next_id = self._next_id, self._next_id + 1
                 self._by_id[row.id] = row
@@ -309,8 +319,8 @@ class StrategicDecoder:
         return delta, events
 
     # ------------------------------------------------------------------ prefill pass
-    def _encode(self, i: int, request: Request) -> EncodedExample:
-        example = self.sm.formatter.encode(request.messages, request.prefill or "", add_eos=False)
+    def _checked(self, i: int, request: Request, example: EncodedExample) -> EncodedExample:
+        """`example` (request `i`'s encoding), refused when over the request's prompt limit."""
         limit = request.policy.max_prompt_tokens
         if len(example.input_ids) > limit:
             raise ValueError(
@@ -319,13 +329,15 @@ class StrategicDecoder:
             )
         return example
 
-    def _prefill(self, requests: list[Request], head: PromptHead | None = None) -> tuple[list[_Row], Slots]:
-        """One forward over the prompts (and prefills) of `requests`: their rows and cache. With
-        a `head` (one request), the forward covers what follows the head and reads the head
-        from its cache."""
+    def _prefill(self, requests: list[Request], head: PromptHead | None = None,
+                 examples: list[EncodedExample] | None = None) -> tuple[list[_Row], Slots]:
+        """One forward over the prompts (and prefills) of `requests` (encoded as `examples`, or
+        here): their rows and cache. With a `head` (one request), the forward covers what
+        follows the head and reads the head from its cache."""
         sm = self.sm
         if head is None:
-            examples = [self._encode(i, request) for i, request in enumerate(requests)]
+            examples = [self._checked(i, request, examples[i] if examples else self.encode(request))
+                        for i, request in enumerate(requests)]
             self._check_sliding_window(requests, examples)
             check_prompt_embeddings(sm, ((q.prompt_embeddings, e, f"conversation {i}")
                                          for i, (q, e) in enumerate(zip(requests, examples))))

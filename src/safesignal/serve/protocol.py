@@ -45,11 +45,14 @@ def _bad(param: str, message: str) -> ApiError:
 class ChatRequest:
     """A checked request: what the scheduler decodes and what the response echoes."""
 
-    messages: list[dict]
     request: Request
     stream: bool = False
     include_usage: bool = False
     overrides: dict = field(default_factory=dict)
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.request.messages
 
 
 def parse_body(raw: bytes) -> dict:
@@ -187,4 +190,4 @@ def parse_chat_request(body: dict, config: ServeConfig, base_policy: dict) -> Ch
     sampling = Sampling(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
                         top_p=top_p, seed=seed)
     request = Request(messages, policy=policy, sampling=sampling, max_new_tokens=max_tokens, stop=_stop(body, config))
-    return ChatRequest(messages, request, stream, bool(options.get("include_usage")), overrides)
+    return ChatRequest(request, stream, bool(options.get("include_usage")), overrides)

@@ -26,6 +26,7 @@ from jinja2 import TemplateError
 
 from ..decoding import RowOutput, StrategicDecoder
 from ..decoding.engine import PromptHead
+from ..formatting import EncodedExample
 from .config import ServeConfig
 from .protocol import ApiError, ChatRequest
 
@@ -43,15 +44,21 @@ class Ticket:
     id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
     created: float = field(default_factory=time.time)
     row_id: int | None = None
+    example: EncodedExample | None = None  # the prompt as encoded once, on admission
     prompt_tokens: int = 0
     cancelled: bool = False  # the client left
     finished: bool = False  # its answer (or error) reached the handler: nothing left to cancel
 
     def send(self, kind: str, value) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
-        except RuntimeError:  # the event loop closed (shutdown): nobody is listening
-            pass
+        _post(self.loop, [(self.queue, (kind, value))])
+
+
+def _post(loop: asyncio.AbstractEventLoop, items: list) -> None:
+    """Put each (queue, item) on its asyncio queue from the decode thread, in one call on the loop."""
+    try:
+        loop.call_soon_threadsafe(_deliver, items)
+    except RuntimeError:  # the event loop closed (shutdown): nobody is listening
+        pass
 
 
 def _deliver(items: list) -> None:
@@ -188,9 +195,10 @@ class Scheduler:
             if ticket.cancelled:  # its client left between the queue and this join
                 self.counts["cancelled"] += 1
                 continue
-            if ticket.prompt_tokens == 0:
+            if ticket.example is None:
                 try:
-                    ticket.prompt_tokens = self._prompt_tokens(ticket)
+                    ticket.example = self._encoded(ticket)
+                    ticket.prompt_tokens = len(ticket.example.input_ids)
                 except Exception as err:  # the template or the limit refused it: this request alone
                     self._refuse(ticket, err)
                     continue
@@ -200,7 +208,7 @@ class Scheduler:
                 # decode step between chunks, and join it when the last chunk is in
                 try:
                     self._head = (ticket, self.decoder.begin_head(ticket.chat.request,
-                                                                  self.config.prefill_token_budget))
+                                                                  self.config.prefill_token_budget, ticket.example))
                 except Exception as err:
                     self._refuse(ticket, err)
                     continue
@@ -261,20 +269,21 @@ class Scheduler:
     def _join_rows(self, tickets: list[Ticket]) -> None:
         requests = [t.chat.request for t in tickets]
         self._record("prefill", tickets)
-        ids = self.decoder.join(requests)  # (never `start`: row ids keep counting up)
+        ids = self.decoder.join(requests, [t.example for t in tickets])  # (never `start`: row ids keep counting up)
         for ticket, row_id in zip(tickets, ids):
             ticket.row_id = row_id
             self._running[row_id] = ticket
             ticket.send("started", ticket.prompt_tokens)
         self._publish()
 
-    def _prompt_tokens(self, ticket: Ticket) -> int:
-        example = self.model.formatter.encode(ticket.chat.messages, "", add_eos=False)
+    def _encoded(self, ticket: Ticket) -> EncodedExample:
+        """The request's prompt, encoded once for both the budget and the prefill pass."""
+        example = self.decoder.encode(ticket.chat.request)
         n = len(example.input_ids)
         if n > self.config.max_prompt_tokens:
             raise ApiError(400, f"messages: the conversation is {n} tokens, over the limit of "
                                 f"{self.config.max_prompt_tokens}", param="messages", code="context_length_exceeded")
-        return n
+        return example
 
     def _publish(self) -> None:
         """Hand every running row's news to its request (one wake-up of the event loop per step,
@@ -289,10 +298,7 @@ class Scheduler:
                 del self._running[row_id]
                 self.counts["cancelled" if output.result.finish_reason == "cancelled" else "completed"] += 1
         for loop, items in news.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # the event loop closed (shutdown): nobody is listening
-                pass
+            _post(loop, items)
 
     def _record(self, kind: str, tickets: list[Ticket]) -> None:
         requests = sorted({t.id for t in tickets})
