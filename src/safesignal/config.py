@@ -71,15 +71,19 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     return data
 
 
+def check_fields(cls, data: dict, where) -> None:
+    """Refuse keys of `data` that are not fields of dataclass `cls`, naming `where` they came from."""
+    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}")
+
+
 def load_config(cls, yaml_path: str | Path | None = None, overrides: list[str] | None = None,
                 defaults: dict | None = None):
     """Instantiate dataclass `cls` from `defaults` (field values under the class's own), then a
     YAML file, then `--key value` overrides."""
     data = {**(defaults or {}), **(read_yaml(yaml_path) if yaml_path else {})}
-    known = {f.name for f in cls.__dataclass_fields__.values()}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{yaml_path}: unknown field(s) {unknown} for {cls.__name__}")
+    check_fields(cls, data, yaml_path)
     from transformers import HfArgumentParser  # here: reading a data recipe should not import transformers
 
     parser = HfArgumentParser(cls)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import fields
 
-from ..config import read_yaml
+from ..config import check_fields, read_yaml
 from ..cpu_tuning import tune_glibc_malloc
 from ..decoding import SafetyPolicy
 from .config import LOOPBACK, ServeConfig
@@ -19,10 +18,7 @@ def load_serve_config(path: str | None = None, **overrides) -> ServeConfig:
     """ServeConfig from defaults, then a YAML file, then the given fields (None: not given);
     the API key falls back to SAFESIGNAL_API_KEY."""
     data = read_yaml(path) if path else {}
-    known = {f.name for f in fields(ServeConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown} for ServeConfig")
+    check_fields(ServeConfig, data, path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     if not data.get("api_key") and os.environ.get(API_KEY_ENV):
         data["api_key"] = os.environ[API_KEY_ENV]
@@ -32,9 +28,9 @@ def load_serve_config(path: str | None = None, **overrides) -> ServeConfig:
 def base_policy_fields(model, config: ServeConfig) -> dict:
     """The policy every request starts from: the model's calibrated values, then the config's
     `policy`; checked once here so a bad config fails before the server starts."""
-    fields_ = {**model.config.calibration, **config.policy, "max_prompt_tokens": config.max_prompt_tokens}
-    SafetyPolicy(**fields_)
-    return fields_
+    fields = {**model.config.calibration, **config.policy, "max_prompt_tokens": config.max_prompt_tokens}
+    SafetyPolicy(**fields)
+    return fields
 
 
 def build_app(model, config: ServeConfig):
